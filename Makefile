@@ -1,0 +1,47 @@
+# darb: `make run` starts the service, `make test` runs the suite. Both set up .venv first.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+PROTOS := $(shell find protos -name '*.proto')
+GEN_STAMP := darb/.generated
+
+.PHONY: venv proto lint test run bench lock clean
+
+venv: $(STAMP)
+
+$(STAMP): requirements.lock pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check -r requirements.lock
+	$(PY) -m pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e .
+	touch $@
+
+proto: $(GEN_STAMP)
+
+$(GEN_STAMP): $(STAMP) $(PROTOS)
+	rm -rf darb/v1 darb/executor
+	$(PY) -m grpc_tools.protoc -Iprotos \
+		--python_out=. --pyi_out=. --grpc_python_out=. $(PROTOS)
+	find darb/v1 darb/executor -type d -exec touch {}/__init__.py \; 2>/dev/null || true
+	touch $@
+
+node_modules/.bin/buf: package.json
+	npm install --no-audit --no-fund --silent
+	touch $@
+
+lint: proto node_modules/.bin/buf
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	node_modules/.bin/buf lint
+
+test: proto
+	$(PY) -m pytest -q
+
+# Regenerates requirements.lock from pyproject.toml (needs the network to PyPI).
+lock: $(STAMP)
+	$(PY) -m pip install -q uv
+	$(VENV)/bin/uv pip compile pyproject.toml --extra dev --python-version 3.11 -o requirements.lock
+
+clean:
+	rm -rf $(VENV) darb/v1 darb/executor $(GEN_STAMP) node_modules

@@ -1,0 +1,1 @@
+"""darb: the Python SDK and CLI for the darb service."""

@@ -1,0 +1,81 @@
+"""Assemble and run the agent's gRPC server: service, health, reflection, auth."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from rattler import Platform
+
+from darb.executor.v1 import executor_pb2, executor_pb2_grpc
+from services.executor.auth import AgentTokenInterceptor
+from services.executor.engines import BuiltinEngine, Engine, PixiCliEngine, available_engines
+from services.executor.servicer import ExecutorServicer
+from services.executor.workspace import DataLayout
+from shared.config import ExecutorSettings
+
+log = logging.getLogger(__name__)
+SERVICE_NAME = executor_pb2.DESCRIPTOR.services_by_name["ExecutorService"].full_name
+SHUTDOWN_GRACE_SECONDS = 5.0
+
+
+def build_engines(layout: DataLayout, platform: str) -> dict[str, Engine]:
+    builtin = BuiltinEngine(layout, platform)
+    engines: dict[str, Engine] = {"builtin": builtin}
+    pixi = available_engines().get("cli")
+    if pixi:
+        engines["cli"] = PixiCliEngine(pixi, platform, builtin)
+    return engines
+
+
+def choose_engine(setting: str, engines: dict[str, Engine]) -> str:
+    """``auto`` prefers pixi when it is installed; an explicit choice is kept as is."""
+    if setting == "auto":
+        return "cli" if "cli" in engines else "builtin"
+    return setting
+
+
+async def serve(settings: ExecutorSettings) -> None:
+    layout = DataLayout(settings.data_dir)
+    layout.prepare()
+    platform = str(Platform.current())
+    engines = build_engines(layout, platform)
+    engine_name = choose_engine(settings.engine, engines)
+    servicer = ExecutorServicer(settings, layout, platform, engines, engine_name)
+    interceptors = [AgentTokenInterceptor(settings.token)] if settings.token else []
+    server = grpc.aio.server(interceptors=interceptors)
+    executor_pb2_grpc.add_ExecutorServiceServicer_to_server(servicer, server)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+    )
+    host = settings.addr.rsplit(":", 1)[0]
+    port = server.add_insecure_port(settings.addr)
+    await server.start()
+    for name in ("", SERVICE_NAME):
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    # Tests and scripts read this line to learn the port when DARB_EXECUTOR_ADDR ends in :0.
+    print(f"darb executor listening on {host}:{port}", flush=True)
+    log.info(
+        "engine %s, platform %s, data in %s",
+        engine_name,
+        platform,
+        settings.data_dir,
+    )
+    await _wait_for_stop_signal()
+    await health_servicer.enter_graceful_shutdown()
+    await server.stop(SHUTDOWN_GRACE_SECONDS)
+    await servicer.drain()
+
+
+async def _wait_for_stop_signal() -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    await stop.wait()

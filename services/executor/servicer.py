@@ -1,0 +1,302 @@
+"""The ExecutorService: validates requests, runs one operation per environment at a time.
+
+Every mutating call follows one path (``_operate``): refuse bad input before the stream
+starts, take the environment's slot, repair what an earlier interrupted operation left,
+stream the engine's lines as they come, and end with one result read back from disk.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import shutil
+import tomllib
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from darb.executor.v1 import executor_pb2 as pb
+from darb.executor.v1 import executor_pb2_grpc
+from services.executor.engines import Engine, Operation
+from services.executor.errors import (
+    Aborted,
+    AlreadyExists,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    maps_errors,
+)
+from services.executor.packages import (
+    EnvironmentState,
+    InstalledPackage,
+    locked_packages,
+    read_state,
+)
+from services.executor.process import Emit, OutputLine, Stream, line_of
+from services.executor.workspace import DataLayout, Workspace, is_environment_id
+from shared.config import ExecutorSettings
+from shared.specs import parse_specs, resolve_channels, validate_package_name
+from shared.validation import validate_environment_name
+from shared.version import __version__
+
+log = logging.getLogger(__name__)
+ResponseType = Callable[..., Any]
+
+
+class ExecutorServicer(executor_pb2_grpc.ExecutorServiceServicer):
+    def __init__(
+        self,
+        settings: ExecutorSettings,
+        layout: DataLayout,
+        platform: str,
+        engines: dict[str, Engine],
+        engine_name: str,
+    ) -> None:
+        self._settings = settings
+        self._layout = layout
+        self._platform = platform
+        self._engines = engines
+        self._engine_name = engine_name
+        self._busy: set[str] = set()
+        self._background: set[asyncio.Task[None]] = set()
+
+    @maps_errors
+    async def GetInfo(self, request: pb.GetInfoRequest, context: Any) -> pb.GetInfoResponse:
+        return pb.GetInfoResponse(
+            agent_id=self._settings.agent_id,
+            version=__version__,
+            platform=self._platform,
+            engines=sorted(self._engines),
+            engine=self._engine_name,
+        )
+
+    @maps_errors
+    async def CreateEnvironment(
+        self, request: pb.CreateEnvironmentRequest, context: Any
+    ) -> AsyncIterator[pb.CreateEnvironmentResponse]:
+        workspace = self._workspace(request.environment_id)
+        policy = self._settings.channels
+        operation = Operation(
+            "create",
+            workspace,
+            name=validate_environment_name(request.name),
+            channels=tuple(resolve_channels(list(request.channels), policy)),
+            specs=tuple(s.text for s in parse_specs(list(request.packages), policy))
+            if request.packages
+            else (),
+        )
+        async for message in self._operate(operation, pb.CreateEnvironmentResponse):
+            yield message
+
+    @maps_errors
+    async def InstallPackages(
+        self, request: pb.InstallPackagesRequest, context: Any
+    ) -> AsyncIterator[pb.InstallPackagesResponse]:
+        specs = parse_specs(list(request.packages), self._settings.channels)
+        operation = Operation(
+            "install", self._workspace(request.environment_id), specs=tuple(s.text for s in specs)
+        )
+        async for message in self._operate(operation, pb.InstallPackagesResponse):
+            yield message
+
+    @maps_errors
+    async def RemovePackages(
+        self, request: pb.RemovePackagesRequest, context: Any
+    ) -> AsyncIterator[pb.RemovePackagesResponse]:
+        if not request.packages:
+            raise InvalidArgument("at least one package name is required")
+        names = tuple(validate_package_name(name) for name in request.packages)
+        operation = Operation("remove", self._workspace(request.environment_id), specs=names)
+        async for message in self._operate(operation, pb.RemovePackagesResponse):
+            yield message
+
+    @maps_errors
+    async def DeleteEnvironment(
+        self, request: pb.DeleteEnvironmentRequest, context: Any
+    ) -> AsyncIterator[pb.DeleteEnvironmentResponse]:
+        operation = Operation("delete", self._workspace(request.environment_id))
+        async for message in self._operate(operation, pb.DeleteEnvironmentResponse):
+            yield message
+
+    @maps_errors
+    async def ListPackages(
+        self, request: pb.ListPackagesRequest, context: Any
+    ) -> pb.ListPackagesResponse:
+        workspace = self._workspace(request.environment_id)
+        if not workspace.exists():
+            raise NotFound(f"environment {request.environment_id} does not exist")
+        packages = await asyncio.to_thread(locked_packages, workspace)
+        return pb.ListPackagesResponse(packages=[_package_message(p) for p in packages])
+
+    def _workspace(self, environment_id: str) -> Workspace:
+        if not is_environment_id(environment_id):
+            raise InvalidArgument("environment_id must be a lower-case UUID")
+        return self._layout.workspace(environment_id)
+
+    def _engine(self) -> Engine:
+        engine = self._engines.get(self._engine_name)
+        if engine is None:
+            raise FailedPrecondition(
+                f"the {self._engine_name!r} engine is not available on this host"
+                " (the cli engine needs pixi on PATH)"
+            )
+        return engine
+
+    async def _operate(
+        self, operation: Operation, response_type: ResponseType
+    ) -> AsyncIterator[Any]:
+        engine = self._engine()
+        environment_id = operation.workspace.root.name
+        if environment_id in self._busy:
+            raise Aborted(f"another operation on environment {environment_id} is running")
+        self._busy.add(environment_id)
+        stream = _LineStream(response_type)
+        finished = False
+        try:
+            _check_preconditions(operation)
+            async for message in self._run_with_recovery(operation, engine, stream):
+                yield message
+            finished = True
+        finally:
+            if finished:
+                self._busy.discard(environment_id)
+            else:  # cancelled or failed mid-stream: repair in the background, then release
+                self._spawn(self._recover_then_release(operation, engine))
+
+    async def _run_with_recovery(
+        self, operation: Operation, engine: Engine, stream: _LineStream
+    ) -> AsyncIterator[Any]:
+        workspace = operation.workspace
+        if operation.kind != "delete":
+            async for message in stream.follow(lambda emit: _recover(workspace, engine, emit)):
+                yield message
+            if stream.error:
+                state = await asyncio.to_thread(read_state, workspace)
+                yield stream.result(f"the environment could not be repaired: {stream.error}", state)
+                return
+        timeout = self._settings.operation_timeout
+        async for message in stream.follow(lambda emit: engine.run(operation, emit), timeout):
+            yield message
+        error = stream.error
+        if error is not None:
+            async for message in stream.follow(lambda emit: _recover(workspace, engine, emit)):
+                yield message
+        state = await asyncio.to_thread(read_state, workspace)
+        yield stream.result(error, state)
+
+    async def _recover_then_release(self, operation: Operation, engine: Engine) -> None:
+        environment_id = operation.workspace.root.name
+        try:
+            error = await _recover(operation.workspace, engine, lambda line: None)
+            if error:
+                log.error("environment %s could not be repaired: %s", environment_id, error)
+        finally:
+            self._busy.discard(environment_id)
+
+    def _spawn(self, coroutine: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coroutine)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def drain(self) -> None:
+        """Wait for background repairs, so a stopping agent leaves no half-done prefix."""
+        if self._background:
+            await asyncio.gather(*self._background, return_exceptions=True)
+
+
+def _check_preconditions(operation: Operation) -> None:
+    workspace = operation.workspace
+    environment_id = workspace.root.name
+    if operation.kind == "create":
+        if workspace.exists():
+            raise AlreadyExists(f"environment {environment_id} already exists")
+        return
+    if not workspace.exists():
+        raise NotFound(f"environment {environment_id} does not exist")
+    if operation.kind == "remove":
+        dependencies = _dependencies(workspace)
+        missing = [name for name in operation.specs if name not in dependencies]
+        if missing:
+            raise NotFound(
+                f"not a dependency of environment {environment_id}: {', '.join(missing)}"
+            )
+
+
+def _dependencies(workspace: Workspace) -> set[str]:
+    with workspace.manifest.open("rb") as manifest:
+        table = tomllib.load(manifest).get("dependencies", {})
+    return {name.lower() for name in table}
+
+
+async def _recover(workspace: Workspace, engine: Engine, emit: Emit) -> str | None:
+    """Bring an environment back to its last committed state; None when that worked."""
+    if workspace.root.exists() and not workspace.exists():
+        emit(line_of(Stream.STDOUT, "darb: removing an incomplete environment"))
+        await asyncio.to_thread(shutil.rmtree, workspace.root, True)
+        return None
+    if not workspace.exists() or not workspace.needs_recovery():
+        return None
+    emit(line_of(Stream.STDOUT, "darb: restoring the environment to its pixi.lock"))
+    return await engine.run(Operation("restore", workspace), emit)
+
+
+class _LineStream:
+    """Numbers lines across the phases of one operation and builds the response messages."""
+
+    def __init__(self, response_type: ResponseType) -> None:
+        self._response_type = response_type
+        self._seq = 0
+        self.error: str | None = None
+
+    async def follow(
+        self,
+        work: Callable[[Callable[[OutputLine], None]], Any],
+        timeout: float | None = None,
+    ) -> AsyncIterator[Any]:
+        """Run ``work(emit)`` in a task and yield its lines as they arrive; sets ``error``."""
+        queue: asyncio.Queue[OutputLine | None] = asyncio.Queue()
+
+        async def produce() -> str | None:
+            try:
+                return await work(queue.put_nowait)
+            finally:
+                queue.put_nowait(None)
+
+        task = asyncio.ensure_future(asyncio.wait_for(produce(), timeout))
+        try:
+            while (line := await queue.get()) is not None:
+                yield self._line(line)
+            self.error = await task
+        except TimeoutError:
+            self.error = f"timed out after {timeout:g} seconds; the operation was stopped"
+        finally:
+            if not task.done():
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, TimeoutError):
+                    await task
+
+    def _line(self, line: OutputLine) -> Any:
+        self._seq += 1
+        time = Timestamp()
+        time.FromDatetime(line.time)
+        return self._response_type(
+            log_line=pb.LogLine(seq=self._seq, stream=int(line.stream), text=line.text, time=time)
+        )
+
+    def result(self, error: str | None, state: EnvironmentState) -> Any:
+        result = pb.OperationResult(
+            success=error is None,
+            error=error or "",
+            packages=[_package_message(p) for p in state.packages],
+            manifest=state.manifest,
+            lockfile=state.lockfile,
+        )
+        return self._response_type(result=result)
+
+
+def _package_message(package: InstalledPackage) -> pb.Package:
+    return pb.Package(
+        name=package.name, version=package.version, build=package.build, channel=package.channel
+    )

@@ -1,0 +1,146 @@
+"""All darb settings, read from ``DARB_*`` environment variables in this one place.
+
+Each service builds its settings once at start-up with ``from_env()``; nothing else in
+the code base reads the environment, so this module is the complete list of knobs.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+DEFAULT_API_ADDR = "127.0.0.1:50051"
+DEFAULT_EXECUTOR_ADDR = "127.0.0.1:50052"
+ENGINE_CHOICES = ("auto", "builtin", "cli")
+
+
+class ConfigError(ValueError):
+    """A ``DARB_*`` variable holds a value the service cannot run with."""
+
+
+def _text(env: Mapping[str, str], name: str, default: str) -> str:
+    value = env.get(name, "").strip()
+    return value or default
+
+
+def _list(env: Mapping[str, str], name: str, default: tuple[str, ...]) -> tuple[str, ...]:
+    raw = env.get(name)
+    if raw is None or not raw.strip():
+        return default
+    return tuple(item.strip() for item in raw.split(",") if item.strip())
+
+
+def _number(env: Mapping[str, str], name: str, default: float, minimum: float = 0) -> float:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError as exc:
+        raise ConfigError(f"{name} must be a number, got {raw!r}") from exc
+    if value < minimum:
+        raise ConfigError(f"{name} must be at least {minimum}, got {raw!r}")
+    return value
+
+
+@dataclass(frozen=True)
+class ChannelPolicy:
+    """Which channels requests may use, and which they get when they name none."""
+
+    default_channels: tuple[str, ...]
+    allowed_channels: tuple[str, ...]
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> ChannelPolicy:
+        defaults = _list(env, "DARB_DEFAULT_CHANNELS", ("conda-forge",))
+        return cls(defaults, _list(env, "DARB_ALLOWED_CHANNELS", defaults))
+
+
+@dataclass(frozen=True)
+class ExecutorSettings:
+    """Settings of the executor agent (``python -m services.executor``)."""
+
+    addr: str
+    data_dir: Path
+    engine: str
+    channels: ChannelPolicy
+    operation_timeout: float
+    token: str
+    agent_id: str
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> ExecutorSettings:
+        env = os.environ if env is None else env
+        engine = _text(env, "DARB_PIXI_ENGINE", "auto")
+        if engine not in ENGINE_CHOICES:
+            raise ConfigError(f"DARB_PIXI_ENGINE must be one of {ENGINE_CHOICES}, got {engine!r}")
+        return cls(
+            addr=_text(env, "DARB_EXECUTOR_ADDR", DEFAULT_EXECUTOR_ADDR),
+            data_dir=Path(_text(env, "DARB_DATA_DIR", "./data")).resolve(),
+            engine=engine,
+            channels=ChannelPolicy.from_env(env),
+            operation_timeout=_number(env, "DARB_OPERATION_TIMEOUT", 3600, minimum=0.1),
+            token=env.get("DARB_AGENT_TOKEN", ""),
+            agent_id=_text(env, "DARB_AGENT_ID", os.uname().nodename),
+        )
+
+
+DEV_ADMIN_PASSWORD = "password123"
+
+
+@dataclass(frozen=True)
+class ApiSettings:
+    """Settings of the control plane (``python -m services.api``).
+
+    ``admin_password_is_dev_default`` is true only when ``DARB_DEV_DEFAULTS=1`` (as
+    ``make run`` sets) supplied the password; without either, start-up refuses to run.
+    """
+
+    addr: str
+    database_url: str
+    data_dir: Path
+    executors: tuple[str, ...]
+    agent_token: str
+    admin_username: str
+    admin_password: str
+    admin_password_is_dev_default: bool
+    token_ttl: float
+    channels: ChannelPolicy
+    worker_concurrency: int
+    poll_interval: float
+    job_lease: float
+    shutdown_grace: float
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> ApiSettings:
+        env = os.environ if env is None else env
+        data_dir = Path(_text(env, "DARB_DATA_DIR", "./data")).resolve()
+        password = env.get("DARB_ADMIN_PASSWORD", "")
+        dev_default = not password and _text(env, "DARB_DEV_DEFAULTS", "0") == "1"
+        if dev_default:
+            password = DEV_ADMIN_PASSWORD
+        if not password:
+            raise ConfigError(
+                "DARB_ADMIN_PASSWORD must be set (or DARB_DEV_DEFAULTS=1 for a development run)"
+            )
+        executors = _list(env, "DARB_EXECUTORS", (DEFAULT_EXECUTOR_ADDR,))
+        if not executors:
+            raise ConfigError("DARB_EXECUTORS must name at least one executor agent")
+        return cls(
+            addr=_text(env, "DARB_API_ADDR", DEFAULT_API_ADDR),
+            database_url=_text(env, "DARB_DATABASE_URL", f"sqlite:///{data_dir / 'darb.db'}"),
+            data_dir=data_dir,
+            executors=executors,
+            agent_token=env.get("DARB_AGENT_TOKEN", ""),
+            admin_username=_text(env, "DARB_ADMIN_USERNAME", "admin"),
+            admin_password=password,
+            admin_password_is_dev_default=dev_default,
+            token_ttl=_number(env, "DARB_TOKEN_TTL", 86400, minimum=1),
+            channels=ChannelPolicy.from_env(env),
+            worker_concurrency=int(_number(env, "DARB_WORKER_CONCURRENCY", 4, minimum=1)),
+            poll_interval=_number(env, "DARB_POLL_INTERVAL", 5, minimum=0.05),
+            job_lease=_number(env, "DARB_JOB_LEASE", 30, minimum=1),
+            shutdown_grace=_number(env, "DARB_SHUTDOWN_GRACE", 5, minimum=0),
+        )
