@@ -12,10 +12,10 @@ import os
 import shutil
 import sys
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 from uuid import uuid4
 
 from services.executor.process import Emit, OutputLine, Stream, line_of, run_in_group
@@ -53,9 +53,24 @@ def child_environment() -> dict[str, str]:
     return env
 
 
-def announce_start(emit: Emit, what: str) -> Callable[[int], None]:
-    """An ``on_start`` callback that logs the child's pid, so it can be traced."""
-    return lambda pid: emit(line_of(Stream.STDOUT, f"darb: {what} started (pid {pid})"))
+async def run_tracked(
+    layout: DataLayout, argv: Sequence[str], emit: Emit, what: str, **options: Any
+) -> int:
+    """``run_in_group`` that logs the child's pid and records its group while it runs."""
+    started: list[int] = []
+
+    def on_start(pid: int) -> None:
+        started.append(pid)
+        layout.group_file(pid).touch()
+        emit(line_of(Stream.STDOUT, f"darb: {what} started (pid {pid})"))
+
+    try:
+        return await run_in_group(
+            argv, emit=emit, env=child_environment(), on_start=on_start, **options
+        )
+    finally:
+        for pid in started:
+            layout.group_file(pid).unlink(missing_ok=True)
 
 
 class BuiltinEngine:
@@ -84,13 +99,13 @@ class BuiltinEngine:
         result_path = self._layout.runs / f"{uuid4().hex}.json"
         argv = [sys.executable, "-m", "services.executor.builtin_worker"]
         try:
-            exit_code = await run_in_group(
+            exit_code = await run_tracked(
+                self._layout,
                 [*argv, "--result", str(result_path)],
-                emit=emit,
+                emit,
+                f"builtin engine ({operation.kind})",
                 stdin=json.dumps(self.request_of(operation)).encode(),
-                env=child_environment(),
                 cwd=PROJECT_ROOT,
-                on_start=announce_start(emit, f"builtin engine ({operation.kind})"),
             )
             return _worker_error(result_path, exit_code)
         finally:
@@ -118,7 +133,10 @@ class PixiCliEngine:
 
     name = "cli"
 
-    def __init__(self, pixi: str, platform: str, builtin: BuiltinEngine) -> None:
+    def __init__(
+        self, layout: DataLayout, pixi: str, platform: str, builtin: BuiltinEngine
+    ) -> None:
+        self._layout = layout
         self._pixi = pixi
         self._platform = platform
         self._builtin = builtin
@@ -160,12 +178,7 @@ class PixiCliEngine:
             emit(line)
 
         for argv in commands:
-            exit_code = await run_in_group(
-                argv,
-                emit=keep_tail,
-                env=child_environment(),
-                on_start=announce_start(emit, f"pixi {argv[1]}"),
-            )
+            exit_code = await run_tracked(self._layout, argv, keep_tail, f"pixi {argv[1]}")
             if exit_code != 0:
                 detail = "\n".join(stderr_tail).strip()
                 return f"pixi {argv[1]} failed with code {exit_code}" + (

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import shutil
 import signal
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -63,6 +64,12 @@ def _decode(raw: bytes | bytearray) -> str:
     return bytes(raw[:MAX_LINE_BYTES]).decode("utf-8", errors="replace").rstrip("\r")
 
 
+def die_with_parent(argv: Sequence[str]) -> list[str]:
+    """Prefix ``argv`` so the kernel kills the child if the agent itself dies (Linux)."""
+    setpriv = shutil.which("setpriv")
+    return [setpriv, "--pdeathsig", "KILL", "--", *argv] if setpriv else list(argv)
+
+
 def kill_group(pid: int) -> None:
     """SIGKILL every process in the group led by ``pid``; gone already is fine."""
     with contextlib.suppress(ProcessLookupError, PermissionError):
@@ -81,10 +88,11 @@ async def run_in_group(
     """Run ``argv`` as the leader of a new process group, emitting each output line.
 
     Returns the exit code. If the awaiting task is cancelled (or times out), the whole
-    group is killed before the cancellation propagates.
+    group is killed before the cancellation propagates. The child also dies with the
+    agent; its helpers are caught by the group sweep at the agent's next start.
     """
     process = await asyncio.create_subprocess_exec(
-        *argv,
+        *die_with_parent(argv),
         stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,

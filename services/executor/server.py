@@ -28,7 +28,7 @@ def build_engines(layout: DataLayout, platform: str) -> dict[str, Engine]:
     engines: dict[str, Engine] = {"builtin": builtin}
     pixi = available_engines().get("cli")
     if pixi:
-        engines["cli"] = PixiCliEngine(pixi, platform, builtin)
+        engines["cli"] = PixiCliEngine(layout, pixi, platform, builtin)
     return engines
 
 

@@ -13,6 +13,8 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from services.executor.process import kill_group
+
 ENVIRONMENT_ID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 
 
@@ -102,10 +104,17 @@ class DataLayout:
     def workspace(self, environment_id: str) -> Workspace:
         return Workspace.of(self.data_dir, environment_id)
 
+    def group_file(self, pgid: int) -> Path:
+        """Marks a running process group, so a restarted agent can kill what it left."""
+        return self.runs / f"{pgid}.pgid"
+
     def prepare(self) -> None:
         """Create the directories and drop what a previous agent run left half-done."""
         for directory in (self.environments, self.package_cache, self.repodata_cache):
             directory.mkdir(parents=True, exist_ok=True)
+        if self.runs.is_dir():
+            for marker in self.runs.glob("*.pgid"):
+                kill_group(int(marker.stem))
         for scratch in (self.trash, self.runs):
             shutil.rmtree(scratch, ignore_errors=True)
             scratch.mkdir(parents=True)

@@ -1,0 +1,94 @@
+"""Calling the agent from tests: run an operation stream and collect what it sent."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+from rattler import PrefixRecord
+
+from darb.executor.v1 import executor_pb2 as pb
+from tests.support.agent import AgentProcess
+
+REQUESTS = {
+    "CreateEnvironment": pb.CreateEnvironmentRequest,
+    "InstallPackages": pb.InstallPackagesRequest,
+    "RemovePackages": pb.RemovePackagesRequest,
+    "DeleteEnvironment": pb.DeleteEnvironmentRequest,
+}
+
+
+@dataclass
+class Outcome:
+    lines: list[pb.LogLine]
+    result: pb.OperationResult
+
+    @property
+    def text(self) -> str:
+        return "\n".join(line.text for line in self.lines)
+
+    def versions(self) -> dict[str, str]:
+        return {package.name: package.version for package in self.result.packages}
+
+
+def new_id() -> str:
+    return str(uuid.uuid4())
+
+
+def call(agent: AgentProcess, method: str, timeout: float = 120, **fields: object) -> Outcome:
+    """Run one streaming operation to its end; checks the stream's shape on the way."""
+    stream = getattr(agent.stub(), method)(
+        REQUESTS[method](**fields), metadata=agent.metadata, timeout=timeout
+    )
+    lines: list[pb.LogLine] = []
+    results: list[pb.OperationResult] = []
+    for message in stream:
+        if message.WhichOneof("event") == "log_line":
+            assert not results, "a log line came after the result"
+            lines.append(message.log_line)
+        else:
+            results.append(message.result)
+    assert len(results) == 1, "every stream ends with exactly one result"
+    assert [line.seq for line in lines] == list(range(1, len(lines) + 1))
+    return Outcome(lines, results[0])
+
+
+def create(
+    agent: AgentProcess, *packages: str, environment_id: str | None = None
+) -> tuple[str, Outcome]:
+    environment_id = environment_id or new_id()
+    outcome = call(
+        agent,
+        "CreateEnvironment",
+        environment_id=environment_id,
+        name="demo",
+        packages=list(packages),
+    )
+    return environment_id, outcome
+
+
+def status_of(error: grpc.RpcError) -> grpc.StatusCode:
+    return error.code()  # type: ignore[no-any-return]
+
+
+def workspace_dir(agent: AgentProcess, environment_id: str) -> Path:
+    return agent.data_dir / "environments" / environment_id
+
+
+def prefix_versions(prefix: Path) -> dict[str, str]:
+    """What is really installed in a prefix, from its conda-meta records."""
+    records = [PrefixRecord.from_path(p) for p in (prefix / "conda-meta").glob("*.json")]
+    return {record.name.normalized: str(record.version) for record in records}
+
+
+def manifest_dependencies(text: str) -> dict[str, object]:
+    import tomllib
+
+    return dict(tomllib.loads(text).get("dependencies", {}))
+
+
+def dump(outcome: Outcome) -> str:
+    return json.dumps({"error": outcome.result.error, "log": outcome.text[-2000:]})

@@ -1,0 +1,169 @@
+"""The ``cli`` engine: how it builds pixi's arguments and how it handles the process.
+
+There is no pixi binary on these machines, so most tests put a stand-in ``pixi`` script
+on PATH (it records its arguments, prints to both streams and misbehaves on request).
+That fakes only the external tool; the agent, gRPC and process handling are real. The
+last test runs the real pixi and is skipped where pixi is not installed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import stat
+import textwrap
+import time
+from pathlib import Path
+
+import grpc
+import pytest
+
+from darb.executor.v1 import executor_pb2 as pb
+from services.executor.engines import BuiltinEngine, Operation, PixiCliEngine
+from services.executor.workspace import DataLayout
+from tests.executor.helpers import call, create, new_id, workspace_dir
+from tests.executor.test_agent_lifecycle import PID_LINE, group_members, wait_until
+
+FAKE_PIXI = textwrap.dedent(
+    """\
+    #!{python}
+    import json, os, subprocess, sys, time
+    from pathlib import Path
+
+    args = sys.argv[1:]
+    with open(os.environ["FAKE_PIXI_LOG"], "a") as log:
+        log.write(json.dumps(args) + "\\n")
+    if args[0] == "init":
+        root = Path(args[-1])
+        root.mkdir(parents=True)
+        (root / "pixi.toml").write_text("[workspace]\\nname = 'x'\\n\\n[dependencies]\\n")
+        print("created workspace", flush=True)
+        sys.exit(0)
+    manifest = Path(args[args.index("--manifest-path") + 1])
+    specs = args[args.index("--") + 1:] if "--" in args else []
+    if args[0] in ("add", "remove"):
+        with manifest.open("a") as out:
+            out.write("".join(f'{{s}} = "*"\\n' for s in specs if args[0] == "add"))
+    for i in range(3):
+        print(f"out {{i}}", flush=True)
+        print(f"err {{i}}", file=sys.stderr, flush=True)
+    if "acme-fail" in specs:
+        print("error: acme-fail cannot be solved", file=sys.stderr, flush=True)
+        sys.exit(3)
+    if "acme-slow" in specs:
+        subprocess.Popen(["sleep", "60"])
+        time.sleep(60)
+    """
+)
+
+
+@pytest.fixture
+def fake_pixi(tmp_path: Path) -> tuple[Path, Path]:
+    """A stand-in ``pixi`` in its own bin directory, and the file it records calls in."""
+    bin_dir, calls = tmp_path / "bin", tmp_path / "pixi-calls.jsonl"
+    bin_dir.mkdir()
+    script = bin_dir / "pixi"
+    script.write_text(FAKE_PIXI.format(python=shutil.which("python3")))
+    script.chmod(script.stat().st_mode | stat.S_IEXEC)
+    calls.touch()
+    return bin_dir, calls
+
+
+def recorded(calls: Path) -> list[list[str]]:
+    return [json.loads(line) for line in calls.read_text().splitlines()]
+
+
+def cli_agent(agent_factory, fake_pixi):
+    bin_dir, calls = fake_pixi
+    path = f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"
+    return agent_factory(DARB_PIXI_ENGINE="auto", PATH=path, FAKE_PIXI_LOG=str(calls))
+
+
+def test_commands_put_user_specs_after_a_double_dash(tmp_path):
+    layout = DataLayout(tmp_path)
+    engine = PixiCliEngine(layout, "/usr/bin/pixi", "linux-64", BuiltinEngine(layout, "linux-64"))
+    workspace = layout.workspace(new_id())
+    manifest = str(workspace.manifest)
+    create_op = Operation("create", workspace, "demo", ("file:///c",), ("acme-core >=1",))
+    assert engine.commands(create_op) == [
+        [
+            "/usr/bin/pixi",
+            "init",
+            "--format",
+            "pixi",
+            "--channel",
+            "file:///c",
+            "--platform",
+            "linux-64",
+            str(workspace.root),
+        ],
+        ["/usr/bin/pixi", "add", "--manifest-path", manifest, "--", "acme-core >=1"],
+    ]
+    remove_op = Operation("remove", workspace, specs=("acme-core",))
+    assert engine.commands(remove_op) == [
+        ["/usr/bin/pixi", "remove", "--manifest-path", manifest, "--", "acme-core"]
+    ]
+    restore_op = Operation("restore", workspace)
+    assert engine.commands(restore_op) == [
+        ["/usr/bin/pixi", "install", "--manifest-path", manifest, "--frozen"]
+    ]
+
+
+def test_auto_picks_pixi_and_streams_both_output_streams(agent_factory, fake_pixi, channel_url):
+    agent = cli_agent(agent_factory, fake_pixi)
+    info = agent.stub().GetInfo(pb.GetInfoRequest(), metadata=agent.metadata)
+    assert info.engine == "cli" and set(info.engines) == {"builtin", "cli"}
+    environment_id, outcome = create(agent, "acme-core >=1")
+    assert outcome.result.success, outcome.result.error
+    root = workspace_dir(agent, environment_id)
+    assert recorded(fake_pixi[1]) == [
+        ["init", "--format", "pixi", "--channel", channel_url, "--platform", "linux-64", str(root)],
+        ["add", "--manifest-path", str(root / "pixi.toml"), "--", "acme-core >=1"],
+    ]
+    texts = {(line.stream, line.text) for line in outcome.lines}
+    assert (pb.LOG_STREAM_STDOUT, "out 2") in texts and (pb.LOG_STREAM_STDERR, "err 2") in texts
+    assert 'acme-core >=1 = "*"' in outcome.result.manifest
+
+
+def test_a_failing_pixi_reports_its_stderr_and_restores_the_manifest(agent_factory, fake_pixi):
+    agent = cli_agent(agent_factory, fake_pixi)
+    environment_id, _ = create(agent, "acme-core")
+    manifest = workspace_dir(agent, environment_id) / "pixi.toml"
+    before = manifest.read_text()
+    outcome = call(agent, "InstallPackages", environment_id=environment_id, packages=["acme-fail"])
+    assert not outcome.result.success
+    assert "code 3" in outcome.result.error and "acme-fail cannot be solved" in outcome.result.error
+    assert manifest.read_text() == before
+    assert recorded(fake_pixi[1])[-1] == ["install", "--manifest-path", str(manifest), "--frozen"]
+
+
+def test_cancel_kills_pixi_and_its_children_and_restores(agent_factory, fake_pixi):
+    agent = cli_agent(agent_factory, fake_pixi)
+    environment_id, _ = create(agent, "acme-core")
+    manifest = workspace_dir(agent, environment_id) / "pixi.toml"
+    before = manifest.read_text()
+    request = pb.InstallPackagesRequest(environment_id=environment_id, packages=["acme-slow"])
+    stream = agent.stub().InstallPackages(request, metadata=agent.metadata, timeout=60)
+    pid = None
+    for message in stream:
+        if match := PID_LINE.search(message.log_line.text):
+            pid = int(match.group(1))
+        if message.log_line.text == "err 2":
+            break
+    assert pid and wait_until(lambda: len(group_members(pid)) >= 2, 5), "pixi and its sleep"
+    started = time.monotonic()
+    stream.cancel()
+    assert wait_until(lambda: not group_members(pid), 2.0)
+    assert time.monotonic() - started < 2.0
+    assert wait_until(lambda: manifest.read_text() == before, 10)
+    with pytest.raises(grpc.RpcError):
+        list(stream)
+
+
+@pytest.mark.skipif(shutil.which("pixi") is None, reason="pixi is not installed on this host")
+def test_real_pixi_creates_an_environment(agent_factory):
+    agent = agent_factory(DARB_PIXI_ENGINE="cli")
+    _, outcome = create(agent, "acme-utils")
+    assert outcome.result.success, outcome.result.error
+    assert {p.name for p in outcome.result.packages} == {"acme-core", "acme-utils"}
