@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,6 +55,19 @@ def call(agent: AgentProcess, method: str, timeout: float = 120, **fields: objec
     assert len(results) == 1, "every stream ends with exactly one result"
     assert [line.seq for line in lines] == list(range(1, len(lines) + 1))
     return Outcome(lines, results[0])
+
+
+def call_when_idle(agent: AgentProcess, method: str, wait: float = 30, **fields: object) -> Outcome:
+    """``call``, retried while the agent answers ABORTED (it is still repairing the
+    environment after a cancelled operation)."""
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            return call(agent, method, **fields)
+        except grpc.RpcError as error:
+            if error.code() != grpc.StatusCode.ABORTED or time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
 
 
 def create(

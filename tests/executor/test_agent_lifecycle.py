@@ -11,7 +11,7 @@ import grpc
 import pytest
 
 from darb.executor.v1 import executor_pb2 as pb
-from tests.executor.helpers import call, create, prefix_versions, workspace_dir
+from tests.executor.helpers import call, call_when_idle, create, prefix_versions, workspace_dir
 from tests.support.agent import start_agent
 
 PID_LINE = re.compile(r"started \(pid (\d+)\)")
@@ -41,7 +41,7 @@ def wait_until(predicate, timeout: float, interval: float = 0.02) -> bool:
 
 def start_big_install(agent, environment_id):
     """Start installing acme-big; return the open stream and the engine's pid once the
-    package is being fetched or linked (the slow part)."""
+    package is being fetched into the cache (the slow part)."""
     request = pb.InstallPackagesRequest(environment_id=environment_id, packages=["acme-big"])
     stream = agent.stub().InstallPackages(request, metadata=agent.metadata, timeout=120)
     pid, seen = None, []
@@ -50,7 +50,7 @@ def start_big_install(agent, environment_id):
         seen.append(text)
         if match := PID_LINE.search(text):
             pid = int(match.group(1))
-        if pid and "acme-big" in text and re.search(r"download|extract|cach|link", text, re.I):
+        if pid and "acme-big" in text and text.startswith("fetching"):
             return stream, pid
     pytest.fail(f"install ended before acme-big was fetched: {seen}")
 
@@ -79,7 +79,7 @@ def test_cancel_kills_the_process_group_and_restores_the_environment(agent_facto
     stream.cancel()
     assert wait_until(lambda: not group_members(pid), timeout=2.0), "group still alive after 2 s"
     assert_unchanged(agent, environment_id, before)
-    upgraded = call(
+    upgraded = call_when_idle(
         agent, "InstallPackages", environment_id=environment_id, packages=["acme-utils"]
     )
     assert upgraded.result.success, upgraded.result.error

@@ -1,0 +1,92 @@
+"""Agent overhead: a create through the agent vs py-rattler's own solve + install.
+
+Both sides install the same 100 packages from the same local channel into a new prefix
+with a cold package cache, in the same run, so the ratio compares like with like.
+Run with ``make bench``; prints a table and returns it for ``docs/benchmarks.md``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import statistics
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+from rattler import Gateway, install, solve
+
+from darb.executor.v1 import executor_pb2 as pb
+from tests.support.agent import AgentProcess, start_agent
+from tests.support.channel import many_packages_channel
+
+ROUNDS = 5
+PACKAGES = 100
+
+
+async def _rattler_create(channel: str, specs: list[str], prefix: Path, cache: Path) -> None:
+    records = await solve(
+        sources=[channel], specs=specs, gateway=Gateway(), platforms=["linux-64", "noarch"]
+    )
+    await install(records, target_prefix=prefix, cache_dir=cache, show_progress=False)
+
+
+def rattler_seconds(channel: str, specs: list[str], scratch: Path) -> float:
+    """One in-process solve + install with a cold cache, as py-rattler does it alone."""
+    run = scratch / uuid.uuid4().hex
+    started = time.perf_counter()
+    asyncio.run(_rattler_create(channel, specs, run / "prefix", run / "pkgs"))
+    elapsed = time.perf_counter() - started
+    shutil.rmtree(run)
+    return elapsed
+
+
+def agent_seconds(agent: AgentProcess, specs: list[str], cold: bool) -> float:
+    """One CreateEnvironment through the agent, timed from request to result."""
+    if cold:
+        shutil.rmtree(agent.data_dir / "pkgs", ignore_errors=True)
+        (agent.data_dir / "pkgs").mkdir()
+    request = pb.CreateEnvironmentRequest(
+        environment_id=str(uuid.uuid4()), name="bench", packages=specs
+    )
+    started = time.perf_counter()
+    messages = list(agent.stub().CreateEnvironment(request, metadata=agent.metadata))
+    elapsed = time.perf_counter() - started
+    result = messages[-1].result
+    if not result.success or len(result.packages) != len(specs):
+        raise RuntimeError(f"benchmark create failed: {result.error}")
+    return elapsed
+
+
+def measure(scratch: Path) -> list[tuple[str, str, str]]:
+    channel, specs = many_packages_channel(scratch / "channel", PACKAGES)
+    rattler = [rattler_seconds(channel, specs, scratch) for _ in range(ROUNDS)]
+    with start_agent(scratch / "agent", channel, token="bench") as agent:
+        agent_seconds(agent, specs, cold=True)  # warm up the agent's imports and caches
+        cold = [agent_seconds(agent, specs, cold=True) for _ in range(ROUNDS)]
+        warm = [agent_seconds(agent, specs, cold=False) for _ in range(ROUNDS)]
+    rattler_ms, cold_ms, warm_ms = (1000 * statistics.median(x) for x in (rattler, cold, warm))
+    return [
+        ("py-rattler solve + install, 100 packages, cold cache (ms)", f"{rattler_ms:.0f}", "-"),
+        ("agent create, same packages, cold cache (ms)", f"{cold_ms:.0f}", "-"),
+        ("agent added time per create (ms)", f"{cold_ms - rattler_ms:.0f}", "< 150"),
+        ("agent / py-rattler (ratio)", f"{cold_ms / rattler_ms:.2f}", "-"),
+        ("agent create, warm cache / cold cache (ratio)", f"{warm_ms / cold_ms:.2f}", "<= 0.3"),
+    ]
+
+
+def main() -> list[tuple[str, str, str]]:
+    with tempfile.TemporaryDirectory(prefix="darb-bench-") as scratch:
+        rows = measure(Path(scratch))
+    print(f"\nexecutor agent: median of {ROUNDS} rounds, {os.cpu_count()} cores")
+    print(f"| {'figure':<58} | {'value':>7} | target |")
+    print(f"| {'-' * 58} | {'-' * 7} | ------ |")
+    for figure, value, target in rows:
+        print(f"| {figure:<58} | {value:>7} | {target} |")
+    return rows
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,153 @@
+"""Builds and runs the control plane: database, migrations, dispatcher and gRPC server."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from dataclasses import dataclass
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from darb.v1 import (
+    auth_pb2,
+    auth_pb2_grpc,
+    environments_pb2,
+    environments_pb2_grpc,
+    jobs_pb2,
+    jobs_pb2_grpc,
+    users_pb2,
+    users_pb2_grpc,
+)
+from services.api.db import Database
+from services.api.dispatcher import Dispatcher
+from services.api.events import EventBus
+from services.api.executor_client import ExecutorClient, GrpcExecutorClient
+from services.api.handlers.auth import AuthService
+from services.api.handlers.environments import EnvironmentService
+from services.api.handlers.jobs import JobService
+from services.api.handlers.users import UserService
+from services.api.health import DatabaseHealth
+from services.api.migrate import migrate
+from services.api.passwords import hash_password
+from services.api.repo import users
+from services.api.state import AppState
+from shared.config import ApiSettings
+
+log = logging.getLogger("darb.api")
+
+SERVICE_NAMES = [
+    auth_pb2.DESCRIPTOR.services_by_name["AuthService"].full_name,
+    users_pb2.DESCRIPTOR.services_by_name["UserService"].full_name,
+    environments_pb2.DESCRIPTOR.services_by_name["EnvironmentService"].full_name,
+    jobs_pb2.DESCRIPTOR.services_by_name["JobService"].full_name,
+]
+STARTUP_DB_WAIT = 30.0
+
+
+@dataclass
+class ControlPlane:
+    server: grpc.aio.Server
+    port: int
+    db: Database
+    bus: EventBus
+    dispatcher: Dispatcher
+    client: ExecutorClient
+    health_task: asyncio.Task[None]
+    grace: float
+
+    async def stop(self) -> None:
+        await self.server.stop(self.grace)
+        await self.dispatcher.stop()
+        self.health_task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self.health_task
+        await self.bus.stop()
+        await self.client.close()
+        await self.db.close()
+
+
+async def _prepare_database(db: Database, settings: ApiSettings) -> None:
+    """Migrates (waiting a little for a database that is still starting) and creates the
+    first admin."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + STARTUP_DB_WAIT
+    while True:
+        try:
+            await migrate(db)
+            break
+        except Exception as exc:
+            if loop.time() > deadline:
+                raise
+            log.warning("database not ready (%s); retrying", type(exc).__name__)
+            await asyncio.sleep(1)
+    password_hash = await hash_password(settings.admin_password)
+    if await db.run(users.ensure_admin, settings.admin_username, password_hash):
+        log.info("created admin user %r", settings.admin_username)
+        if settings.admin_password_is_dev_default:
+            log.warning(
+                "admin password is the DEVELOPMENT DEFAULT %r; set DARB_ADMIN_PASSWORD",
+                settings.admin_password,
+            )
+
+
+async def start(settings: ApiSettings, client: ExecutorClient | None = None) -> ControlPlane:
+    db = Database(settings.database_url)
+    await _prepare_database(db, settings)
+    bus = EventBus(db)
+    await bus.start()
+    client = client or GrpcExecutorClient(settings.agent_token)
+    dispatcher = Dispatcher(
+        db,
+        bus,
+        client,
+        concurrency=settings.worker_concurrency,
+        poll_interval=settings.poll_interval,
+        lease=settings.job_lease,
+    )
+    await dispatcher.start()
+    state = AppState(settings=settings, db=db, bus=bus)
+    server = grpc.aio.server()
+    auth_pb2_grpc.add_AuthServiceServicer_to_server(AuthService(state), server)
+    users_pb2_grpc.add_UserServiceServicer_to_server(UserService(state), server)
+    environments_pb2_grpc.add_EnvironmentServiceServicer_to_server(
+        EnvironmentService(state), server
+    )
+    jobs_pb2_grpc.add_JobServiceServicer_to_server(JobService(state), server)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        [
+            *SERVICE_NAMES,
+            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+            reflection.SERVICE_NAME,
+        ],
+        server,
+    )
+    database_health = DatabaseHealth(health_servicer, db, SERVICE_NAMES)
+    await database_health.check(timeout=5.0)
+    port = server.add_insecure_port(settings.addr)
+    await server.start()
+    health_task = asyncio.create_task(database_health.watch(interval=2.0))
+    return ControlPlane(
+        server, port, db, bus, dispatcher, client, health_task, settings.shutdown_grace
+    )
+
+
+async def serve(settings: ApiSettings) -> None:
+    """Runs until SIGINT or SIGTERM, then stops jobs and the server cleanly."""
+    plane = await start(settings)
+    host = settings.addr.rsplit(":", 1)[0]
+    # The first line on stdout, which tests and scripts wait for (the agent does the same).
+    print(f"darb api listening on {host}:{plane.port}", flush=True)
+    log.info("executors: %s", ",".join(settings.executors))
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    await stop.wait()
+    log.info("shutting down")
+    await plane.stop()

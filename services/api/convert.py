@@ -1,0 +1,69 @@
+"""Rows to protobuf messages."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from darb.v1 import common_pb2 as pb
+from services.api import payloads
+from services.api.models import Environment, Job, User
+from services.api.repo.environments import PackageRow
+from services.api.repo.jobs import LineRow
+
+
+def timestamp(value: datetime | None) -> Timestamp | None:
+    if value is None:
+        return None
+    stamp = Timestamp()
+    stamp.FromDatetime(value)
+    return stamp
+
+
+def user(row: User) -> pb.User:
+    return pb.User(
+        id=row.id, username=row.username, admin=row.is_admin, created_at=timestamp(row.created_at)
+    )
+
+
+def environment(row: Environment) -> pb.Environment:
+    return pb.Environment(
+        id=row.id,
+        name=row.name,
+        owner_id=row.owner_id,
+        package_manager=row.package_manager,
+        channels=row.channels,
+        status=pb.EnvironmentStatus.Value(f"ENVIRONMENT_STATUS_{row.status}"),
+        error=row.error,
+        created_at=timestamp(row.created_at),
+        updated_at=timestamp(row.updated_at),
+    )
+
+
+def job(row: Job, logs: str = "") -> pb.Job:
+    return pb.Job(
+        id=row.id,
+        type=pb.JobType.Value(f"JOB_TYPE_{row.type}"),
+        status=pb.JobStatus.Value(f"JOB_STATUS_{row.status}"),
+        environment_id=row.environment_id,
+        error=row.error,
+        logs=logs,
+        created_at=timestamp(row.created_at),
+        started_at=timestamp(row.started_at),
+        completed_at=timestamp(row.completed_at),
+        packages=payloads.packages_of(payloads.load(row.type, row.payload)),
+    )
+
+
+def package(row: PackageRow) -> pb.Package:
+    return pb.Package(name=row.name, version=row.version, build=row.build, channel=row.channel)
+
+
+def line(row: LineRow) -> pb.LogLine:
+    return pb.LogLine(
+        seq=row.seq,
+        stream=pb.LogStream.Value(f"LOG_STREAM_{row.stream.upper()}"),
+        text=row.text,
+        time=timestamp(row.time),
+    )

@@ -1,0 +1,134 @@
+"""The seam to the executor agents: one streaming operation per job."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Protocol
+
+import grpc
+
+from darb.executor.v1 import executor_pb2 as pb
+from darb.executor.v1 import executor_pb2_grpc as pb_grpc
+from services.api import payloads
+from services.api.models import utcnow
+from services.api.outcomes import AgentState
+from services.api.repo.environments import PackageRow
+
+# Codes after which the same call can simply be tried again: the agent is busy
+# restoring the environment after a cancel, or not reachable for a moment.
+RETRYABLE = (grpc.StatusCode.ABORTED, grpc.StatusCode.UNAVAILABLE)
+STREAM_NAMES = {pb.LOG_STREAM_STDERR: "stderr"}
+
+
+@dataclass(frozen=True)
+class AgentLine:
+    stream: str
+    text: str
+    time: datetime
+
+
+@dataclass(frozen=True)
+class AgentResult:
+    success: bool
+    error: str
+    state: AgentState
+
+
+class ExecutorError(Exception):
+    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+    @property
+    def retryable(self) -> bool:
+        return self.code in RETRYABLE
+
+
+class ExecutorClient(Protocol):
+    def run(
+        self, executor: str, environment_id: str, payload: payloads.Payload
+    ) -> AsyncIterator[AgentLine | AgentResult]:
+        """Streams the operation's lines and then its result; raises ExecutorError.
+
+        Closing the iterator early cancels the operation on the agent.
+        """
+        ...
+
+    async def close(self) -> None: ...
+
+
+class GrpcExecutorClient:
+    """Talks to agents over gRPC, one channel per address, with the agent token."""
+
+    def __init__(self, token: str) -> None:
+        self._metadata = (("authorization", f"Bearer {token}"),) if token else ()
+        self._stubs: dict[str, tuple[grpc.aio.Channel, pb_grpc.ExecutorServiceStub]] = {}
+
+    def _stub(self, addr: str) -> pb_grpc.ExecutorServiceStub:
+        if addr not in self._stubs:
+            channel = grpc.aio.insecure_channel(addr)
+            self._stubs[addr] = (channel, pb_grpc.ExecutorServiceStub(channel))
+        return self._stubs[addr][1]
+
+    def _call(
+        self, stub: pb_grpc.ExecutorServiceStub, environment_id: str, payload: payloads.Payload
+    ) -> grpc.aio.UnaryStreamCall:
+        if isinstance(payload, payloads.CreatePayload):
+            request = pb.CreateEnvironmentRequest(
+                environment_id=environment_id,
+                name=payload.name,
+                channels=payload.channels,
+                packages=payload.packages,
+            )
+            return stub.CreateEnvironment(request, metadata=self._metadata)
+        if isinstance(payload, payloads.InstallPayload):
+            request = pb.InstallPackagesRequest(
+                environment_id=environment_id, packages=payload.packages
+            )
+            return stub.InstallPackages(request, metadata=self._metadata)
+        if isinstance(payload, payloads.RemovePayload):
+            request = pb.RemovePackagesRequest(
+                environment_id=environment_id, packages=payload.packages
+            )
+            return stub.RemovePackages(request, metadata=self._metadata)
+        request = pb.DeleteEnvironmentRequest(environment_id=environment_id)
+        return stub.DeleteEnvironment(request, metadata=self._metadata)
+
+    async def run(
+        self, executor: str, environment_id: str, payload: payloads.Payload
+    ) -> AsyncIterator[AgentLine | AgentResult]:
+        call = self._call(self._stub(executor), environment_id, payload)
+        try:
+            async for message in call:
+                if message.HasField("log_line"):
+                    line = message.log_line
+                    yield AgentLine(
+                        stream=STREAM_NAMES.get(line.stream, "stdout"),
+                        text=line.text,
+                        time=line.time.ToDatetime(tzinfo=UTC)
+                        if line.HasField("time")
+                        else utcnow(),
+                    )
+                elif message.HasField("result"):
+                    yield _result(message.result)
+        except grpc.aio.AioRpcError as exc:
+            raise ExecutorError(exc.code(), exc.details() or exc.code().name) from exc
+        finally:
+            call.cancel()
+
+    async def close(self) -> None:
+        for channel, _ in self._stubs.values():
+            await channel.close()
+        self._stubs.clear()
+
+
+def _result(result: pb.OperationResult) -> AgentResult:
+    packages = [PackageRow(p.name, p.version, p.build, p.channel) for p in result.packages]
+    return AgentResult(
+        success=result.success,
+        error=result.error,
+        state=AgentState(packages, result.manifest, result.lockfile),
+    )

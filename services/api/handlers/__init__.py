@@ -1,0 +1,1 @@
+"""gRPC servicers, one module per service of protos/darb/v1."""

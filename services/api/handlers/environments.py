@@ -1,0 +1,173 @@
+"""EnvironmentService: environment CRUD and package changes, each change queued as a job."""
+
+from __future__ import annotations
+
+import random
+import re
+
+from sqlalchemy.orm import Session
+
+from darb.v1 import environments_pb2 as pb
+from darb.v1 import environments_pb2_grpc as pb_grpc
+from services.api import convert, paging, payloads
+from services.api.errors import FailedPrecondition, InvalidArgument
+from services.api.ids import parse_id
+from services.api.models import Environment, EnvironmentStatus, Job, User
+from services.api.repo import environments, jobs
+from services.api.rpc import unary
+from services.api.state import AppState
+from shared.specs import parse_specs, resolve_channels, validate_package_name
+
+ENVIRONMENT_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
+PACKAGE_MANAGERS = ("pixi",)
+
+
+def _validate_name(name: str) -> str:
+    if not ENVIRONMENT_NAME.match(name):
+        raise InvalidArgument(
+            f"environment name {name[:80]!r} must be 1-64 characters of a-z 0-9 . _ - "
+            "starting with a letter or digit"
+        )
+    return name
+
+
+def _package_names(names: list[str]) -> list[str]:
+    if not names:
+        raise InvalidArgument("at least one package name is required")
+    validated = [validate_package_name(name) for name in names]
+    if len(set(validated)) != len(validated):
+        raise InvalidArgument("package names must not repeat")
+    return validated
+
+
+def _create(
+    session: Session, caller: User, payload: payloads.CreatePayload, executor: str
+) -> tuple[Environment, Job]:
+    environment = environments.create(
+        session, caller, payload.name, "pixi", payload.channels, executor
+    )
+    return environment, jobs.submit(session, environment, payload)
+
+
+def _submit(session: Session, caller: User, environment_id: str, payload: payloads.Payload) -> Job:
+    """Queues a job behind the environment's others, if the environment still takes jobs."""
+    environment = environments.get_visible(session, caller, environment_id, for_update=True)
+    if environment.status == EnvironmentStatus.DELETING:
+        raise FailedPrecondition(f"environment {environment.name!r} is being deleted")
+    if isinstance(payload, payloads.DeletePayload):
+        environment.status = EnvironmentStatus.DELETING
+    elif environment.status == EnvironmentStatus.FAILED:
+        raise FailedPrecondition(
+            f"environment {environment.name!r} failed to create ({environment.error}); "
+            "delete it and create it again"
+        )
+    return jobs.submit(session, environment, payload)
+
+
+def _export(session: Session, caller: User, environment_id: str) -> Environment:
+    environment = environments.get_visible(session, caller, environment_id)
+    if not environment.manifest:
+        raise FailedPrecondition(
+            f"environment {environment.name!r} has no manifest yet (it is {environment.status})"
+        )
+    return environment
+
+
+def _packages(session: Session, caller: User, environment_id: str) -> list[environments.PackageRow]:
+    environments.get_visible(session, caller, environment_id)
+    return environments.packages(session, environment_id)
+
+
+class EnvironmentService(pb_grpc.EnvironmentServiceServicer):
+    def __init__(self, state: AppState) -> None:
+        self.state = state
+
+    async def _queue(self, caller: User, environment_id: str, payload: payloads.Payload) -> Job:
+        job = await self.state.db.run(_submit, caller, environment_id, payload)
+        await self.state.bus.jobs_queued()
+        return job
+
+    @unary()
+    async def CreateEnvironment(
+        self, request: pb.CreateEnvironmentRequest, caller: User
+    ) -> pb.CreateEnvironmentResponse:
+        name = _validate_name(request.name)
+        manager = request.package_manager or "pixi"
+        if manager not in PACKAGE_MANAGERS:
+            raise InvalidArgument(
+                f"package_manager {manager[:40]!r} is not supported; use one of {PACKAGE_MANAGERS}"
+            )
+        policy = self.state.settings.channels
+        channels = resolve_channels(list(request.channels), policy)
+        specs = parse_specs(list(request.packages), policy)
+        payload = payloads.CreatePayload(name, channels, [spec.text for spec in specs])
+        executor = random.choice(self.state.settings.executors)
+        environment, job = await self.state.db.run(_create, caller, payload, executor)
+        await self.state.bus.jobs_queued()
+        return pb.CreateEnvironmentResponse(
+            environment=convert.environment(environment), job=convert.job(job)
+        )
+
+    @unary()
+    async def GetEnvironment(
+        self, request: pb.GetEnvironmentRequest, caller: User
+    ) -> pb.GetEnvironmentResponse:
+        environment_id = parse_id(request.id, "id")
+        row = await self.state.db.run(environments.get_visible, caller, environment_id)
+        return pb.GetEnvironmentResponse(environment=convert.environment(row))
+
+    @unary()
+    async def ListEnvironments(
+        self, request: pb.ListEnvironmentsRequest, caller: User
+    ) -> pb.ListEnvironmentsResponse:
+        size = paging.page_size(request.page_size)
+        after = paging.decode(request.page_token, 2) or ["", ""]
+        key = (str(after[0]), str(after[1]))
+        rows = await self.state.db.run(environments.page, caller, key, size + 1)
+        token = paging.encode([rows[size - 1].name, rows[size - 1].id]) if len(rows) > size else ""
+        return pb.ListEnvironmentsResponse(
+            environments=[convert.environment(row) for row in rows[:size]], next_page_token=token
+        )
+
+    @unary()
+    async def DeleteEnvironment(
+        self, request: pb.DeleteEnvironmentRequest, caller: User
+    ) -> pb.DeleteEnvironmentResponse:
+        environment_id = parse_id(request.id, "id")
+        job = await self._queue(caller, environment_id, payloads.DeletePayload())
+        return pb.DeleteEnvironmentResponse(job=convert.job(job))
+
+    @unary()
+    async def InstallPackages(
+        self, request: pb.InstallPackagesRequest, caller: User
+    ) -> pb.InstallPackagesResponse:
+        environment_id = parse_id(request.environment_id, "environment_id")
+        specs = parse_specs(list(request.packages), self.state.settings.channels)
+        payload = payloads.InstallPayload([spec.text for spec in specs])
+        job = await self._queue(caller, environment_id, payload)
+        return pb.InstallPackagesResponse(job=convert.job(job))
+
+    @unary()
+    async def RemovePackages(
+        self, request: pb.RemovePackagesRequest, caller: User
+    ) -> pb.RemovePackagesResponse:
+        environment_id = parse_id(request.environment_id, "environment_id")
+        payload = payloads.RemovePayload(_package_names(list(request.packages)))
+        job = await self._queue(caller, environment_id, payload)
+        return pb.RemovePackagesResponse(job=convert.job(job))
+
+    @unary()
+    async def ListPackages(
+        self, request: pb.ListPackagesRequest, caller: User
+    ) -> pb.ListPackagesResponse:
+        environment_id = parse_id(request.environment_id, "environment_id")
+        rows = await self.state.db.run(_packages, caller, environment_id)
+        return pb.ListPackagesResponse(packages=[convert.package(row) for row in rows])
+
+    @unary()
+    async def ExportEnvironment(
+        self, request: pb.ExportEnvironmentRequest, caller: User
+    ) -> pb.ExportEnvironmentResponse:
+        environment_id = parse_id(request.id, "id")
+        row = await self.state.db.run(_export, caller, environment_id)
+        return pb.ExportEnvironmentResponse(manifest=row.manifest, lockfile=row.lockfile)

@@ -1,0 +1,60 @@
+"""UserService: who am I, and account management for admins."""
+
+from __future__ import annotations
+
+import re
+
+from darb.v1 import users_pb2 as pb
+from darb.v1 import users_pb2_grpc as pb_grpc
+from services.api import convert, paging
+from services.api.errors import InvalidArgument, PermissionDenied
+from services.api.models import User
+from services.api.passwords import hash_password
+from services.api.repo import users
+from services.api.rpc import unary
+from services.api.state import AppState
+
+USERNAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
+MIN_PASSWORD = 8
+
+
+def _require_admin(caller: User) -> None:
+    if not caller.is_admin:
+        raise PermissionDenied("only admins may manage users")
+
+
+class UserService(pb_grpc.UserServiceServicer):
+    def __init__(self, state: AppState) -> None:
+        self.state = state
+
+    @unary()
+    async def GetCurrentUser(
+        self, _request: pb.GetCurrentUserRequest, caller: User
+    ) -> pb.GetCurrentUserResponse:
+        return pb.GetCurrentUserResponse(user=convert.user(caller))
+
+    @unary()
+    async def CreateUser(
+        self, request: pb.CreateUserRequest, caller: User
+    ) -> pb.CreateUserResponse:
+        _require_admin(caller)
+        if not USERNAME.match(request.username):
+            raise InvalidArgument(
+                "username must be 1-64 characters of a-z 0-9 . _ - starting with a letter or digit"
+            )
+        if len(request.password) < MIN_PASSWORD:
+            raise InvalidArgument(f"password must have at least {MIN_PASSWORD} characters")
+        password_hash = await hash_password(request.password)
+        user = await self.state.db.run(users.create, request.username, password_hash, request.admin)
+        return pb.CreateUserResponse(user=convert.user(user))
+
+    @unary()
+    async def ListUsers(self, request: pb.ListUsersRequest, caller: User) -> pb.ListUsersResponse:
+        _require_admin(caller)
+        size = paging.page_size(request.page_size)
+        after = paging.decode(request.page_token, 1)
+        rows = await self.state.db.run(users.page, str(after[0]) if after else "", size + 1)
+        token = paging.encode([rows[size - 1].username]) if len(rows) > size else ""
+        return pb.ListUsersResponse(
+            users=[convert.user(row) for row in rows[:size]], next_page_token=token
+        )

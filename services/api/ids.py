@@ -1,0 +1,21 @@
+"""Public ids are canonical lower-case UUID strings."""
+
+from __future__ import annotations
+
+import uuid
+
+from services.api.errors import InvalidArgument
+
+
+def new_id() -> str:
+    return str(uuid.uuid4())
+
+
+def parse_id(value: str, what: str) -> str:
+    """The canonical form of an id from a request."""
+    if not value:
+        raise InvalidArgument(f"{what} is required")
+    try:
+        return str(uuid.UUID(value))
+    except ValueError as exc:
+        raise InvalidArgument(f"{what} {value[:64]!r} is not a UUID") from exc

@@ -1,0 +1,95 @@
+"""The one place where requests are authenticated and errors become status codes.
+
+Handlers are written as ``method(self, request, caller)`` and decorated with ``unary``
+or ``streaming``; ``self.state`` is the AppState. Expected errors keep their message;
+anything else is logged and answered INTERNAL with no detail, so SQL, paths and
+tracebacks never reach the caller.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, TypeVar
+
+import grpc
+import psycopg
+from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
+
+from services.api.errors import ServiceError, Unauthenticated
+from services.api.models import User
+from services.api.repo import users
+from services.api.state import AppState
+from shared.specs import InvalidInput
+
+log = logging.getLogger(__name__)
+
+Req = TypeVar("Req")
+Resp = TypeVar("Resp")
+
+
+def _status(exc: Exception) -> tuple[grpc.StatusCode, str]:
+    if isinstance(exc, ServiceError):
+        return exc.code, str(exc)
+    if isinstance(exc, InvalidInput):
+        return grpc.StatusCode.INVALID_ARGUMENT, str(exc)
+    if isinstance(exc, OperationalError | PoolTimeout | psycopg.OperationalError) or (
+        isinstance(exc, DBAPIError) and exc.connection_invalidated
+    ):
+        log.warning("database unavailable: %s", exc)
+        return grpc.StatusCode.UNAVAILABLE, "the database is unavailable; try again"
+    log.exception("internal error", exc_info=exc)
+    return grpc.StatusCode.INTERNAL, "internal error"
+
+
+async def authenticate(state: AppState, context: grpc.aio.ServicerContext) -> User:
+    header = dict(context.invocation_metadata() or ()).get("authorization", "")
+    scheme, _, token = str(header).partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise Unauthenticated("missing 'authorization: Bearer <token>' metadata")
+    user = await state.db.run(users.user_for_token, token.strip())
+    if user is None:
+        raise Unauthenticated("the token is invalid or has expired; log in again")
+    return user
+
+
+def unary(
+    *, public: bool = False
+) -> Callable[[Callable[[Any, Req, User], Awaitable[Resp]]], Callable[..., Awaitable[Resp]]]:
+    def decorate(
+        method: Callable[[Any, Req, User], Awaitable[Resp]],
+    ) -> Callable[..., Awaitable[Resp]]:
+        @functools.wraps(method)
+        async def handler(self: Any, request: Req, context: grpc.aio.ServicerContext) -> Resp:
+            try:
+                caller = None if public else await authenticate(self.state, context)
+                return await method(self, request, caller)  # type: ignore[arg-type]
+            except Exception as exc:
+                code, message = _status(exc)
+            await context.abort(code, message)
+            raise AssertionError("unreachable: abort raises")
+
+        return handler
+
+    return decorate
+
+
+def streaming(
+    method: Callable[[Any, Req, User], AsyncIterator[Resp]],
+) -> Callable[..., AsyncIterator[Resp]]:
+    @functools.wraps(method)
+    async def handler(
+        self: Any, request: Req, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[Resp]:
+        try:
+            caller = await authenticate(self.state, context)
+            async for response in method(self, request, caller):
+                yield response
+            return
+        except Exception as exc:
+            code, message = _status(exc)
+        await context.abort(code, message)
+
+    return handler
