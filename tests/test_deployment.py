@@ -1,0 +1,78 @@
+"""docker-compose.yml cannot run here (no Docker engine); check what can be checked."""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+from pathlib import Path
+
+import yaml
+
+from shared.config import ApiSettings, ExecutorSettings
+
+ROOT = Path(__file__).resolve().parents[1]
+SUBSTITUTION = re.compile(r"\$\{([A-Z_]+)(?::[-?][^}]*)?\}")
+
+
+class RecordingEnv(dict[str, str]):
+    """A mapping that remembers every variable a settings class asks for."""
+
+    def __init__(self, values: dict[str, str]) -> None:
+        super().__init__(values)
+        self.asked: set[str] = set()
+
+    def get(self, key: str, default: object = None) -> object:  # type: ignore[override]
+        self.asked.add(key)
+        return super().get(key, default)
+
+
+def compose() -> dict:
+    return yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+
+
+def service_env(service: str) -> dict[str, str]:
+    """A service's environment with ${VAR...} substitutions filled with sample values."""
+    raw = compose()["services"][service].get("environment", {})
+    return {key: SUBSTITUTION.sub("sample-secret", str(value)) for key, value in raw.items()}
+
+
+def variables_read_by_config() -> set[str]:
+    env = RecordingEnv({"DARB_ADMIN_PASSWORD": "x"})
+    ExecutorSettings.from_env(env)
+    ApiSettings.from_env(env)
+    return env.asked
+
+
+def test_compose_has_the_three_services_with_health_checks():
+    services = compose()["services"]
+    assert set(services) == {"postgres", "api", "executor"}
+    assert all("healthcheck" in service for service in services.values())
+    depends = services["api"]["depends_on"]
+    assert depends["postgres"]["condition"] == "service_healthy"
+    assert depends["executor"]["condition"] == "service_healthy"
+
+
+def test_every_darb_variable_in_compose_is_read_by_the_config():
+    known = variables_read_by_config()
+    for service in ("api", "executor"):
+        unknown = {key for key in service_env(service) if key.startswith("DARB_")} - known
+        assert not unknown, f"{service} sets variables no setting reads: {unknown}"
+
+
+def test_compose_settings_are_accepted_and_wired_together():
+    api = ApiSettings.from_env(service_env("api"))
+    executor = ExecutorSettings.from_env(service_env("executor"))
+    assert api.database_url.startswith("postgresql+psycopg://")
+    assert api.executors == ("executor:50052",)
+    assert executor.addr.endswith(":50052")
+    assert api.agent_token == executor.token
+    assert api.channels == executor.channels
+
+
+def test_compose_commands_name_modules_that_exist():
+    for service in ("api", "executor"):
+        command = compose()["services"][service]["command"]
+        assert command[:2] == ["python", "-m"]
+        assert importlib.util.find_spec(command[2]) is not None
+        probe = compose()["services"][service]["healthcheck"]["test"]
+        assert importlib.util.find_spec(probe[probe.index("-m") + 1]) is not None
