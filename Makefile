@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 PROTOS := $(shell find protos -name '*.proto')
 GEN_STAMP := darb/.generated
 
-.PHONY: venv proto lint test run bench lock clean
+.PHONY: venv proto lint test run demo bench lock clean
 
 venv: $(STAMP)
 
@@ -45,3 +45,15 @@ lock: $(STAMP)
 
 clean:
 	rm -rf $(VENV) darb/v1 darb/executor $(GEN_STAMP) node_modules
+
+# Starts the control plane and the agent in the foreground (SQLite and files in ./data).
+run: proto
+	$(PY) scripts/run.py
+
+# Against a running `make run`: builds a demo channel and walks through the CLI flow.
+demo: proto
+	$(PY) scripts/demo.py
+
+# Prints the benchmark table and writes it to docs/benchmarks.md.
+bench: proto
+	$(PY) -m benchmarks

@@ -7,16 +7,16 @@ Run with ``make bench``; prints a table and returns it for ``docs/benchmarks.md`
 
 from __future__ import annotations
 
-import asyncio
+import json
 import os
 import shutil
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 import uuid
 from pathlib import Path
-
-from rattler import Gateway, install, solve
 
 from darb.executor.v1 import executor_pb2 as pb
 from tests.support.agent import AgentProcess, start_agent
@@ -26,21 +26,34 @@ ROUNDS = 5
 PACKAGES = 100
 
 
-async def _rattler_create(channel: str, specs: list[str], prefix: Path, cache: Path) -> None:
-    records = await solve(
-        sources=[channel], specs=specs, gateway=Gateway(), platforms=["linux-64", "noarch"]
-    )
+# py-rattler alone: solve + install timed inside one process (imports excluded). It runs
+# in a child that ends with os._exit, as async rattler calls can crash at interpreter exit.
+RATTLER_ALONE = """
+import asyncio, json, os, sys, time
+from rattler import Gateway, install, solve
+
+async def create(channel, specs, prefix, cache):
+    records = await solve(sources=[channel], specs=specs, gateway=Gateway(),
+                          platforms=["linux-64", "noarch"])
     await install(records, target_prefix=prefix, cache_dir=cache, show_progress=False)
+
+channel, specs, prefix, cache = json.loads(sys.argv[1])
+started = time.perf_counter()
+asyncio.run(create(channel, specs, prefix, cache))
+print(time.perf_counter() - started, flush=True)
+os._exit(0)
+"""
 
 
 def rattler_seconds(channel: str, specs: list[str], scratch: Path) -> float:
-    """One in-process solve + install with a cold cache, as py-rattler does it alone."""
+    """One solve + install with a cold cache, as py-rattler does it alone."""
     run = scratch / uuid.uuid4().hex
-    started = time.perf_counter()
-    asyncio.run(_rattler_create(channel, specs, run / "prefix", run / "pkgs"))
-    elapsed = time.perf_counter() - started
+    arguments = json.dumps([channel, specs, str(run / "prefix"), str(run / "pkgs")])
+    done = subprocess.run(
+        [sys.executable, "-c", RATTLER_ALONE, arguments], capture_output=True, text=True, check=True
+    )
     shutil.rmtree(run)
-    return elapsed
+    return float(done.stdout)
 
 
 def agent_seconds(agent: AgentProcess, specs: list[str], cold: bool) -> float:

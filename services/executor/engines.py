@@ -1,16 +1,18 @@
 """Engines: the seam between an operation and the package manager that carries it out.
 
 ``builtin`` runs darb's own py-rattler worker; ``cli`` drives the ``pixi`` binary. Both
-run their work as child process groups through ``run_in_group`` and report output lines
+run their work as child process groups (``spawn_in_group``) and report output lines
 through ``emit``; ``run`` returns an error message, or None on success.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import shutil
 import sys
+from asyncio.subprocess import Process
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -18,7 +20,15 @@ from pathlib import Path
 from typing import Any, Literal, Protocol
 from uuid import uuid4
 
-from services.executor.process import Emit, OutputLine, Stream, line_of, run_in_group
+from services.executor.process import (
+    Emit,
+    OutputLine,
+    Stream,
+    follow_group,
+    kill_group,
+    line_of,
+    spawn_in_group,
+)
 from services.executor.workspace import DataLayout, Workspace
 
 OperationKind = Literal["create", "install", "remove", "delete", "restore"]
@@ -53,34 +63,69 @@ def child_environment() -> dict[str, str]:
     return env
 
 
-async def run_tracked(
-    layout: DataLayout, argv: Sequence[str], emit: Emit, what: str, **options: Any
+async def spawn_tracked(layout: DataLayout, argv: Sequence[str], **options: Any) -> Process:
+    """Spawn a process group and record it, so a restarted agent can kill what it left."""
+    process = await spawn_in_group(argv, env=child_environment(), **options)
+    layout.group_file(process.pid).touch()
+    return process
+
+
+async def follow_tracked(
+    layout: DataLayout, process: Process, emit: Emit, what: str, stdin: bytes = b""
 ) -> int:
-    """``run_in_group`` that logs the child's pid and records its group while it runs."""
-    started: list[int] = []
-
-    def on_start(pid: int) -> None:
-        started.append(pid)
-        layout.group_file(pid).touch()
-        emit(line_of(Stream.STDOUT, f"darb: {what} started (pid {pid})"))
-
+    """Log the child's pid, stream its lines to the end, then forget its group."""
+    emit(line_of(Stream.STDOUT, f"darb: {what} started (pid {process.pid})"))
     try:
-        return await run_in_group(
-            argv, emit=emit, env=child_environment(), on_start=on_start, **options
-        )
+        return await follow_group(process, emit=emit, stdin=stdin)
     finally:
-        for pid in started:
-            layout.group_file(pid).unlink(missing_ok=True)
+        layout.group_file(process.pid).unlink(missing_ok=True)
+
+
+@dataclass(frozen=True)
+class _Worker:
+    process: Process
+    result_path: Path
 
 
 class BuiltinEngine:
-    """Solves and installs with py-rattler in a child process (``builtin_worker``)."""
+    """Solves and installs with py-rattler in a child process (``builtin_worker``).
+
+    Starting Python and importing rattler costs more than a small solve and install, so
+    one worker is always started ahead of time and waits for its request on stdin.
+    """
 
     name = "builtin"
 
     def __init__(self, layout: DataLayout, platform: str) -> None:
         self._layout = layout
         self._platform = platform
+        self._spare: asyncio.Task[_Worker] | None = None
+
+    def start(self) -> None:
+        """Start the first spare worker (needs the running event loop)."""
+        self._spare = asyncio.ensure_future(self._spawn())
+
+    async def close(self) -> None:
+        """Stop the idle spare worker."""
+        spare, self._spare = self._spare, None
+        if spare is not None:
+            worker = await spare
+            kill_group(worker.process.pid)
+            await worker.process.wait()
+            self._layout.group_file(worker.process.pid).unlink(missing_ok=True)
+
+    async def _spawn(self) -> _Worker:
+        result_path = self._layout.runs / f"{uuid4().hex}.json"
+        argv = [sys.executable, "-m", "services.executor.builtin_worker", "--result"]
+        process = await spawn_tracked(self._layout, [*argv, str(result_path)], cwd=PROJECT_ROOT)
+        return _Worker(process, result_path)
+
+    async def _take(self) -> _Worker:
+        spare, self._spare = self._spare, asyncio.ensure_future(self._spawn())
+        worker = await spare if spare is not None else None
+        if worker is None or worker.process.returncode is not None:
+            worker = await self._spawn()
+        return worker
 
     def request_of(self, operation: Operation) -> dict[str, object]:
         return {
@@ -96,20 +141,18 @@ class BuiltinEngine:
         }
 
     async def run(self, operation: Operation, emit: Emit) -> str | None:
-        result_path = self._layout.runs / f"{uuid4().hex}.json"
-        argv = [sys.executable, "-m", "services.executor.builtin_worker"]
+        worker = await self._take()
         try:
-            exit_code = await run_tracked(
+            exit_code = await follow_tracked(
                 self._layout,
-                [*argv, "--result", str(result_path)],
+                worker.process,
                 emit,
                 f"builtin engine ({operation.kind})",
                 stdin=json.dumps(self.request_of(operation)).encode(),
-                cwd=PROJECT_ROOT,
             )
-            return _worker_error(result_path, exit_code)
+            return _worker_error(worker.result_path, exit_code)
         finally:
-            result_path.unlink(missing_ok=True)
+            worker.result_path.unlink(missing_ok=True)
 
 
 def _worker_error(result_path: Path, exit_code: int) -> str | None:
@@ -178,7 +221,8 @@ class PixiCliEngine:
             emit(line)
 
         for argv in commands:
-            exit_code = await run_tracked(self._layout, argv, keep_tail, f"pixi {argv[1]}")
+            process = await spawn_tracked(self._layout, argv)
+            exit_code = await follow_tracked(self._layout, process, keep_tail, f"pixi {argv[1]}")
             if exit_code != 0:
                 detail = "\n".join(stderr_tail).strip()
                 return f"pixi {argv[1]} failed with code {exit_code}" + (

@@ -76,46 +76,47 @@ def kill_group(pid: int) -> None:
         os.killpg(pid, signal.SIGKILL)
 
 
-async def run_in_group(
+async def spawn_in_group(
     argv: Sequence[str],
     *,
-    emit: Emit,
-    stdin: bytes | None = None,
     env: Mapping[str, str] | None = None,
     cwd: Path | None = None,
-    on_start: Callable[[int], None] | None = None,
-) -> int:
-    """Run ``argv`` as the leader of a new process group, emitting each output line.
+) -> asyncio.subprocess.Process:
+    """Start ``argv`` as the leader of a new process group, with piped stdin and output.
 
-    Returns the exit code. If the awaiting task is cancelled (or times out), the whole
-    group is killed before the cancellation propagates. The child also dies with the
-    agent; its helpers are caught by the group sweep at the agent's next start.
+    The child dies with the agent (parent-death signal); helpers it spawned are caught by
+    the group sweep at the agent's next start.
     """
-    process = await asyncio.create_subprocess_exec(
+    return await asyncio.create_subprocess_exec(
         *die_with_parent(argv),
-        stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
+        stdin=asyncio.subprocess.PIPE,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
         env=dict(env) if env is not None else None,
         cwd=cwd,
         start_new_session=True,
     )
-    if on_start is not None:
-        on_start(process.pid)
+
+
+async def follow_group(
+    process: asyncio.subprocess.Process, *, emit: Emit, stdin: bytes = b""
+) -> int:
+    """Feed ``stdin`` to a spawned group leader and emit its output lines until it exits.
+
+    Returns the exit code. If the awaiting task is cancelled (or times out), the whole
+    group is killed before the cancellation propagates.
+    """
     try:
-        if stdin is not None and process.stdin is not None:
-            process.stdin.write(stdin)
-            await process.stdin.drain()
-            process.stdin.close()
-        assert process.stdout is not None and process.stderr is not None
+        assert process.stdin and process.stdout and process.stderr
+        process.stdin.write(stdin)
+        await process.stdin.drain()
+        process.stdin.close()
         await asyncio.gather(
             _pump(process.stdout, Stream.STDOUT, emit),
             _pump(process.stderr, Stream.STDERR, emit),
         )
         return await process.wait()
     finally:
+        kill_group(process.pid)  # on cancel the work; on success helpers left behind
         if process.returncode is None:
-            kill_group(process.pid)
             await asyncio.shield(process.wait())
-        else:
-            kill_group(process.pid)  # helpers the leader left behind go too

@@ -23,13 +23,13 @@ SERVICE_NAME = executor_pb2.DESCRIPTOR.services_by_name["ExecutorService"].full_
 SHUTDOWN_GRACE_SECONDS = 5.0
 
 
-def build_engines(layout: DataLayout, platform: str) -> dict[str, Engine]:
+def build_engines(layout: DataLayout, platform: str) -> tuple[BuiltinEngine, dict[str, Engine]]:
     builtin = BuiltinEngine(layout, platform)
     engines: dict[str, Engine] = {"builtin": builtin}
     pixi = available_engines().get("cli")
     if pixi:
         engines["cli"] = PixiCliEngine(layout, pixi, platform, builtin)
-    return engines
+    return builtin, engines
 
 
 def choose_engine(setting: str, engines: dict[str, Engine]) -> str:
@@ -43,7 +43,8 @@ async def serve(settings: ExecutorSettings) -> None:
     layout = DataLayout(settings.data_dir)
     layout.prepare()
     platform = str(Platform.current())
-    engines = build_engines(layout, platform)
+    builtin, engines = build_engines(layout, platform)
+    builtin.start()
     engine_name = choose_engine(settings.engine, engines)
     servicer = ExecutorServicer(settings, layout, platform, engines, engine_name)
     interceptors = [AgentTokenInterceptor(settings.token)] if settings.token else []
@@ -71,6 +72,7 @@ async def serve(settings: ExecutorSettings) -> None:
     await health_servicer.enter_graceful_shutdown()
     await server.stop(SHUTDOWN_GRACE_SECONDS)
     await servicer.drain()
+    await builtin.close()
 
 
 async def _wait_for_stop_signal() -> None:
