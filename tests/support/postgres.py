@@ -21,14 +21,6 @@ def _admin_conninfo() -> str:
     return SERVER_URL.replace("postgresql+psycopg://", "postgresql://").rstrip("/") + "/postgres"
 
 
-def available() -> bool:
-    try:
-        with psycopg.connect(_admin_conninfo(), connect_timeout=3):
-            return True
-    except psycopg.OperationalError:
-        return False
-
-
 @contextlib.contextmanager
 def fresh_database() -> Iterator[str]:
     """Yields the SQLAlchemy URL of a new empty database ``darb_test_<random>``."""
