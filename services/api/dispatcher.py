@@ -213,11 +213,11 @@ class Dispatcher:
         while True:
             try:
                 state = await self._db.run(jobs.heartbeat, job_id, self.worker_id, self._lease)
-            except Exception:
+            except Exception:  # the database is away; the next beat tries again
                 log.warning("heartbeat of job %s failed", job_id, exc_info=True)
-                continue
-            if state is None or state:
-                cancel.set()
+            else:
+                if state is None or state:
+                    cancel.set()
             await asyncio.sleep(self._lease.total_seconds() / 3)
 
     async def _finish(
