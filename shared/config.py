@@ -59,6 +59,43 @@ class ChannelPolicy:
 
 
 @dataclass(frozen=True)
+class TlsSettings:
+    """TLS for a service and for the calls it makes; all off when nothing is set.
+
+    ``cert``/``key`` are the service's own identity: it serves TLS with them, and presents
+    them as a client certificate when it calls another darb service. ``client_ca``
+    makes a server require client certificates signed by it (mutual TLS). ``ca``
+    verifies the servers this process calls.
+    """
+
+    cert: Path | None = None
+    key: Path | None = None
+    client_ca: Path | None = None
+    ca: Path | None = None
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> TlsSettings:
+        paths = {
+            field: Path(value)
+            if (value := env.get(f"DARB_TLS_{field.upper()}", "").strip())
+            else None
+            for field in ("cert", "key", "client_ca", "ca")
+        }
+        if (paths["cert"] is None) != (paths["key"] is None):
+            raise ConfigError("DARB_TLS_CERT and DARB_TLS_KEY must be set together")
+        if paths["client_ca"] is not None and paths["cert"] is None:
+            raise ConfigError("DARB_TLS_CLIENT_CA needs DARB_TLS_CERT and DARB_TLS_KEY")
+        for name, path in paths.items():
+            if path is not None and not path.is_file():
+                raise ConfigError(f"DARB_TLS_{name.upper()}: no such file {str(path)!r}")
+        return cls(**paths)
+
+    @property
+    def serves_tls(self) -> bool:
+        return self.cert is not None
+
+
+@dataclass(frozen=True)
 class ExecutorSettings:
     """Settings of the executor agent (``python -m services.executor``)."""
 
@@ -69,6 +106,7 @@ class ExecutorSettings:
     operation_timeout: float
     token: str
     agent_id: str
+    tls: TlsSettings = TlsSettings()
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> ExecutorSettings:
@@ -84,6 +122,7 @@ class ExecutorSettings:
             operation_timeout=_number(env, "DARB_OPERATION_TIMEOUT", 3600, minimum=0.1),
             token=env.get("DARB_AGENT_TOKEN", ""),
             agent_id=_text(env, "DARB_AGENT_ID", os.uname().nodename),
+            tls=TlsSettings.from_env(env),
         )
 
 
@@ -112,6 +151,7 @@ class ApiSettings:
     poll_interval: float
     job_lease: float
     shutdown_grace: float
+    tls: TlsSettings = TlsSettings()
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> ApiSettings:
@@ -143,4 +183,5 @@ class ApiSettings:
             poll_interval=_number(env, "DARB_POLL_INTERVAL", 5, minimum=0.05),
             job_lease=_number(env, "DARB_JOB_LEASE", 30, minimum=1),
             shutdown_grace=_number(env, "DARB_SHUTDOWN_GRACE", 5, minimum=0),
+            tls=TlsSettings.from_env(env),
         )

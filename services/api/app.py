@@ -36,6 +36,7 @@ from services.api.passwords import hash_password
 from services.api.repo import users
 from services.api.state import AppState
 from shared.config import ApiSettings
+from shared.tls import add_port
 
 log = logging.getLogger("darb.api")
 
@@ -99,7 +100,7 @@ async def start(settings: ApiSettings, client: ExecutorClient | None = None) -> 
     await _prepare_database(db, settings)
     bus = EventBus(db)
     await bus.start()
-    client = client or GrpcExecutorClient(settings.agent_token)
+    client = client or GrpcExecutorClient(settings.agent_token, settings.tls)
     dispatcher = Dispatcher(
         db,
         bus,
@@ -129,7 +130,7 @@ async def start(settings: ApiSettings, client: ExecutorClient | None = None) -> 
     )
     database_health = DatabaseHealth(health_servicer, db, SERVICE_NAMES)
     await database_health.check(timeout=5.0)
-    port = server.add_insecure_port(settings.addr)
+    port = add_port(server, settings.addr, settings.tls)
     await server.start()
     health_task = asyncio.create_task(database_health.watch(interval=2.0))
     return ControlPlane(

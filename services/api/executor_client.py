@@ -15,6 +15,8 @@ from services.api import payloads
 from services.api.models import utcnow
 from services.api.outcomes import AgentState
 from services.api.repo.environments import PackageRow
+from shared.config import TlsSettings
+from shared.tls import aio_channel
 
 # Codes after which the same call can simply be tried again: the agent is busy
 # restoring the environment after a cancel, or not reachable for a moment.
@@ -63,13 +65,14 @@ class ExecutorClient(Protocol):
 class GrpcExecutorClient:
     """Talks to agents over gRPC, one channel per address, with the agent token."""
 
-    def __init__(self, token: str) -> None:
+    def __init__(self, token: str, tls: TlsSettings) -> None:
+        self._tls = tls
         self._metadata = (("authorization", f"Bearer {token}"),) if token else ()
         self._stubs: dict[str, tuple[grpc.aio.Channel, pb_grpc.ExecutorServiceStub]] = {}
 
     def _stub(self, addr: str) -> pb_grpc.ExecutorServiceStub:
         if addr not in self._stubs:
-            channel = grpc.aio.insecure_channel(addr)
+            channel = aio_channel(addr, self._tls)
             self._stubs[addr] = (channel, pb_grpc.ExecutorServiceStub(channel))
         return self._stubs[addr][1]
 

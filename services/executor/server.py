@@ -17,6 +17,7 @@ from services.executor.engines import BuiltinEngine, Engine, PixiCliEngine, avai
 from services.executor.servicer import ExecutorServicer
 from services.executor.workspace import DataLayout
 from shared.config import ExecutorSettings
+from shared.tls import add_port
 
 log = logging.getLogger(__name__)
 SERVICE_NAME = executor_pb2.DESCRIPTOR.services_by_name["ExecutorService"].full_name
@@ -56,7 +57,7 @@ async def serve(settings: ExecutorSettings) -> None:
         (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
     )
     host = settings.addr.rsplit(":", 1)[0]
-    port = server.add_insecure_port(settings.addr)
+    port = add_port(server, settings.addr, settings.tls)
     await server.start()
     for name in ("", SERVICE_NAME):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)

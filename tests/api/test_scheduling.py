@@ -112,8 +112,10 @@ def test_watchers_joining_mid_job_see_contiguous_lines(api: ApiProcess) -> None:
     assert seqs == list(range(1, total + 1))
     assert statuses[-1] == COMPLETED and statuses[0] in (common_pb2.JOB_STATUS_RUNNING, COMPLETED)
     assert results["resumed"][0] == list(range(2, total + 1))
-    # A watcher of a finished job gets its status, the lines, and the end.
-    assert _seqs(client, job.id) == (list(range(1, total + 1)), [COMPLETED])
+    # A watcher of a finished job gets its status first, the lines, and the status last.
+    events = list(client.watch(job.id))
+    assert [e.WhichOneof("event") for e in (events[0], events[-1])] == ["job", "job"]
+    assert _seqs(client, job.id) == (list(range(1, total + 1)), [COMPLETED, COMPLETED])
 
 
 def test_cancel_a_pending_and_a_running_job(api: ApiProcess) -> None:

@@ -86,14 +86,16 @@ class JobService(pb_grpc.JobServiceServicer):
             last_seq = request.after_seq
             yield pb.WatchJobResponse(job=convert.job(job))
             while True:
+                sent_lines = False
                 for line in lines:
                     if line.seq == last_seq + 1:
-                        last_seq = line.seq
+                        last_seq, sent_lines = line.seq, True
                         yield pb.WatchJobResponse(line=convert.line(line))
-                if job.status != status:
-                    status = job.status
+                terminal = JobStatus(job.status).terminal
+                if job.status != status or (terminal and sent_lines):
+                    status = job.status  # the terminal status is always the last message
                     yield pb.WatchJobResponse(job=convert.job(job))
-                if JobStatus(status).terminal:
+                if terminal:
                     return
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(

@@ -1,0 +1,197 @@
+"""``darb.Client`` against the real stack: typed results, errors, paging and job watches."""
+
+from __future__ import annotations
+
+import ssl
+import subprocess
+import uuid
+from pathlib import Path
+
+import pytest
+
+import darb
+from darb import errors
+from tests.api.control_plane import ApiProcess
+from tests.sdk.conftest import Account
+from tests.sdk.proxy import Proxy
+
+
+def _create_ready(client: darb.Client, name: str, *specs: str) -> darb.Environment:
+    environment, job = client.environments.create(name, packages=specs or ["acme-core ==1.0"])
+    assert client.jobs.wait(job.id, timeout=120).status == darb.JobStatus.COMPLETED
+    return environment
+
+
+def test_environment_and_package_flow(client: darb.Client) -> None:
+    environment, job = client.environments.create("demo", packages=["acme-core ==1.0"])
+    assert isinstance(environment, darb.Environment) and isinstance(job, darb.Job)
+    assert environment.name == "demo" and environment.package_manager == "pixi"
+    assert environment.status == darb.EnvironmentStatus.PENDING
+    assert job.type == darb.JobType.CREATE_ENVIRONMENT and job.environment_id == environment.id
+
+    done = client.jobs.wait(job.id, timeout=120)
+    assert done.status == darb.JobStatus.COMPLETED, done.error
+    assert done.logs and done.started_at and done.completed_at >= done.started_at
+    assert client.environments.get(environment.id).status == darb.EnvironmentStatus.READY
+    [package] = client.packages.list(environment.id)
+    assert (package.name, package.version) == ("acme-core", "1.0")
+
+    install = client.packages.install(environment.id, ["acme-utils"])
+    assert install.packages == ("acme-utils",)
+    assert client.jobs.wait(install.id, timeout=120).status == darb.JobStatus.COMPLETED
+    names = {p.name for p in client.packages.list(environment.id)}
+    assert names == {"acme-core", "acme-utils"}
+    export = client.environments.export(environment.id)
+    assert "acme-utils" in export.manifest and "acme-utils" in export.lockfile
+
+    remove = client.packages.remove(environment.id, ["acme-utils"])
+    assert client.jobs.wait(remove.id, timeout=120).status == darb.JobStatus.COMPLETED
+    assert [p.name for p in client.packages.list(environment.id)] == ["acme-core"]
+    assert [j.id for j in client.jobs.list(environment.id)] == [remove.id, install.id, job.id]
+
+    delete = client.environments.delete(environment.id)
+    assert delete.type == darb.JobType.DELETE_ENVIRONMENT
+    assert client.jobs.wait(delete.id, timeout=120).status == darb.JobStatus.COMPLETED
+    with pytest.raises(errors.NotFound):
+        client.environments.get(environment.id)
+
+
+def test_lists_iterate_over_every_page(client: darb.Client) -> None:
+    jobs = [client.environments.create(f"env-{i}", packages=["acme-core"])[1] for i in range(3)]
+    for job in jobs:
+        client.jobs.wait(job.id, timeout=120)
+    names = [environment.name for environment in client.environments.list(page_size=1)]
+    assert names == ["env-0", "env-1", "env-2"]
+    listed = [job.id for job in client.jobs.list(page_size=2)]
+    assert listed == [job.id for job in reversed(jobs)]
+
+
+def test_resolve_finds_an_environment_by_name_or_id(client: darb.Client) -> None:
+    environment, _ = client.environments.create("named", packages=["acme-core"])
+    assert client.environments.resolve("named").id == environment.id
+    assert client.environments.resolve(environment.id).name == "named"
+    with pytest.raises(errors.NotFound, match="no environment named 'other'"):
+        client.environments.resolve("other")
+
+
+def test_grpc_errors_become_darb_errors_with_the_server_message(
+    api: ApiProcess, client: darb.Client, account: Account
+) -> None:
+    with pytest.raises(errors.InvalidArgument, match="must be 1-64 characters") as info:
+        client.environments.create("Bad Name", packages=["acme-core"])
+    assert isinstance(info.value, darb.DarbError) and info.value.code.name == "INVALID_ARGUMENT"
+    with pytest.raises(errors.NotFound):
+        client.jobs.get(str(uuid.uuid4()))
+    client.environments.create("twice", packages=["acme-core"])
+    with pytest.raises(errors.AlreadyExists):
+        client.environments.create("twice", packages=["acme-core"])
+    with darb.Client(api.addr) as anonymous:
+        with pytest.raises(errors.Unauthenticated, match="authorization"):
+            list(anonymous.environments.list())
+        with pytest.raises(errors.Unauthenticated, match="wrong password"):
+            anonymous.login(account.username, "not-the-password")
+    with darb.Client("127.0.0.1:1", timeout=5) as unreachable:
+        with pytest.raises(errors.Unavailable):
+            unreachable.login(account.username, account.password)
+
+
+def test_the_token_stays_out_of_reprs_and_messages(api: ApiProcess, account: Account) -> None:
+    with darb.Client(api.addr) as client:
+        user = client.login(account.username, account.password)
+        assert user.username == account.username and not user.admin
+        assert client.whoami() == user
+        assert client.token and client.token not in repr(client)
+        assert account.password not in repr(client)
+
+
+def test_watch_yields_status_changes_and_each_line_once(client: darb.Client) -> None:
+    _, job = client.environments.create("watched", packages=["acme-extras"])
+    events = list(client.jobs.watch(job.id))
+    statuses = [event.status for event in events if isinstance(event, darb.Job)]
+    lines = [event for event in events if isinstance(event, darb.LogLine)]
+    assert statuses[-1] == darb.JobStatus.COMPLETED and len(set(statuses)) == len(statuses)
+    assert [line.seq for line in lines] == list(range(1, len(lines) + 1))
+    assert "\n".join(line.text for line in lines) == client.jobs.get(job.id).logs.rstrip("\n")
+
+    resumed = list(client.jobs.watch(job.id, after_seq=2))
+    assert resumed[-1] == events[-1]
+    assert [line.seq for line in resumed[:-1]] == list(range(3, len(lines) + 1))
+
+
+def test_watch_resumes_after_a_dropped_connection(
+    api: ApiProcess, client: darb.Client, account: Account
+) -> None:
+    environment = _create_ready(client, "dropped")
+    job = client.packages.install(environment.id, ["acme-big"])
+    with Proxy(api.addr) as proxy, darb.Client(f"127.0.0.1:{proxy.port}") as remote:
+        remote.login(account.username, account.password)
+        events = []
+        for event in remote.jobs.watch(job.id):
+            events.append(event)
+            if len(events) == 2:  # the status, then the first line
+                proxy.drop()
+        assert proxy.connections >= 2
+    lines = [event for event in events if isinstance(event, darb.LogLine)]
+    assert [line.seq for line in lines] == list(range(1, len(lines) + 1))
+    assert "\n".join(line.text for line in lines) == client.jobs.get(job.id).logs.rstrip("\n")
+    assert events[-1].status == darb.JobStatus.COMPLETED
+
+
+def test_watch_reopens_calls_that_reach_their_deadline(
+    api: ApiProcess, client: darb.Client, account: Account
+) -> None:
+    environment = _create_ready(client, "deadline")
+    job = client.packages.install(environment.id, ["acme-big"])
+    with darb.Client(api.addr, timeout=0.5) as impatient:
+        impatient.login(account.username, account.password)
+        events = list(impatient.jobs.watch(job.id))
+    lines = [event for event in events if isinstance(event, darb.LogLine)]
+    assert [line.seq for line in lines] == list(range(1, len(lines) + 1))
+    assert events[-1].status == darb.JobStatus.COMPLETED
+
+
+def test_wait_times_out_and_cancel_stops_the_job(client: darb.Client) -> None:
+    environment = _create_ready(client, "cancelled")
+    job = client.packages.install(environment.id, ["acme-big"])
+    with pytest.raises(errors.DeadlineExceeded):
+        client.jobs.wait(job.id, timeout=0.2)
+    client.jobs.cancel(job.id)
+    cancelled = client.jobs.wait(job.id, timeout=120)
+    assert cancelled.status == darb.JobStatus.CANCELLED and cancelled.error
+
+
+@pytest.fixture(scope="module")
+def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A self-signed certificate for 127.0.0.1 and localhost, and its key."""
+    directory = tmp_path_factory.mktemp("tls")
+    cert, key = directory / "cert.pem", directory / "key.pem"
+    subprocess.run(
+        [
+            *("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1"),
+            *("-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"),
+            *("-keyout", str(key), "-out", str(cert)),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    return cert, key
+
+
+@pytest.fixture
+def tls_proxy(api: ApiProcess, certificate: tuple[Path, Path]) -> Proxy:
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(*certificate)
+    context.set_alpn_protocols(["h2"])
+    with Proxy(api.addr, tls=context) as proxy:
+        yield proxy
+
+
+def test_tls_channel(tls_proxy: Proxy, certificate: tuple[Path, Path], account: Account) -> None:
+    address = f"127.0.0.1:{tls_proxy.port}"
+    roots = certificate[0].read_bytes()
+    with darb.Client(address, tls=True, root_certificates=roots) as client:
+        assert client.login(account.username, account.password).username == account.username
+        assert client.whoami().username == account.username
+    with darb.Client(address, tls=True, timeout=5) as untrusted:
+        with pytest.raises(errors.Unavailable):
+            untrusted.login(account.username, account.password)
