@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,11 +15,14 @@ import pytest
 
 import darb
 from tests.api.control_plane import ApiProcess, api_env, start_api
-from tests.support.agent import AgentProcess
+from tests.support.agent import AgentProcess, start_agent
+from tests.support.certs import CertAuthority, make_ca
+from tests.support.channel import PackageSpec, build_channel
 from tests.support.postgres import fresh_database
 
 DARB = Path(sys.executable).parent / "darb"
 CLI_TIMEOUT = 180
+SLOW_PACKAGE_BYTES = 16 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -27,17 +31,69 @@ class Account:
     password: str
 
 
+@dataclass(frozen=True)
+class Channels:
+    """The standard channel, where slow channels are made, and where the demo builds its."""
+
+    standard: str
+    slow_root: Path
+    demo_dir: Path
+
+    @property
+    def allowed(self) -> str:
+        return ",".join([self.standard, self.slow_root.as_uri(), self.demo_dir.as_uri()])
+
+
+@pytest.fixture(scope="session")
+def channels(tmp_path_factory: pytest.TempPathFactory, channel_url: str) -> Channels:
+    root = tmp_path_factory.mktemp("sdk-channels")
+    return Channels(channel_url, root / "slow", root / "demo-channel")
+
+
+@pytest.fixture(scope="session")
+def agent(tmp_path_factory: pytest.TempPathFactory, channels: Channels) -> Iterator[AgentProcess]:
+    """An agent that also accepts the slow channels and the demo channel."""
+    data_dir = tmp_path_factory.mktemp("sdk-agent") / "data"
+    extra = {"DARB_ALLOWED_CHANNELS": channels.allowed}
+    with start_agent(data_dir, channels.standard, token="t0ken", extra_env=extra) as agent:
+        yield agent
+
+
+@pytest.fixture(scope="session")
+def database_url() -> Iterator[str]:
+    with fresh_database() as url:
+        yield url
+
+
 @pytest.fixture(scope="session")
 def api(
-    tmp_path_factory: pytest.TempPathFactory, shared_agent: AgentProcess, channel_url: str
+    tmp_path_factory: pytest.TempPathFactory,
+    database_url: str,
+    agent: AgentProcess,
+    channels: Channels,
 ) -> Iterator[ApiProcess]:
-    """One control plane on a fresh PostgreSQL database; every test uses its own user."""
+    """The control plane, on a fresh PostgreSQL database; every test uses its own user."""
     data_dir = tmp_path_factory.mktemp("sdk-api")
-    with fresh_database() as database_url:
-        env = api_env(database_url, data_dir, shared_agent.addr, shared_agent.token, channel_url)
-        process = start_api(env, data_dir / "api.log")
-        yield process
-        process.stop()
+    env = api_env(
+        database_url,
+        data_dir,
+        agent.addr,
+        agent.token,
+        channels.standard,
+        DARB_ALLOWED_CHANNELS=channels.allowed,
+    )
+    process = start_api(env, data_dir / "api.log")
+    yield process
+    process.stop()
+
+
+@pytest.fixture
+def slow_channel(channels: Channels) -> tuple[str, str]:
+    """A new channel (URL, package name) of one package no agent has cached yet, so
+    installing it takes about a second even on a fast machine."""
+    name = f"slow-{uuid.uuid4().hex[:8]}"
+    package = PackageSpec(name, "1.0", size_bytes=SLOW_PACKAGE_BYTES)
+    return build_channel(channels.slow_root / name, [package]), name
 
 
 @pytest.fixture
@@ -89,3 +145,31 @@ def logged_in(cli: Cli, account: Account) -> Cli:
     assert result.returncode == 0, result.stderr
     return cli
 
+
+@pytest.fixture(scope="session")
+def ca(tmp_path_factory: pytest.TempPathFactory) -> CertAuthority:
+    return make_ca(tmp_path_factory.mktemp("ca"))
+
+
+@pytest.fixture(scope="module")
+def tls_api(
+    tmp_path_factory: pytest.TempPathFactory,
+    database_url: str,
+    agent: AgentProcess,
+    channels: Channels,
+    ca: CertAuthority,
+) -> Iterator[ApiProcess]:
+    """A second control plane on the same database that serves mutual TLS only."""
+    data_dir = tmp_path_factory.mktemp("sdk-tls-api")
+    env = api_env(
+        database_url,
+        data_dir,
+        agent.addr,
+        agent.token,
+        channels.standard,
+        DARB_ALLOWED_CHANNELS=channels.allowed,
+        **ca.server_env(client_auth=True),
+    )
+    process = start_api(env, data_dir / "api.log")
+    yield process
+    process.stop()

@@ -1,15 +1,10 @@
-"""A TCP proxy in front of the real API, to break connections and to add TLS.
-
-``drop()`` resets every open connection, as a network failure between machines would;
-with an ``ssl.SSLContext`` the proxy terminates TLS (offering HTTP/2 by ALPN, as gRPC
-requires), so the SDK's TLS channel is tested against the real server behind it.
-"""
+"""A TCP proxy in front of the real API whose ``drop()`` breaks every open connection,
+as a network failure between two machines would."""
 
 from __future__ import annotations
 
 import contextlib
 import socket
-import ssl
 import threading
 from types import TracebackType
 
@@ -17,10 +12,9 @@ CHUNK = 65536
 
 
 class Proxy:
-    def __init__(self, upstream: str, tls: ssl.SSLContext | None = None) -> None:
+    def __init__(self, upstream: str) -> None:
         host, port = upstream.rsplit(":", 1)
         self.upstream = (host, int(port))
-        self.tls = tls
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.port = self.listener.getsockname()[1]
         self.connections = 0
@@ -41,7 +35,7 @@ class Proxy:
         self.drop()
 
     def drop(self) -> None:
-        """Resets every connection open now; new ones are accepted as before."""
+        """Closes every connection open now; new ones are accepted as before."""
         with self._lock:
             sockets, self._open = self._open, []
         for sock in sockets:
@@ -59,8 +53,6 @@ class Proxy:
 
     def _serve(self, client: socket.socket) -> None:
         try:
-            if self.tls is not None:
-                client = self.tls.wrap_socket(client, server_side=True)
             upstream = socket.create_connection(self.upstream)
         except OSError:
             client.close()

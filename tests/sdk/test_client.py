@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import ssl
-import subprocess
 import uuid
-from pathlib import Path
 
 import pytest
 
@@ -14,12 +11,7 @@ from darb import errors
 from tests.api.control_plane import ApiProcess
 from tests.sdk.conftest import Account
 from tests.sdk.proxy import Proxy
-
-
-def _create_ready(client: darb.Client, name: str, *specs: str) -> darb.Environment:
-    environment, job = client.environments.create(name, packages=specs or ["acme-core ==1.0"])
-    assert client.jobs.wait(job.id, timeout=120).status == darb.JobStatus.COMPLETED
-    return environment
+from tests.support.certs import CertAuthority
 
 
 def test_environment_and_package_flow(client: darb.Client) -> None:
@@ -90,9 +82,8 @@ def test_grpc_errors_become_darb_errors_with_the_server_message(
             list(anonymous.environments.list())
         with pytest.raises(errors.Unauthenticated, match="wrong password"):
             anonymous.login(account.username, "not-the-password")
-    with darb.Client("127.0.0.1:1", timeout=5) as unreachable:
-        with pytest.raises(errors.Unavailable):
-            unreachable.login(account.username, account.password)
+    with darb.Client("127.0.0.1:1", timeout=5) as unreachable, pytest.raises(errors.Unavailable):
+        unreachable.login(account.username, account.password)
 
 
 def test_the_token_stays_out_of_reprs_and_messages(api: ApiProcess, account: Account) -> None:
@@ -119,16 +110,16 @@ def test_watch_yields_status_changes_and_each_line_once(client: darb.Client) -> 
 
 
 def test_watch_resumes_after_a_dropped_connection(
-    api: ApiProcess, client: darb.Client, account: Account
+    api: ApiProcess, client: darb.Client, account: Account, slow_channel: tuple[str, str]
 ) -> None:
-    environment = _create_ready(client, "dropped")
-    job = client.packages.install(environment.id, ["acme-big"])
+    url, name = slow_channel
+    _, job = client.environments.create("dropped", packages=[name], channels=[url])
     with Proxy(api.addr) as proxy, darb.Client(f"127.0.0.1:{proxy.port}") as remote:
         remote.login(account.username, account.password)
         events = []
         for event in remote.jobs.watch(job.id):
             events.append(event)
-            if len(events) == 2:  # the status, then the first line
+            if isinstance(event, darb.LogLine) and event.seq == 1:
                 proxy.drop()
         assert proxy.connections >= 2
     lines = [event for event in events if isinstance(event, darb.LogLine)]
@@ -138,60 +129,41 @@ def test_watch_resumes_after_a_dropped_connection(
 
 
 def test_watch_reopens_calls_that_reach_their_deadline(
-    api: ApiProcess, client: darb.Client, account: Account
+    api: ApiProcess, client: darb.Client, slow_channel: tuple[str, str]
 ) -> None:
-    environment = _create_ready(client, "deadline")
-    job = client.packages.install(environment.id, ["acme-big"])
-    with darb.Client(api.addr, timeout=0.5) as impatient:
-        impatient.login(account.username, account.password)
+    url, name = slow_channel
+    _, job = client.environments.create("deadline", packages=[name], channels=[url])
+    with darb.Client(api.addr, client.token, timeout=0.3) as impatient:
         events = list(impatient.jobs.watch(job.id))
     lines = [event for event in events if isinstance(event, darb.LogLine)]
     assert [line.seq for line in lines] == list(range(1, len(lines) + 1))
     assert events[-1].status == darb.JobStatus.COMPLETED
 
 
-def test_wait_times_out_and_cancel_stops_the_job(client: darb.Client) -> None:
-    environment = _create_ready(client, "cancelled")
-    job = client.packages.install(environment.id, ["acme-big"])
-    with pytest.raises(errors.DeadlineExceeded):
-        client.jobs.wait(job.id, timeout=0.2)
-    client.jobs.cancel(job.id)
-    cancelled = client.jobs.wait(job.id, timeout=120)
-    assert cancelled.status == darb.JobStatus.CANCELLED and cancelled.error
+def test_wait_times_out_and_cancel_stops_a_queued_job(
+    client: darb.Client, slow_channel: tuple[str, str]
+) -> None:
+    url, name = slow_channel
+    environment, running = client.environments.create("busy", packages=[name], channels=[url])
+    queued = client.packages.install(environment.id, ["acme-core"])
+    with pytest.raises(errors.DeadlineExceeded, match=running.id):
+        client.jobs.wait(running.id, timeout=0.2)
+    assert client.jobs.cancel(queued.id).status == darb.JobStatus.CANCELLED
+    assert client.jobs.wait(queued.id, timeout=5).error
+    assert client.jobs.wait(running.id, timeout=120).status == darb.JobStatus.COMPLETED
 
 
-@pytest.fixture(scope="module")
-def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    """A self-signed certificate for 127.0.0.1 and localhost, and its key."""
-    directory = tmp_path_factory.mktemp("tls")
-    cert, key = directory / "cert.pem", directory / "key.pem"
-    subprocess.run(
-        [
-            *("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1"),
-            *("-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"),
-            *("-keyout", str(key), "-out", str(cert)),
-        ],
-        check=True,
-        capture_output=True,
-    )
-    return cert, key
-
-
-@pytest.fixture
-def tls_proxy(api: ApiProcess, certificate: tuple[Path, Path]) -> Proxy:
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.load_cert_chain(*certificate)
-    context.set_alpn_protocols(["h2"])
-    with Proxy(api.addr, tls=context) as proxy:
-        yield proxy
-
-
-def test_tls_channel(tls_proxy: Proxy, certificate: tuple[Path, Path], account: Account) -> None:
-    address = f"127.0.0.1:{tls_proxy.port}"
-    roots = certificate[0].read_bytes()
-    with darb.Client(address, tls=True, root_certificates=roots) as client:
+def test_mutual_tls(tls_api: ApiProcess, ca: CertAuthority, account: Account) -> None:
+    roots = ca.ca.read_bytes()
+    identity = {
+        "certificate_chain": ca.client.cert.read_bytes(),
+        "private_key": ca.client.key.read_bytes(),
+    }
+    with darb.Client(tls_api.addr, tls=True, root_certificates=roots, **identity) as client:
         assert client.login(account.username, account.password).username == account.username
         assert client.whoami().username == account.username
-    with darb.Client(address, tls=True, timeout=5) as untrusted:
-        with pytest.raises(errors.Unavailable):
-            untrusted.login(account.username, account.password)
+    without_certificate = darb.Client(tls_api.addr, tls=True, root_certificates=roots, timeout=5)
+    plain = darb.Client(tls_api.addr, timeout=5)
+    for refused in (without_certificate, plain):
+        with refused, pytest.raises(errors.Unavailable):
+            refused.login(account.username, account.password)

@@ -1,0 +1,506 @@
+"""``darb``: the command line for the darb service, a thin layer over ``darb.Client``.
+
+Mutating commands follow their job (log lines on stdout, a spinner on stderr) and exit 0
+only when it completed. Errors are one ``darb: error: ...`` line on stderr and exit 1;
+usage errors exit 2, and Ctrl-C 130.
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import os
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from darb import credentials, errors
+from darb.client import DEFAULT_ADDRESS, Client
+from darb.models import Environment, Job, JobStatus, LogLine
+from darb.terminal import Spinner, print_fields, print_json, print_table, when
+
+ADDRESS_ENV = "DARB_API_ADDR"
+INTERRUPTED = 130
+
+
+class CliError(Exception):
+    """A failure the CLI itself detects; its message is the whole story."""
+
+
+# Connection
+
+
+def _address(args: argparse.Namespace) -> str:
+    return args.address or os.environ.get(ADDRESS_ENV) or DEFAULT_ADDRESS
+
+
+def _client(args: argparse.Namespace, token: str | None = None) -> Client:
+    pem = {
+        name: Path(path).read_bytes() if path else None
+        for name, path in (
+            ("root_certificates", args.ca_file),
+            ("certificate_chain", args.cert_file),
+            ("private_key", args.key_file),
+        )
+    }
+    tls = args.tls or any(value is not None for value in pem.values())
+    return Client(_address(args), token, tls=tls, **pem)
+
+
+def _session(args: argparse.Namespace) -> Client:
+    """A client carrying the token saved by ``darb login`` for this address."""
+    address = _address(args)
+    login = credentials.load(address)
+    if login is None:
+        raise CliError(f"not logged in to {address}; run `darb login`")
+    return _client(args, login.token)
+
+
+# Jobs
+
+
+def _follow(client: Client, job: Job) -> int:
+    """Streams the job's log under a spinner until it ends; 0 only if it completed."""
+    final = job
+    with Spinner(job.status) as spinner:
+        try:
+            for event in client.jobs.watch(job.id):
+                if isinstance(event, LogLine):
+                    spinner.print(event.text)
+                    continue
+                final = event
+                spinner.status = event.status
+                if not spinner.enabled and not event.status.terminal:
+                    print(f"job {job.id}: {event.status.lower()}", file=sys.stderr)
+        except KeyboardInterrupt:
+            print(
+                f"darb: stopped following; job {job.id} goes on (`darb job logs {job.id} -f`)",
+                file=sys.stderr,
+            )
+            return INTERRUPTED
+    return _report(final, spinner.elapsed)
+
+
+def _report(job: Job, elapsed: float) -> int:
+    if job.status == JobStatus.COMPLETED:
+        print(f"job {job.id} completed in {elapsed:.1f}s", file=sys.stderr)
+        return 0
+    # The first line only: the details (a solver's explanation) are in the log above.
+    reason = f": {job.error.splitlines()[0].rstrip(':')}" if job.error else ""
+    print(f"darb: error: job {job.id} {job.status.lower()}{reason}", file=sys.stderr)
+    return 1
+
+
+def _submitted(client: Client, job: Job, args: argparse.Namespace) -> int:
+    if args.no_wait:
+        print(f"job {job.id} {job.status.lower()}; follow it with `darb job logs {job.id} -f`")
+        return 0
+    return _follow(client, job)
+
+
+# Commands: account
+
+
+def cmd_login(args: argparse.Namespace) -> int:
+    username = args.username or _ask_username()
+    password = _read_password()
+    address = _address(args)
+    with _client(args) as client:
+        user = client.login(username, password)
+        assert client.token is not None
+        path = credentials.save(address, credentials.Login(user.username, client.token))
+    print(f"Logged in to {address} as {user.username}; the token is saved in {path}")
+    return 0
+
+
+def _ask_username() -> str:
+    if not sys.stdin.isatty():
+        raise CliError("--username is required when standard input is not a terminal")
+    return input("Username: ").strip()
+
+
+def _read_password() -> str:
+    if sys.stdin.isatty():
+        password = getpass.getpass("Password: ")
+    else:
+        password = sys.stdin.readline().rstrip("\r\n")
+    if not password:
+        raise CliError("no password given")
+    return password
+
+
+def cmd_logout(args: argparse.Namespace) -> int:
+    address = _address(args)
+    if credentials.delete(address):
+        print(f"Logged out of {address}")
+    else:
+        print(f"Not logged in to {address}")
+    return 0
+
+
+def cmd_whoami(args: argparse.Namespace) -> int:
+    with _session(args) as client:
+        user = client.whoami()
+    if args.output == "json":
+        print_json(user)
+    else:
+        print(f"{user.username}{' (admin)' if user.admin else ''} at {client.address}")
+    return 0
+
+
+# Commands: environments
+
+
+def cmd_env_create(args: argparse.Namespace) -> int:
+    with _session(args) as client:
+        environment, job = client.environments.create(args.name, args.packages, args.channels)
+        print(f"Creating environment {environment.name} ({environment.id}), job {job.id}")
+        return _submitted(client, job, args)
+
+
+def cmd_env_list(args: argparse.Namespace) -> int:
+    with _session(args) as client:
+        environments = list(client.environments.list())
+    if args.output == "json":
+        print_json(environments)
+    else:
+        print_table(
+            ("NAME", "STATUS", "ID", "CREATED"),
+            ((e.name, e.status, e.id, when(e.created_at)) for e in environments),
+        )
+    return 0
+
+
+def cmd_env_show(args: argparse.Namespace) -> int:
+    with _session(args) as client:
+        environment = client.environments.resolve(args.env)
+    if args.output == "json":
+        print_json(environment)
+    else:
+        print_fields(_environment_fields(environment))
+    return 0
+
+
+def _environment_fields(environment: Environment) -> list[tuple[str, str]]:
+    fields = [
+        ("name", environment.name),
+        ("id", environment.id),
+        ("status", environment.status),
+        ("package manager", environment.package_manager),
+        ("channels", ", ".join(environment.channels)),
+        ("owner", environment.owner_id),
+        ("created", when(environment.created_at)),
+        ("updated", when(environment.updated_at)),
+    ]
+    if environment.error:
+        fields.insert(3, ("error", environment.error))
+    return fields
+
+
+def cmd_env_delete(args: argparse.Namespace) -> int:
+    with _session(args) as client:
+        environment = client.environments.resolve(args.env)
+        job = client.environments.delete(environment.id)
+        print(f"Deleting environment {environment.name} ({environment.id}), job {job.id}")
+        return _submitted(client, job, args)
+
+
+def cmd_env_export(args: argparse.Namespace) -> int:
+    with _session(args) as client:
+        export = client.environments.export(client.environments.resolve(args.env).id)
+    directory = Path(args.dir)
+    files = {directory / "pixi.toml": export.manifest, directory / "pixi.lock": export.lockfile}
+    existing = [str(path) for path in files if path.exists()]
+    if existing and not args.force:
+        raise CliError(f"{' and '.join(existing)} already exist; use --force to overwrite")
+    directory.mkdir(parents=True, exist_ok=True)
+    for path, text in files.items():
+        path.write_text(text)
+    print(f"Wrote {' and '.join(str(path) for path in files)}")
+    return 0
+
+
+# Commands: packages
+
+
+def cmd_pkg_add(args: argparse.Namespace) -> int:
+    with _session(args) as client:
+        environment = client.environments.resolve(args.env)
+        job = client.packages.install(environment.id, args.specs)
+        print(f"Installing {' '.join(args.specs)} in {environment.name}, job {job.id}")
+        return _submitted(client, job, args)
+
+
+def cmd_pkg_rm(args: argparse.Namespace) -> int:
+    with _session(args) as client:
+        environment = client.environments.resolve(args.env)
+        job = client.packages.remove(environment.id, args.names)
+        print(f"Removing {' '.join(args.names)} from {environment.name}, job {job.id}")
+        return _submitted(client, job, args)
+
+
+def cmd_pkg_ls(args: argparse.Namespace) -> int:
+    with _session(args) as client:
+        packages = client.packages.list(client.environments.resolve(args.env).id)
+    if args.output == "json":
+        print_json(packages)
+    else:
+        print_table(
+            ("NAME", "VERSION", "BUILD", "CHANNEL"),
+            ((p.name, p.version, p.build, p.channel) for p in packages),
+        )
+    return 0
+
+
+# Commands: jobs
+
+
+def cmd_job_ls(args: argparse.Namespace) -> int:
+    with _session(args) as client:
+        environment_id = client.environments.resolve(args.env).id if args.env else None
+        jobs = list(client.jobs.list(environment_id))
+        names = {} if args.output == "json" else _environment_names(client)
+    if args.output == "json":
+        print_json(jobs)
+    else:
+        print_table(
+            ("ID", "TYPE", "STATUS", "ENVIRONMENT", "CREATED"),
+            (
+                (
+                    j.id,
+                    j.type,
+                    j.status,
+                    names.get(j.environment_id, j.environment_id),
+                    when(j.created_at),
+                )
+                for j in jobs
+            ),
+        )
+    return 0
+
+
+def _environment_names(client: Client) -> dict[str, str]:
+    """Names of the live environments by id (deleted ones keep showing their id)."""
+    return {environment.id: environment.name for environment in client.environments.list()}
+
+
+def cmd_job_show(args: argparse.Namespace) -> int:
+    with _session(args) as client:
+        job = client.jobs.get(args.id)
+    if args.output == "json":
+        print_json(job)
+        return 0
+    print_fields(
+        [
+            ("id", job.id),
+            ("type", job.type),
+            ("status", job.status),
+            ("error", job.error or "-"),
+            ("environment", job.environment_id),
+            ("packages", " ".join(job.packages) or "-"),
+            ("created", when(job.created_at)),
+            ("started", when(job.started_at)),
+            ("completed", when(job.completed_at)),
+        ]
+    )
+    print("logs:")
+    _print_logs(job.logs)
+    return 0
+
+
+def cmd_job_logs(args: argparse.Namespace) -> int:
+    with _session(args) as client:
+        job = client.jobs.get(args.id)
+        if args.follow:
+            return _follow(client, job)
+    _print_logs(job.logs)
+    return 0
+
+
+def _print_logs(logs: str) -> None:
+    if logs:
+        print(logs, end="" if logs.endswith("\n") else "\n")
+
+
+def cmd_job_cancel(args: argparse.Namespace) -> int:
+    with _session(args) as client:
+        job = client.jobs.cancel(args.id)
+        if not (args.no_wait or job.status.terminal):
+            with Spinner(job.status):
+                job = client.jobs.wait(job.id)
+    if job.status.terminal and job.status != JobStatus.CANCELLED:
+        raise CliError(f"job {job.id} was not cancelled: it {job.status.lower()} first")
+    print(f"job {job.id} {job.status.lower()}")
+    return 0
+
+
+# Parser
+
+
+def _connection_options(parser: argparse.ArgumentParser, suppress: bool) -> None:
+    """The options every command takes, before or after the subcommand.
+
+    Subcommands get them with SUPPRESS defaults, so they override the top level's only
+    when given.
+    """
+
+    def default(value: object) -> object:
+        return argparse.SUPPRESS if suppress else value
+
+    parser.add_argument(
+        "--address",
+        default=default(None),
+        help=f"host:port of the darb API (default: ${ADDRESS_ENV} or {DEFAULT_ADDRESS})",
+    )
+    parser.add_argument(
+        "--tls", action="store_true", default=default(False), help="connect with TLS"
+    )
+    parser.add_argument(
+        "--ca-file",
+        default=default(None),
+        help="PEM file of the CA that signed the server's certificate (implies --tls)",
+    )
+    parser.add_argument(
+        "--cert-file",
+        default=default(None),
+        help="PEM client certificate, for servers that require one (implies --tls)",
+    )
+    parser.add_argument(
+        "--key-file", default=default(None), help="PEM key of the client certificate"
+    )
+
+
+class _Commands:
+    """Adds leaf commands to a group, each with the connection options."""
+
+    def __init__(self, parent: argparse.ArgumentParser, title: str) -> None:
+        self.group = parent.add_subparsers(title=title, metavar="COMMAND")
+
+    def add(
+        self,
+        name: str,
+        run: Callable[[argparse.Namespace], int],
+        summary: str,
+        aliases: Sequence[str] = (),
+        output: bool = False,
+        wait: bool = False,
+    ) -> argparse.ArgumentParser:
+        parser = self.group.add_parser(
+            name, help=summary, description=summary, aliases=list(aliases)
+        )
+        parser.set_defaults(run=run)
+        _connection_options(parser, suppress=True)
+        if output:
+            parser.add_argument(
+                "-o", "--output", choices=("text", "json"), default="text", help="output format"
+            )
+        if wait:
+            parser.add_argument(
+                "--no-wait", action="store_true", help="return at once instead of following the job"
+            )
+        return parser
+
+    def group_parser(self, name: str, summary: str) -> _Commands:
+        parser = self.group.add_parser(name, help=summary, description=summary)
+        parser.set_defaults(run=lambda _args, parser=parser: _usage(parser))
+        return _Commands(parser, "commands")
+
+
+def _usage(parser: argparse.ArgumentParser) -> int:
+    parser.print_help(sys.stderr)
+    return 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="darb", description="Create and manage pixi/conda environments on a darb server."
+    )
+    _connection_options(parser, suppress=False)
+    parser.set_defaults(run=lambda _args: _usage(parser))
+    top = _Commands(parser, "commands")
+
+    login = top.add("login", cmd_login, "log in and save the token for this server")
+    login.add_argument("--username", help="asked for when standard input is a terminal")
+    top.add("logout", cmd_logout, "forget the saved token for this server")
+    top.add("whoami", cmd_whoami, "show the logged-in user", output=True)
+
+    env = top.group_parser("env", "create, inspect, export and delete environments")
+    create = env.add("create", cmd_env_create, "create an environment", wait=True)
+    create.add_argument("name")
+    create.add_argument(
+        "-p",
+        "--package",
+        dest="packages",
+        action="append",
+        default=[],
+        metavar="SPEC",
+        help="a conda match spec to install (repeatable; at least one)",
+    )
+    create.add_argument(
+        "-c",
+        "--channel",
+        dest="channels",
+        action="append",
+        default=[],
+        metavar="CHANNEL",
+        help="a channel name or URL (repeatable; default: the server's channels)",
+    )
+    env.add("list", cmd_env_list, "list environments", aliases=["ls"], output=True)
+    env.add("show", cmd_env_show, "show an environment", output=True).add_argument(
+        "env", metavar="ENV", help="name or id"
+    )
+    env.add(
+        "delete", cmd_env_delete, "delete an environment", aliases=["rm"], wait=True
+    ).add_argument("env", metavar="ENV", help="name or id")
+    export = env.add(
+        "export", cmd_env_export, "write the pixi.toml and pixi.lock of an environment"
+    )
+    export.add_argument("env", metavar="ENV", help="name or id")
+    export.add_argument("-d", "--dir", default=".", help="directory to write to (default: .)")
+    export.add_argument("--force", action="store_true", help="overwrite existing files")
+
+    pkg = top.group_parser("pkg", "install, remove and list packages")
+    add = pkg.add("add", cmd_pkg_add, "install packages", aliases=["install"], wait=True)
+    add.add_argument("env", metavar="ENV", help="name or id")
+    add.add_argument("specs", metavar="SPEC", nargs="+", help="conda match spec")
+    rm = pkg.add("rm", cmd_pkg_rm, "remove packages", aliases=["remove"], wait=True)
+    rm.add_argument("env", metavar="ENV", help="name or id")
+    rm.add_argument("names", metavar="NAME", nargs="+", help="package name")
+    pkg.add(
+        "ls", cmd_pkg_ls, "list installed packages", aliases=["list"], output=True
+    ).add_argument("env", metavar="ENV", help="name or id")
+
+    job = top.group_parser("job", "inspect, follow and cancel jobs")
+    job.add(
+        "ls", cmd_job_ls, "list jobs, newest first", aliases=["list"], output=True
+    ).add_argument("--env", metavar="ENV", help="only jobs of this environment (name or id)")
+    job.add("show", cmd_job_show, "show a job and its log", output=True).add_argument("id")
+    logs = job.add("logs", cmd_job_logs, "print a job's log")
+    logs.add_argument("id")
+    logs.add_argument("-f", "--follow", action="store_true", help="follow the job until it ends")
+    job.add("cancel", cmd_job_cancel, "cancel a job", wait=True).add_argument("id")
+    return parser
+
+
+def _error_message(exc: Exception, args: argparse.Namespace) -> str:
+    message = " ".join(str(exc).split())
+    if isinstance(exc, errors.Unauthenticated) and args.run is not cmd_login:
+        return f"{message} (run `darb login`)"
+    if isinstance(exc, errors.Unavailable):
+        return f"cannot reach the darb API at {_address(args)}: {message}"
+    return message
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.run(args)
+    except (errors.DarbError, CliError, OSError) as exc:
+        print(f"darb: error: {_error_message(exc, args)}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return INTERRUPTED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

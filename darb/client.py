@@ -1,0 +1,368 @@
+"""``darb.Client``: the control plane's gRPC API as plain Python calls and dataclasses.
+
+Every call has a deadline (``timeout``) so a dead network never hangs the caller; a
+job watch is a chain of such calls, each resuming after the last line it saw.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable, Iterable, Iterator
+from types import TracebackType
+from typing import Any, TypeVar
+
+import grpc
+
+from darb import errors
+from darb.models import Environment, Export, Job, JobStatus, LogLine, Package, User
+from darb.v1 import (
+    auth_pb2,
+    auth_pb2_grpc,
+    environments_pb2,
+    environments_pb2_grpc,
+    jobs_pb2,
+    jobs_pb2_grpc,
+    users_pb2,
+    users_pb2_grpc,
+)
+
+DEFAULT_ADDRESS = "127.0.0.1:50051"
+DEFAULT_TIMEOUT = 30.0
+# A watch retries this many consecutive failed attempts (no event received) before giving up.
+WATCH_RETRIES = 6
+WATCH_BACKOFF_CAP = 5.0
+# Watching from past the last possible line yields status changes only.
+STATUS_ONLY = 2**63 - 1
+
+Page = TypeVar("Page")
+Item = TypeVar("Item")
+
+
+class Client:
+    """A connection to the control plane; use it as a context manager to close it.
+
+    ``tls=True`` uses a TLS channel that verifies the server with ``root_certificates``
+    (PEM bytes; the system's roots when None) and, for servers that require client
+    certificates, presents ``certificate_chain`` and ``private_key``; otherwise the
+    channel is plain. ``timeout`` (seconds) bounds every call.
+    """
+
+    def __init__(
+        self,
+        address: str = DEFAULT_ADDRESS,
+        token: str | None = None,
+        *,
+        tls: bool = False,
+        root_certificates: bytes | None = None,
+        private_key: bytes | None = None,
+        certificate_chain: bytes | None = None,
+        timeout: float = DEFAULT_TIMEOUT,
+    ) -> None:
+        self.address = address
+        self.timeout = timeout
+        self._token = token or ""
+        if tls:
+            credentials = grpc.ssl_channel_credentials(
+                root_certificates, private_key, certificate_chain
+            )
+            self._channel = grpc.secure_channel(address, credentials)
+        else:
+            self._channel = grpc.insecure_channel(address)
+        self._auth = auth_pb2_grpc.AuthServiceStub(self._channel)
+        self._users = users_pb2_grpc.UserServiceStub(self._channel)
+        environments_stub = environments_pb2_grpc.EnvironmentServiceStub(self._channel)
+        self.environments = Environments(self, environments_stub)
+        self.packages = Packages(self, environments_stub)
+        self.jobs = Jobs(self, jobs_pb2_grpc.JobServiceStub(self._channel))
+
+    def __repr__(self) -> str:
+        # Never the token.
+        return f"darb.Client(address={self.address!r})"
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._channel.close()
+
+    @property
+    def token(self) -> str | None:
+        """The bearer token sent with every call, from the constructor or ``login``."""
+        return self._token or None
+
+    def login(self, username: str, password: str) -> User:
+        """Trades the credentials for a token, which later calls then send."""
+        request = auth_pb2.LoginRequest(username=username, password=password)
+        response = self._call(self._auth.Login, request)
+        self._token = response.token
+        return User.from_proto(response.user)
+
+    def whoami(self) -> User:
+        """The user the token belongs to."""
+        response = self._call(self._users.GetCurrentUser, users_pb2.GetCurrentUserRequest())
+        return User.from_proto(response.user)
+
+    def _call(self, method: Callable[..., Any], request: Any) -> Any:
+        """One unary call with the token and a deadline; failures become ``darb.errors``."""
+        try:
+            return method(request, metadata=self._metadata, timeout=self.timeout)
+        except grpc.RpcError as exc:
+            raise errors.from_rpc_error(exc) from None
+
+    @property
+    def _metadata(self) -> tuple[tuple[str, str], ...]:
+        return (("authorization", f"Bearer {self._token}"),) if self._token else ()
+
+    def _pages(
+        self,
+        method: Callable[..., Page],
+        make_request: Callable[[str], Any],
+        items: Callable[[Page], Iterable[Item]],
+    ) -> Iterator[Item]:
+        """Every item of a paged list call, fetching the next page only when needed."""
+        token = ""
+        while True:
+            response = self._call(method, make_request(token))
+            yield from items(response)
+            token = response.next_page_token  # type: ignore[attr-defined]
+            if not token:
+                return
+
+
+class Environments:
+    """``client.environments``: create, inspect, export and delete environments."""
+
+    def __init__(self, client: Client, stub: environments_pb2_grpc.EnvironmentServiceStub) -> None:
+        self._client = client
+        self._stub = stub
+
+    def create(
+        self,
+        name: str,
+        packages: Iterable[str] = (),
+        channels: Iterable[str] = (),
+        package_manager: str = "pixi",
+    ) -> tuple[Environment, Job]:
+        """Records the environment and queues its create job; returns both."""
+        request = environments_pb2.CreateEnvironmentRequest(
+            name=name,
+            packages=list(packages),
+            channels=list(channels),
+            package_manager=package_manager,
+        )
+        response = self._client._call(self._stub.CreateEnvironment, request)
+        return Environment.from_proto(response.environment), Job.from_proto(response.job)
+
+    def get(self, environment_id: str) -> Environment:
+        request = environments_pb2.GetEnvironmentRequest(id=environment_id)
+        return Environment.from_proto(
+            self._client._call(self._stub.GetEnvironment, request).environment
+        )
+
+    def list(self, page_size: int = 0) -> Iterator[Environment]:
+        """Every live environment the caller may see, by name, across all pages."""
+        for message in self._client._pages(
+            self._stub.ListEnvironments,
+            lambda token: environments_pb2.ListEnvironmentsRequest(
+                page_size=page_size, page_token=token
+            ),
+            lambda response: response.environments,
+        ):
+            yield Environment.from_proto(message)
+
+    def resolve(self, name_or_id: str) -> Environment:
+        """The environment with this id or, failing that, this name.
+
+        Names are unique per owner only, so an admin seeing several must use the id.
+        """
+        if _is_uuid(name_or_id):
+            try:
+                return self.get(name_or_id)
+            except errors.NotFound:
+                pass
+        matches = [env for env in self.list() if env.name == name_or_id]
+        if not matches:
+            raise errors.NotFound(f"no environment named {name_or_id!r}")
+        if len(matches) > 1:
+            ids = ", ".join(env.id for env in matches)
+            raise errors.InvalidArgument(
+                f"{len(matches)} environments are named {name_or_id!r} ({ids}); use an id"
+            )
+        return matches[0]
+
+    def delete(self, environment_id: str) -> Job:
+        """Queues the delete job and returns it."""
+        request = environments_pb2.DeleteEnvironmentRequest(id=environment_id)
+        return Job.from_proto(self._client._call(self._stub.DeleteEnvironment, request).job)
+
+    def export(self, environment_id: str) -> Export:
+        """The current pixi.toml and pixi.lock texts."""
+        request = environments_pb2.ExportEnvironmentRequest(id=environment_id)
+        response = self._client._call(self._stub.ExportEnvironment, request)
+        return Export(manifest=response.manifest, lockfile=response.lockfile)
+
+
+class Packages:
+    """``client.packages``: change and list what an environment holds."""
+
+    def __init__(self, client: Client, stub: environments_pb2_grpc.EnvironmentServiceStub) -> None:
+        self._client = client
+        self._stub = stub
+
+    def install(self, environment_id: str, specs: Iterable[str]) -> Job:
+        """Queues a job installing (or changing) packages by match spec; returns it."""
+        request = environments_pb2.InstallPackagesRequest(
+            environment_id=environment_id, packages=list(specs)
+        )
+        return Job.from_proto(self._client._call(self._stub.InstallPackages, request).job)
+
+    def remove(self, environment_id: str, names: Iterable[str]) -> Job:
+        """Queues a job removing packages by name; returns it."""
+        request = environments_pb2.RemovePackagesRequest(
+            environment_id=environment_id, packages=list(names)
+        )
+        return Job.from_proto(self._client._call(self._stub.RemovePackages, request).job)
+
+    def list(self, environment_id: str) -> list[Package]:
+        """What is installed now, by name."""
+        request = environments_pb2.ListPackagesRequest(environment_id=environment_id)
+        response = self._client._call(self._stub.ListPackages, request)
+        return [Package.from_proto(message) for message in response.packages]
+
+
+class Jobs:
+    """``client.jobs``: inspect, follow and cancel jobs."""
+
+    def __init__(self, client: Client, stub: jobs_pb2_grpc.JobServiceStub) -> None:
+        self._client = client
+        self._stub = stub
+
+    def get(self, job_id: str) -> Job:
+        """The job with its whole log so far."""
+        request = jobs_pb2.GetJobRequest(id=job_id)
+        return Job.from_proto(self._client._call(self._stub.GetJob, request).job)
+
+    def list(self, environment_id: str | None = None, page_size: int = 0) -> Iterator[Job]:
+        """The caller's jobs (of one environment if given), newest first, across all pages."""
+        for message in self._client._pages(
+            self._stub.ListJobs,
+            lambda token: jobs_pb2.ListJobsRequest(
+                environment_id=environment_id or "", page_size=page_size, page_token=token
+            ),
+            lambda response: response.jobs,
+        ):
+            yield Job.from_proto(message)
+
+    def cancel(self, job_id: str) -> Job:
+        """Cancels a pending job at once, or asks a running one to stop; returns the job."""
+        request = jobs_pb2.CancelJobRequest(id=job_id)
+        return Job.from_proto(self._client._call(self._stub.CancelJob, request).job)
+
+    def watch(self, job_id: str, after_seq: int = 0) -> Iterator[LogLine | Job]:
+        """Yields the job's log lines after ``after_seq`` and its status changes (as ``Job``)
+        as they happen; the last event is always the ended job.
+
+        A dropped connection or an expired deadline reopens the stream after the last line
+        seen, so no line is lost or repeated.
+        """
+        yield from _Watch(self._client, self._stub, job_id, after_seq).events(None)
+
+    def wait(self, job_id: str, timeout: float | None = None) -> Job:
+        """Blocks until the job ends and returns it with its log.
+
+        Raises ``darb.errors.DeadlineExceeded`` if it has not ended after ``timeout`` s.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        watch = _Watch(self._client, self._stub, job_id, STATUS_ONLY)
+        for _ in watch.events(deadline):
+            pass
+        return self.get(job_id)
+
+
+class _Watch:
+    """One logical watch made of as many WatchJob calls as the network needs."""
+
+    def __init__(
+        self, client: Client, stub: jobs_pb2_grpc.JobServiceStub, job_id: str, after_seq: int
+    ) -> None:
+        self.client = client
+        self._stub = stub
+        self.job_id = job_id
+        self.last_seq = after_seq
+        self.status: JobStatus | None = None
+        self.final: Job | None = None
+        self.failures = 0
+
+    def events(self, deadline: float | None) -> Iterator[LogLine | Job]:
+        while True:
+            timeout = self._attempt_timeout(deadline)
+            try:
+                yield from self._attempt(timeout)
+            except grpc.RpcError as exc:
+                self._recover(exc)
+                continue
+            if self.final is not None:
+                return
+
+    def _attempt_timeout(self, deadline: float | None) -> float:
+        if deadline is None:
+            return self.client.timeout
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise errors.DeadlineExceeded(f"job {self.job_id} has not ended in time")
+        return min(remaining, self.client.timeout)
+
+    def _attempt(self, timeout: float) -> Iterator[LogLine | Job]:
+        request = jobs_pb2.WatchJobRequest(id=self.job_id, after_seq=self.last_seq)
+        stream = self._stub.WatchJob(request, metadata=self.client._metadata, timeout=timeout)
+        try:
+            for event in stream:
+                self.failures = 0
+                if event.HasField("line"):
+                    if event.line.seq > self.last_seq:
+                        self.last_seq = event.line.seq
+                        yield LogLine.from_proto(event.line)
+                else:
+                    yield from self._status(Job.from_proto(event.job))
+        finally:
+            stream.cancel()
+        if self.final is not None:
+            yield self.final
+
+    def _status(self, job: Job) -> Iterator[Job]:
+        """Yields a changed status, holding back the terminal one: on a reopened stream
+        the server sends the status before the lines that are still to come."""
+        if job.status.terminal:
+            self.final = job
+        elif job.status != self.status:
+            self.status = job.status
+            yield job
+
+    def _recover(self, exc: grpc.RpcError) -> None:
+        """Returns if the watch should reopen (after a pause), raises otherwise."""
+        code = exc.code() if isinstance(exc, grpc.Call) else None
+        if code not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+            raise errors.from_rpc_error(exc) from None
+        # An attempt that received events just ran out its deadline: reopen at once.
+        self.failures += 1
+        if self.failures > WATCH_RETRIES:
+            raise errors.from_rpc_error(exc) from None
+        if self.failures > 1 or code == grpc.StatusCode.UNAVAILABLE:
+            time.sleep(min(0.25 * 2 ** (self.failures - 1), WATCH_BACKOFF_CAP))
+
+
+def _is_uuid(value: str) -> bool:
+    try:
+        uuid.UUID(value)
+    except ValueError:
+        return False
+    return True

@@ -1,0 +1,112 @@
+"""Exceptions of the SDK: one class per gRPC status code, so callers never catch grpc.RpcError.
+
+Every exception carries the server's message unchanged (``str(exc)``) and its ``code``.
+"""
+
+from __future__ import annotations
+
+import grpc
+
+
+class DarbError(Exception):
+    """Base of every SDK error; ``code`` is the gRPC status the call ended with."""
+
+    code: grpc.StatusCode = grpc.StatusCode.UNKNOWN
+
+    @property
+    def message(self) -> str:
+        return str(self)
+
+
+class Cancelled(DarbError):
+    code = grpc.StatusCode.CANCELLED
+
+
+class Unknown(DarbError):
+    code = grpc.StatusCode.UNKNOWN
+
+
+class InvalidArgument(DarbError):
+    code = grpc.StatusCode.INVALID_ARGUMENT
+
+
+class DeadlineExceeded(DarbError, TimeoutError):
+    code = grpc.StatusCode.DEADLINE_EXCEEDED
+
+
+class NotFound(DarbError):
+    code = grpc.StatusCode.NOT_FOUND
+
+
+class AlreadyExists(DarbError):
+    code = grpc.StatusCode.ALREADY_EXISTS
+
+
+class PermissionDenied(DarbError):
+    code = grpc.StatusCode.PERMISSION_DENIED
+
+
+class ResourceExhausted(DarbError):
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+class FailedPrecondition(DarbError):
+    code = grpc.StatusCode.FAILED_PRECONDITION
+
+
+class Aborted(DarbError):
+    code = grpc.StatusCode.ABORTED
+
+
+class OutOfRange(DarbError):
+    code = grpc.StatusCode.OUT_OF_RANGE
+
+
+class Unimplemented(DarbError):
+    code = grpc.StatusCode.UNIMPLEMENTED
+
+
+class Internal(DarbError):
+    code = grpc.StatusCode.INTERNAL
+
+
+class Unavailable(DarbError):
+    code = grpc.StatusCode.UNAVAILABLE
+
+
+class DataLoss(DarbError):
+    code = grpc.StatusCode.DATA_LOSS
+
+
+class Unauthenticated(DarbError):
+    code = grpc.StatusCode.UNAUTHENTICATED
+
+
+_BY_CODE: dict[grpc.StatusCode, type[DarbError]] = {
+    cls.code: cls
+    for cls in (
+        Cancelled,
+        Unknown,
+        InvalidArgument,
+        DeadlineExceeded,
+        NotFound,
+        AlreadyExists,
+        PermissionDenied,
+        ResourceExhausted,
+        FailedPrecondition,
+        Aborted,
+        OutOfRange,
+        Unimplemented,
+        Internal,
+        Unavailable,
+        DataLoss,
+        Unauthenticated,
+    )
+}
+
+
+def from_rpc_error(exc: grpc.RpcError) -> DarbError:
+    """The SDK exception for a failed call: the one place status codes become classes."""
+    code = exc.code() if isinstance(exc, grpc.Call) else grpc.StatusCode.UNKNOWN
+    details = exc.details() if isinstance(exc, grpc.Call) else None
+    return _BY_CODE.get(code, Unknown)(details or code.name.lower().replace("_", " "))
