@@ -14,6 +14,9 @@ from pathlib import Path
 DEFAULT_API_ADDR = "127.0.0.1:50051"
 DEFAULT_EXECUTOR_ADDR = "127.0.0.1:50052"
 ENGINE_CHOICES = ("auto", "builtin", "cli")
+# Request limits; the control plane reads the same two variables for its own checks.
+DEFAULT_MAX_PACKAGES_PER_REQUEST = 200
+DEFAULT_MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 
 
 class ConfigError(ValueError):
@@ -107,6 +110,8 @@ class ExecutorSettings:
     token: str
     agent_id: str
     tls: TlsSettings = TlsSettings()
+    max_packages_per_request: int = DEFAULT_MAX_PACKAGES_PER_REQUEST
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> ExecutorSettings:
@@ -123,6 +128,60 @@ class ExecutorSettings:
             token=env.get("DARB_AGENT_TOKEN", ""),
             agent_id=_text(env, "DARB_AGENT_ID", os.uname().nodename),
             tls=TlsSettings.from_env(env),
+            max_packages_per_request=int(
+                _number(
+                    env,
+                    "DARB_MAX_PACKAGES_PER_REQUEST",
+                    DEFAULT_MAX_PACKAGES_PER_REQUEST,
+                    minimum=1,
+                )
+            ),
+            max_message_bytes=int(
+                _number(env, "DARB_MAX_MESSAGE_BYTES", DEFAULT_MAX_MESSAGE_BYTES, minimum=1024)
+            ),
+        )
+
+
+@dataclass(frozen=True)
+class ApiLimits:
+    """Quotas and size limits of the control plane, so one user cannot hurt the others.
+
+    Each is enforced where the request arrives and named in the RESOURCE_EXHAUSTED
+    message that refuses it. ``login_backoff`` is the first wait after
+    ``login_max_failures`` failed logins for one username; every further failure doubles it.
+    """
+
+    max_active_jobs_per_user: int = 100
+    max_environments_per_user: int = 100
+    max_packages_per_request: int = DEFAULT_MAX_PACKAGES_PER_REQUEST
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+    max_log_line_bytes: int = 1024
+    max_log_lines_per_job: int = 2000
+    login_max_failures: int = 5
+    login_backoff: float = 1.0
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> ApiLimits:
+        def count(name: str, default: int, minimum: int = 1) -> int:
+            return int(_number(env, name, default, minimum=minimum))
+
+        return cls(
+            max_active_jobs_per_user=count(
+                "DARB_MAX_ACTIVE_JOBS_PER_USER", cls.max_active_jobs_per_user
+            ),
+            max_environments_per_user=count(
+                "DARB_MAX_ENVIRONMENTS_PER_USER", cls.max_environments_per_user
+            ),
+            max_packages_per_request=count(
+                "DARB_MAX_PACKAGES_PER_REQUEST", cls.max_packages_per_request
+            ),
+            max_message_bytes=count("DARB_MAX_MESSAGE_BYTES", cls.max_message_bytes, 1024),
+            max_log_line_bytes=count("DARB_MAX_LOG_LINE_BYTES", cls.max_log_line_bytes, 80),
+            max_log_lines_per_job=count(
+                "DARB_MAX_LOG_LINES_PER_JOB", cls.max_log_lines_per_job, 10
+            ),
+            login_max_failures=count("DARB_LOGIN_MAX_FAILURES", cls.login_max_failures),
+            login_backoff=_number(env, "DARB_LOGIN_BACKOFF", cls.login_backoff, minimum=0.1),
         )
 
 
@@ -151,7 +210,10 @@ class ApiSettings:
     poll_interval: float
     job_lease: float
     shutdown_grace: float
+    agent_lease: float
+    job_timeout: float
     tls: TlsSettings = TlsSettings()
+    limits: ApiLimits = ApiLimits()
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> ApiSettings:
@@ -182,6 +244,9 @@ class ApiSettings:
             worker_concurrency=int(_number(env, "DARB_WORKER_CONCURRENCY", 4, minimum=1)),
             poll_interval=_number(env, "DARB_POLL_INTERVAL", 5, minimum=0.05),
             job_lease=_number(env, "DARB_JOB_LEASE", 30, minimum=1),
-            shutdown_grace=_number(env, "DARB_SHUTDOWN_GRACE", 5, minimum=0),
+            shutdown_grace=_number(env, "DARB_SHUTDOWN_GRACE_SECONDS", 5, minimum=0),
+            agent_lease=_number(env, "DARB_AGENT_LEASE_SECONDS", 30, minimum=1),
+            job_timeout=_number(env, "DARB_JOB_TIMEOUT", 3600, minimum=1),
             tls=TlsSettings.from_env(env),
+            limits=ApiLimits.from_env(env),
         )

@@ -13,7 +13,7 @@ import posixpath
 import re
 import unicodedata
 from dataclasses import dataclass
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 from rattler import Channel, MatchSpec
 
@@ -56,14 +56,19 @@ def _check_text(kind: str, value: str, max_length: int) -> None:
 def _channel_base_url(channel: str) -> str:
     """The canonical base URL of a channel name or URL, ending in '/'."""
     if "://" in channel:
-        parts = urlsplit(channel)
+        try:
+            parts = urlsplit(channel)
+        except ValueError as exc:  # e.g. an unclosed IPv6 bracket
+            raise InvalidInput(f"channel {channel!r} is not a valid URL: {exc}") from exc
         if parts.scheme not in URL_SCHEMES:
             raise InvalidInput(f"channel {channel!r}: scheme must be one of {URL_SCHEMES}")
-        if ".." in parts.path.split("/") or parts.query or parts.fragment:
+        # rattler decodes %2e%2e to '..', so the check must see the decoded path too.
+        path = unquote(parts.path)
+        if ".." in path.split("/") or parts.query or parts.fragment:
             raise InvalidInput(f"channel {channel!r} must be a plain URL without '..'")
-        path = posixpath.normpath(parts.path or "/")
+        path = posixpath.normpath(path or "/")
         return f"{parts.scheme}://{parts.netloc}{path.rstrip('/')}/"
-    if not CHANNEL_NAME.match(channel) or ".." in channel:
+    if not CHANNEL_NAME.fullmatch(channel) or ".." in channel:
         raise InvalidInput(f"channel {channel!r} is not a valid channel name or URL")
     return str(Channel(channel).base_url)
 
@@ -102,7 +107,7 @@ def parse_spec(spec: str, policy: ChannelPolicy) -> ParsedSpec:
         match = MatchSpec(spec.strip(), strict=True)
     except Exception as exc:  # rattler raises its own exception types per failure
         raise InvalidInput(f"package spec {spec!r} is not a valid match spec: {exc}") from exc
-    if match.name is None or not PACKAGE_NAME.match(match.name.normalized):
+    if match.name is None or not PACKAGE_NAME.fullmatch(match.name.normalized):
         raise InvalidInput(f"package spec {spec!r} does not name a valid package")
     channel = None
     if match.channel is not None:
@@ -137,6 +142,6 @@ def validate_package_name(name: str) -> str:
     """A bare package name, as RemovePackages takes them."""
     _check_text("package name", name, 128)
     normalized = name.strip().lower()
-    if not PACKAGE_NAME.match(normalized):
+    if not PACKAGE_NAME.fullmatch(normalized):
         raise InvalidInput(f"package name {name!r} is not a valid conda package name")
     return normalized

@@ -42,6 +42,10 @@ class Aborted(AgentError):
     code = grpc.StatusCode.ABORTED
 
 
+class ResourceExhausted(AgentError):
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
 def _status_of(exc: Exception) -> tuple[grpc.StatusCode, str]:
     if isinstance(exc, AgentError):
         return exc.code, str(exc)

@@ -49,7 +49,10 @@ async def serve(settings: ExecutorSettings) -> None:
     engine_name = choose_engine(settings.engine, engines)
     servicer = ExecutorServicer(settings, layout, platform, engines, engine_name)
     interceptors = [AgentTokenInterceptor(settings.token)] if settings.token else []
-    server = grpc.aio.server(interceptors=interceptors)
+    server = grpc.aio.server(
+        interceptors=interceptors,
+        options=[("grpc.max_receive_message_length", settings.max_message_bytes)],
+    )
     executor_pb2_grpc.add_ExecutorServiceServicer_to_server(servicer, server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

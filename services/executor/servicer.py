@@ -9,10 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
+import re
 import shutil
+import time
 import tomllib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
+from types import TracebackType
 from typing import Any
 
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -26,6 +30,7 @@ from services.executor.errors import (
     FailedPrecondition,
     InvalidArgument,
     NotFound,
+    ResourceExhausted,
     maps_errors,
 )
 from services.executor.packages import (
@@ -43,6 +48,9 @@ from shared.version import __version__
 
 log = logging.getLogger(__name__)
 ResponseType = Callable[..., Any]
+LOG_TEXT_LIMIT = 200
+MAX_CHANNELS_PER_REQUEST = 32
+_BARE_VALUE = re.compile(r"[\w.:/@+,<>*-]+")
 
 
 class ExecutorServicer(executor_pb2_grpc.ExecutorServiceServicer):
@@ -77,6 +85,7 @@ class ExecutorServicer(executor_pb2_grpc.ExecutorServiceServicer):
         self, request: pb.CreateEnvironmentRequest, context: Any
     ) -> AsyncIterator[pb.CreateEnvironmentResponse]:
         workspace = self._workspace(request.environment_id)
+        self._check_count(request.packages, request.channels)
         policy = self._settings.channels
         operation = Operation(
             "create",
@@ -94,6 +103,7 @@ class ExecutorServicer(executor_pb2_grpc.ExecutorServiceServicer):
     async def InstallPackages(
         self, request: pb.InstallPackagesRequest, context: Any
     ) -> AsyncIterator[pb.InstallPackagesResponse]:
+        self._check_count(request.packages)
         specs = parse_specs(list(request.packages), self._settings.channels)
         operation = Operation(
             "install", self._workspace(request.environment_id), specs=tuple(s.text for s in specs)
@@ -107,6 +117,7 @@ class ExecutorServicer(executor_pb2_grpc.ExecutorServiceServicer):
     ) -> AsyncIterator[pb.RemovePackagesResponse]:
         if not request.packages:
             raise InvalidArgument("at least one package name is required")
+        self._check_count(request.packages)
         names = tuple(validate_package_name(name) for name in request.packages)
         operation = Operation("remove", self._workspace(request.environment_id), specs=names)
         async for message in self._operate(operation, pb.RemovePackagesResponse):
@@ -135,6 +146,20 @@ class ExecutorServicer(executor_pb2_grpc.ExecutorServiceServicer):
             raise InvalidArgument("environment_id must be a lower-case UUID")
         return self._layout.workspace(environment_id)
 
+    def _check_count(self, packages: Sequence[str], channels: Sequence[str] = ()) -> None:
+        """Bound the work one request can ask for before any of it is parsed: validation
+        runs on the event loop, so a list of a million specs would stall every call."""
+        limit = self._settings.max_packages_per_request
+        if len(packages) > limit:
+            raise ResourceExhausted(
+                f"{len(packages)} packages in one request; the limit is {limit}"
+                " (DARB_MAX_PACKAGES_PER_REQUEST)"
+            )
+        if len(channels) > MAX_CHANNELS_PER_REQUEST:
+            raise ResourceExhausted(
+                f"{len(channels)} channels in one request; the limit is {MAX_CHANNELS_PER_REQUEST}"
+            )
+
     def _engine(self) -> Engine:
         engine = self._engines.get(self._engine_name)
         if engine is None:
@@ -156,8 +181,9 @@ class ExecutorServicer(executor_pb2_grpc.ExecutorServiceServicer):
         finished = False
         try:
             _check_preconditions(operation)
-            async for message in self._run_with_recovery(operation, engine, stream):
-                yield message
+            with _OperationLog(operation, engine.name, stream):
+                async for message in self._run_with_recovery(operation, engine, stream):
+                    yield message
             finished = True
         finally:
             if finished:
@@ -249,6 +275,8 @@ class _LineStream:
         self._response_type = response_type
         self._seq = 0
         self.error: str | None = None
+        self.timed_out = False
+        self.reported: str | None = None  # the error the result carried, once sent
 
     async def follow(
         self,
@@ -270,6 +298,7 @@ class _LineStream:
                 yield self._line(line)
             self.error = await task
         except TimeoutError:
+            self.timed_out = True
             self.error = f"timed out after {timeout:g} seconds; the operation was stopped"
         finally:
             if not task.done():
@@ -286,6 +315,7 @@ class _LineStream:
         )
 
     def result(self, error: str | None, state: EnvironmentState) -> Any:
+        self.reported = error or ""
         result = pb.OperationResult(
             success=error is None,
             error=error or "",
@@ -294,6 +324,67 @@ class _LineStream:
             lockfile=state.lockfile,
         )
         return self._response_type(result=result)
+
+
+class _OperationLog:
+    """One ``key=value`` log line when an operation starts and one when it ends, so an
+    environment's history can be followed with grep; long spec lists are cut."""
+
+    def __init__(self, operation: Operation, engine: str, stream: _LineStream) -> None:
+        self._fields = {
+            "environment_id": operation.workspace.root.name,
+            "kind": operation.kind,
+            "engine": engine,
+        }
+        self._specs = ",".join(operation.specs)
+        self._stream = stream
+        self._started = 0.0
+
+    def __enter__(self) -> None:
+        self._started = time.monotonic()
+        log.info("operation started %s", _key_values(**self._fields, specs=_clip(self._specs)))
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        duration = f"{time.monotonic() - self._started:.3f}s"
+        outcome = self._outcome(exc)
+        log.info("operation ended %s", _key_values(**self._fields, duration=duration, **outcome))
+
+    def _outcome(self, exc: BaseException | None) -> dict[str, str]:
+        """Once the result is built the work is over, even if the caller then went away."""
+        reported = self._stream.reported
+        if reported is None:  # stopped before the result: the caller left, or a bug
+            if isinstance(exc, Exception):
+                error = _clip(_headline(str(exc) or type(exc).__name__))
+                return {"outcome": "failed", "error": error}
+            return {"outcome": "cancelled"}
+        if self._stream.timed_out:
+            return {"outcome": "timed_out"}
+        if reported:
+            return {"outcome": "failed", "error": _clip(_headline(reported))}
+        return {"outcome": "success"}
+
+
+def _headline(text: str) -> str:
+    return next((line.strip() for line in text.splitlines() if line.strip()), "")
+
+
+def _clip(text: str) -> str:
+    if len(text) <= LOG_TEXT_LIMIT:
+        return text
+    return f"{text[:LOG_TEXT_LIMIT]}...({len(text)} chars)"
+
+
+def _key_values(**fields: str) -> str:
+    """``k=v`` pairs; values with spaces or quotes are JSON-quoted so each stays one token."""
+    return " ".join(
+        f"{key}={value if _BARE_VALUE.fullmatch(value) else json.dumps(value)}"
+        for key, value in fields.items()
+    )
 
 
 def _package_message(package: InstalledPackage) -> pb.Package:

@@ -20,7 +20,7 @@ ENVIRONMENT_ID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[
 
 def is_environment_id(value: str) -> bool:
     """True for the canonical lower-case UUID text the control plane assigns."""
-    return bool(ENVIRONMENT_ID.match(value))
+    return bool(ENVIRONMENT_ID.fullmatch(value))
 
 
 @dataclass(frozen=True)
