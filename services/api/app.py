@@ -22,6 +22,7 @@ from darb.v1 import (
     users_pb2,
     users_pb2_grpc,
 )
+from services.api.agents import AgentMonitor
 from services.api.db import Database
 from services.api.dispatcher import Dispatcher
 from services.api.events import EventBus
@@ -57,15 +58,33 @@ class ControlPlane:
     bus: EventBus
     dispatcher: Dispatcher
     client: ExecutorClient
+    agents: AgentMonitor
+    health: DatabaseHealth
     health_task: asyncio.Task[None]
     grace: float
 
+    def log_stats(self) -> None:
+        """What a leak would grow, logged on SIGUSR1 and at shutdown (the fault tests read
+        it to show that disconnected watchers leave nothing behind)."""
+        log.info(
+            "darb api stats: %d watch subscriptions, %d asyncio tasks, %d running jobs",
+            self.bus.subscription_count,
+            len(asyncio.all_tasks()),
+            self.dispatcher.running_count,
+        )
+
     async def stop(self) -> None:
-        await self.server.stop(self.grace)
-        await self.dispatcher.stop()
+        """Graceful shutdown within ``grace`` seconds (plus recording handed-back jobs):
+        no job is claimed from the first step on; running jobs and RPCs get the grace,
+        then the jobs still running are handed back (see ``Dispatcher.drain``)."""
+        self.log_stats()
+        await self.dispatcher.stop_claiming()
         self.health_task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self.health_task
+        await self.health.shutting_down()
+        await asyncio.gather(self.server.stop(self.grace), self.dispatcher.drain(self.grace))
+        await self.agents.stop()
         await self.bus.stop()
         await self.client.close()
         await self.db.close()
@@ -101,13 +120,17 @@ async def start(settings: ApiSettings, client: ExecutorClient | None = None) -> 
     bus = EventBus(db)
     await bus.start()
     client = client or GrpcExecutorClient(settings.agent_token, settings.tls)
+    agents = AgentMonitor(client, settings.executors, settings.agent_lease)
+    await agents.start()
     dispatcher = Dispatcher(
         db,
         bus,
         client,
+        agents,
         concurrency=settings.worker_concurrency,
         poll_interval=settings.poll_interval,
         lease=settings.job_lease,
+        job_timeout=settings.job_timeout,
     )
     await dispatcher.start()
     state = AppState(settings=settings, db=db, bus=bus)
@@ -134,7 +157,16 @@ async def start(settings: ApiSettings, client: ExecutorClient | None = None) -> 
     await server.start()
     health_task = asyncio.create_task(database_health.watch(interval=2.0))
     return ControlPlane(
-        server, port, db, bus, dispatcher, client, health_task, settings.shutdown_grace
+        server,
+        port,
+        db,
+        bus,
+        dispatcher,
+        client,
+        agents,
+        database_health,
+        health_task,
+        settings.shutdown_grace,
     )
 
 
@@ -149,6 +181,7 @@ async def serve(settings: ApiSettings) -> None:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
+    loop.add_signal_handler(signal.SIGUSR1, plane.log_stats)
     await stop.wait()
     log.info("shutting down")
     await plane.stop()

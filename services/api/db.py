@@ -21,6 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, create_async_engin
 from sqlalchemy.orm import Session
 
 T = TypeVar("T")
+CONNECT_TIMEOUT = 10
 
 
 class Database:
@@ -36,7 +37,14 @@ class Database:
             self._sync = sqlite_engine(url)
             self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="darb-sqlite")
         else:
-            self._async = create_async_engine(url, pool_pre_ping=True, pool_size=10)
+            # pre-ping replaces connections a database restart broke; the connect timeout
+            # keeps a call from hanging on a server that does not answer at all.
+            self._async = create_async_engine(
+                url,
+                pool_pre_ping=True,
+                pool_size=10,
+                connect_args={"connect_timeout": CONNECT_TIMEOUT},
+            )
 
     @property
     def is_postgres(self) -> bool:

@@ -15,11 +15,14 @@ import os
 import socket
 import time
 import uuid
+from asyncio import FIRST_COMPLETED
 from datetime import timedelta
 
 import grpc
+from sqlalchemy.exc import SQLAlchemyError
 
 from services.api import payloads
+from services.api.agents import AgentMonitor, rebind
 from services.api.db import Database
 from services.api.events import EventBus
 from services.api.executor_client import AgentLine, ExecutorClient, ExecutorError
@@ -30,12 +33,19 @@ from services.api.repo.jobs import ClaimedJob, LineRow
 
 log = logging.getLogger(__name__)
 
-# How long a busy (ABORTED) or unreachable (UNAVAILABLE) agent is retried before the
-# job fails; only while the agent has sent nothing for this job.
+# How long a busy (ABORTED) agent is retried before the job fails; only while the agent
+# has sent nothing for this job. An unreachable one is waited for up to the agent lease.
 RETRY_WINDOW = 60.0
 CANCELLED_BY_REQUEST = "cancelled by request"
-SHUTDOWN = "the control plane shut down while the job was running"
+SHUTDOWN = (
+    "the control plane shut down before the job finished (DARB_SHUTDOWN_GRACE_SECONDS);"
+    " the job was stopped on the agent, which rolls the environment back; submit it again"
+)
+# After the grace, how long a stopping control plane still waits to record handed-back jobs.
+FINISH_ON_SHUTDOWN = 5.0
 LEASE_EXPIRED = "the control plane running this job stopped (its lease expired)"
+# What a database outage raises: retried with a one-line warning instead of a traceback.
+DATABASE_ERRORS = (SQLAlchemyError, OSError)
 
 
 class LineWriter:
@@ -82,46 +92,78 @@ class LineWriter:
 
 
 class Dispatcher:
+    """Claims and runs jobs. Each running job ends in exactly one of these ways: the agent's
+    result, a cancel request, the agent declared lost (``AgentMonitor``), the job timeout,
+    or the control plane's shutdown after its grace."""
+
     def __init__(
         self,
         database: Database,
         bus: EventBus,
         client: ExecutorClient,
+        agents: AgentMonitor,
         *,
         concurrency: int,
         poll_interval: float,
         lease: float,
+        job_timeout: float,
     ) -> None:
         self._db = database
         self._bus = bus
         self._client = client
+        self._agents = agents
         self._concurrency = concurrency
         self._poll_interval = poll_interval
         self._lease = timedelta(seconds=lease)
+        self._job_timeout = job_timeout
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._running: dict[str, asyncio.Task[None]] = {}
         self._cancels: dict[str, asyncio.Event] = {}
         self._loop_task: asyncio.Task[None] | None = None
         bus.on_cancel(self._cancel_requested)
 
+    @property
+    def running_count(self) -> int:
+        return len(self._running)
+
     async def start(self) -> None:
         await self.fail_expired()
         self._loop_task = asyncio.create_task(self._loop(), name="darb-dispatcher")
 
-    async def stop(self) -> None:
-        """Stops claiming, then stops running jobs and records them as failed."""
+    async def stop_claiming(self) -> None:
+        """The first step of a shutdown: no job is claimed after this returns."""
         if self._loop_task is not None:
-            self._loop_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._loop_task
+            await _stop(self._loop_task)
+            self._loop_task = None
+
+    async def drain(self, grace: float) -> None:
+        """Lets running jobs finish for ``grace`` seconds, then hands back the rest.
+
+        Handing back means: stop the operation on the agent (it kills the process group
+        and rolls the environment back to its last good ``pixi.lock``) and record the job
+        FAILED with ``SHUTDOWN``. It is not put back to PENDING: its log already holds
+        lines of the interrupted attempt, and a create that the agent had committed just
+        before the cancel would fail as ``ALREADY_EXISTS`` when run again. Users resubmit.
+        """
+        await self.stop_claiming()
         tasks = list(self._running.values())
-        for task in tasks:
+        if not tasks:
+            return
+        _, late = await asyncio.wait(tasks, timeout=grace)
+        for task in late:
             task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        if late:  # recording the end needs the database; leases cover it if that is away
+            await asyncio.wait(late, timeout=FINISH_ON_SHUTDOWN)
 
     async def fail_expired(self) -> None:
-        """Fails jobs left running by a control plane that stopped renewing their lease."""
+        """Fails jobs left running by a control plane that stopped renewing their lease.
+
+        Our own running jobs are skipped: after a database outage their lease may have run
+        out before the heartbeat could renew it, but they are alive.
+        """
         for job_id in await self._db.run(jobs.expired, utcnow()):
+            if job_id in self._running:
+                continue
             outcome = Outcome(JobStatus.FAILED, LEASE_EXPIRED)
             await self._finish(job_id, outcome, JobStatus.RUNNING, worker_id=None)
 
@@ -134,6 +176,8 @@ class Dispatcher:
                 if time.monotonic() - last_sweep > self._poll_interval:
                     last_sweep = time.monotonic()
                     await self.fail_expired()
+            except DATABASE_ERRORS as exc:  # the database is away: one line per poll, no trace
+                log.warning("claiming jobs failed (%s); retrying", _describe(exc))
             except Exception:
                 log.exception("claiming jobs failed; retrying after the poll interval")
             with contextlib.suppress(TimeoutError):
@@ -160,23 +204,11 @@ class Dispatcher:
             self._cancels[job_id].set()
 
     async def _run(self, job: ClaimedJob) -> None:
-        cancel = self._cancels[job.id]
         writer = LineWriter(self._db, self._bus, job.id)
-        heartbeat = asyncio.create_task(self._heartbeat(job.id, cancel))
-        operation = asyncio.create_task(self._execute(job, writer))
+        heartbeat = asyncio.create_task(self._heartbeat(job.id, self._cancels[job.id]))
+        outcome = Outcome(JobStatus.FAILED, SHUTDOWN)  # kept if ``drain`` cancels this task
         try:
-            cancelled = asyncio.create_task(cancel.wait())
-            await asyncio.wait({operation, cancelled}, return_when=asyncio.FIRST_COMPLETED)
-            cancelled.cancel()
-            if operation.done():
-                outcome = operation.result()
-            else:
-                await _stop(operation)
-                outcome = Outcome(JobStatus.CANCELLED, CANCELLED_BY_REQUEST)
-        except asyncio.CancelledError:
-            await _stop(operation)
-            outcome = Outcome(JobStatus.FAILED, SHUTDOWN)
-            raise
+            outcome = await self._supervise(job, writer)
         except Exception:
             log.exception("job %s failed in the control plane", job.id)
             outcome = Outcome(JobStatus.FAILED, "internal error in the control plane")
@@ -185,13 +217,57 @@ class Dispatcher:
             await writer.close()
             await self._finish(job.id, outcome, JobStatus.RUNNING, self.worker_id)
 
-    async def _execute(self, job: ClaimedJob, writer: LineWriter) -> Outcome:
+    async def _supervise(self, job: ClaimedJob, writer: LineWriter) -> Outcome:
+        """Runs the operation until it ends or something ends it first; leaving this
+        function (also by cancellation) always stops the operation on the agent."""
+        executor = await self._executor_for(job)
+        operation = asyncio.create_task(self._execute(job, executor, writer))
+        enders = {
+            asyncio.create_task(self._cancels[job.id].wait()): Outcome(
+                JobStatus.CANCELLED, CANCELLED_BY_REQUEST
+            ),
+            asyncio.create_task(self._agents.wait_lost(executor)): Outcome(
+                JobStatus.FAILED, agent_lost(executor, self._agents.silence)
+            ),
+        }
+        try:
+            done, _ = await asyncio.wait(
+                {operation, *enders}, timeout=self._job_timeout, return_when=FIRST_COMPLETED
+            )
+            if operation in done:
+                return operation.result()
+            for ender in done:
+                return enders[ender]
+            return Outcome(JobStatus.FAILED, f"timed out after {self._job_timeout:g} s")
+        finally:
+            for ender in enders:
+                await _stop(ender)
+            await _stop(operation)
+
+    async def _executor_for(self, job: ClaimedJob) -> str:
+        """The agent that has (or, for a create, will have) the environment."""
+        if not isinstance(job.payload, payloads.CreatePayload):
+            return job.executor
+        executor = await self._agents.choose_for_new_environment(job.executor)
+        if executor != job.executor:
+            log.info(
+                "environment %s goes to %s: %s does not answer",
+                *(job.environment_id, executor, job.executor),
+            )
+            await self._db.run(rebind, job.environment_id, executor)
+        return executor
+
+    async def _execute(self, job: ClaimedJob, executor: str, writer: LineWriter) -> Outcome:
+        """One operation on the agent. ``ABORTED`` (busy with the environment, e.g. still
+        rolling back an operation of a control plane that died) is retried for
+        ``RETRY_WINDOW``; ``UNAVAILABLE`` before the agent sent anything is retried until
+        the agent watchdog in ``_supervise`` declares the agent lost."""
         deadline = time.monotonic() + RETRY_WINDOW
         delay = 0.2
         while True:
             heard = False
             try:
-                async for event in self._client.run(job.executor, job.environment_id, job.payload):
+                async for event in self._client.run(executor, job.environment_id, job.payload):
                     heard = True
                     if isinstance(event, AgentLine):
                         writer.add(event)
@@ -200,9 +276,12 @@ class Dispatcher:
                     return Outcome(status, "" if event.success else event.error, event.state)
                 return Outcome(JobStatus.FAILED, "the executor ended without a result")
             except ExecutorError as exc:
-                if exc.retryable and not heard and time.monotonic() < deadline:
+                if exc.code == grpc.StatusCode.UNAVAILABLE and heard:
+                    return Outcome(JobStatus.FAILED, agent_lost(executor, exc.message))
+                waiting = exc.code == grpc.StatusCode.UNAVAILABLE or time.monotonic() < deadline
+                if exc.retryable and not heard and waiting:
                     await asyncio.sleep(delay)
-                    delay = min(delay * 2, 5.0)
+                    delay = min(delay * 2, 2.0)
                     continue
                 gone = exc.code == grpc.StatusCode.NOT_FOUND
                 if gone and isinstance(job.payload, payloads.DeletePayload):
@@ -213,8 +292,10 @@ class Dispatcher:
         while True:
             try:
                 state = await self._db.run(jobs.heartbeat, job_id, self.worker_id, self._lease)
-            except Exception:  # the database is away; the next beat tries again
-                log.warning("heartbeat of job %s failed", job_id, exc_info=True)
+            except DATABASE_ERRORS as exc:  # the database is away; the next beat tries again
+                log.warning("heartbeat of job %s failed (%s)", job_id, _describe(exc))
+            except Exception:
+                log.exception("heartbeat of job %s failed", job_id)
             else:
                 if state is None or state:
                     cancel.set()
@@ -223,11 +304,30 @@ class Dispatcher:
     async def _finish(
         self, job_id: str, outcome: Outcome, expected: JobStatus, worker_id: str | None
     ) -> None:
-        ended = await self._db.run(finish, job_id, outcome, expected, worker_id)
+        """Records the end, retrying while the database is away: a job that ran must not
+        be left to the lease sweep, which would replace its real outcome."""
+        delay = 0.5
+        while True:
+            try:
+                ended = await self._db.run(finish, job_id, outcome, expected, worker_id)
+                break
+            except DATABASE_ERRORS as exc:
+                log.warning("recording the end of job %s failed (%s)", job_id, _describe(exc))
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
         for ended_id in ended:
             await self._bus.job_changed(ended_id)
         if ended:
             await self._bus.jobs_queued()
+
+
+def agent_lost(executor: str, reason: str) -> str:
+    return f"the executor agent {executor} was lost ({reason}); the job did not finish"
+
+
+def _describe(exc: BaseException) -> str:
+    """A one-line reason for a warning; a database outage would otherwise log pages."""
+    return f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
 
 
 async def _stop(task: asyncio.Task[object]) -> None:

@@ -69,6 +69,11 @@ class EventBus:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._listener
 
+    @property
+    def subscription_count(self) -> int:
+        """Open watch subscriptions; a disconnected watcher must not leave one behind."""
+        return sum(len(watchers) for watchers in self._watchers.values())
+
     @contextlib.contextmanager
     def watch(self, job_id: str) -> Iterator[Subscription]:
         subscription = Subscription()
@@ -147,8 +152,11 @@ class EventBus:
             try:
                 async for notify in self._notifications(conninfo):
                     self._deliver(notify.channel, notify.payload)
-            except (psycopg.Error, OSError):
-                log.warning("LISTEN connection lost; reconnecting", exc_info=True)
+            except (psycopg.Error, OSError) as exc:  # one line a second while the database is away
+                reason = str(exc).splitlines()[0] if str(exc) else ""
+                log.warning(
+                    "LISTEN connection lost (%s: %s); reconnecting", type(exc).__name__, reason
+                )
             await asyncio.sleep(1)
 
     async def _notifications(self, conninfo: str) -> AsyncIterator[psycopg.Notify]:

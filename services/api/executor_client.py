@@ -16,12 +16,19 @@ from services.api.models import utcnow
 from services.api.outcomes import AgentState
 from services.api.repo.environments import PackageRow
 from shared.config import TlsSettings
-from shared.tls import aio_channel
+from shared.tls import channel_credentials
 
 # Codes after which the same call can simply be tried again: the agent is busy
 # restoring the environment after a cancel, or not reachable for a moment.
 RETRYABLE = (grpc.StatusCode.ABORTED, grpc.StatusCode.UNAVAILABLE)
 STREAM_NAMES = {pb.LOG_STREAM_STDERR: "stderr"}
+# gRPC backs off up to two minutes between reconnects to a failed address; a restarted
+# agent must be found again within a probe or two, so the back-off is kept short.
+CHANNEL_OPTIONS = (
+    ("grpc.initial_reconnect_backoff_ms", 250),
+    ("grpc.min_reconnect_backoff_ms", 250),
+    ("grpc.max_reconnect_backoff_ms", 1000),
+)
 
 
 @dataclass(frozen=True)
@@ -59,6 +66,10 @@ class ExecutorClient(Protocol):
         """
         ...
 
+    async def probe(self, executor: str, timeout: float) -> bool:
+        """Whether the agent answers a cheap call within ``timeout`` seconds."""
+        ...
+
     async def close(self) -> None: ...
 
 
@@ -72,7 +83,12 @@ class GrpcExecutorClient:
 
     def _stub(self, addr: str) -> pb_grpc.ExecutorServiceStub:
         if addr not in self._stubs:
-            channel = aio_channel(addr, self._tls)
+            credentials = channel_credentials(self._tls)
+            channel = (
+                grpc.aio.insecure_channel(addr, options=CHANNEL_OPTIONS)
+                if credentials is None
+                else grpc.aio.secure_channel(addr, credentials, options=CHANNEL_OPTIONS)
+            )
             self._stubs[addr] = (channel, pb_grpc.ExecutorServiceStub(channel))
         return self._stubs[addr][1]
 
@@ -121,6 +137,17 @@ class GrpcExecutorClient:
             raise ExecutorError(exc.code(), exc.details() or exc.code().name) from exc
         finally:
             call.cancel()
+
+    async def probe(self, executor: str, timeout: float) -> bool:
+        """GetInfo with a deadline: it runs on the agent's event loop, so it also fails
+        when the agent is alive but frozen (stopped, swapping, partitioned)."""
+        try:
+            await self._stub(executor).GetInfo(
+                pb.GetInfoRequest(), metadata=self._metadata, timeout=timeout
+            )
+        except grpc.aio.AioRpcError:
+            return False
+        return True
 
     async def close(self) -> None:
         for channel, _ in self._stubs.values():

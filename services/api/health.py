@@ -32,11 +32,17 @@ class DatabaseHealth:
         except Exception:
             up = False
         if up != self._up:
-            self._up = up
+            was, self._up = self._up, up
             if not up:
                 log.warning("database unreachable: health is NOT_SERVING")
+            elif was is not None:
+                log.info("database reachable again: health is SERVING")
             for name in self._names:
                 await self._servicer.set(name, SERVING if up else NOT_SERVING)
+
+    async def shutting_down(self) -> None:
+        """NOT_SERVING from the start of a shutdown, so balancers stop sending calls."""
+        await self._servicer.enter_graceful_shutdown()
 
     async def watch(self, interval: float) -> None:
         while True:

@@ -65,12 +65,14 @@ def start_agent(
     token: str = "",
     extra_env: dict[str, str] | None = None,
     timeout: float = 30,
+    addr: str = "127.0.0.1:0",
 ) -> AgentProcess:
-    """Start ``python -m services.executor`` and wait until it listens."""
+    """Start ``python -m services.executor`` and wait until it listens (on ``addr``: a
+    restarted agent takes the address of the one it replaces)."""
     data_dir.mkdir(parents=True, exist_ok=True)
     env = {key: value for key, value in os.environ.items() if not key.startswith("DARB_")}
     env.update(
-        DARB_EXECUTOR_ADDR="127.0.0.1:0",
+        DARB_EXECUTOR_ADDR=addr,
         DARB_DATA_DIR=str(data_dir),
         DARB_PIXI_ENGINE="builtin",
         DARB_DEFAULT_CHANNELS=channel_url,

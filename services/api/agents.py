@@ -1,0 +1,111 @@
+"""Which executor agents answer: a periodic probe of each, and the agent lease.
+
+An environment lives on one agent's disk (``environments.executor``), so its jobs can only
+run there. The monitor decides two things from its probes: where a *new* environment may
+go (an agent whose last probe answered), and when work on an agent is *lost* (it has not
+answered for ``DARB_AGENT_LEASE_SECONDS``). A stream that breaks is not enough to call an
+agent lost before the lease ends, and a stream that stays open is not proof of life: a
+frozen or partitioned agent keeps its TCP connection open but stops answering probes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from collections.abc import Iterable
+
+from sqlalchemy import update
+from sqlalchemy.orm import Session
+
+from services.api.executor_client import ExecutorClient
+from services.api.models import Environment
+
+log = logging.getLogger(__name__)
+
+# Probes run at least this often, so that a short lease is noticed in time.
+MAX_PROBE_INTERVAL = 5.0
+MIN_PROBE_TIMEOUT = 1.0
+
+
+class AgentMonitor:
+    """Probes every known agent; new addresses (of environments bound to an agent that
+    is no longer configured) join the probe set when a job needs them."""
+
+    def __init__(self, client: ExecutorClient, addresses: Iterable[str], lease: float) -> None:
+        self._client = client
+        self.lease = lease
+        self.interval = min(lease / 3, MAX_PROBE_INTERVAL)
+        self._configured = list(dict.fromkeys(addresses))
+        now = time.monotonic()
+        # Optimistic until the first probe: an agent is not lost before it was asked.
+        self._last_ok = {addr: now for addr in self._configured}
+        self._up = {addr: True for addr in self._configured}
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        """Probes once before returning, so the first new environment already avoids an
+        agent that is down."""
+        await self._probe_all()
+        self._task = asyncio.create_task(self._run(), name="darb-agent-probes")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def choose_for_new_environment(self, current: str) -> str:
+        """``current`` if it answers a probe now, else a random configured agent that
+        answered its last one; ``current`` when none does (the job then waits for it until
+        the lease says it is lost). Probing now, not trusting the last periodic probe,
+        keeps an agent that died a moment ago from getting new environments."""
+        if await self._probe(current):
+            return current
+        healthy = [addr for addr in self._configured if addr != current and self._up[addr]]
+        return random.choice(healthy) if healthy else current
+
+    @property
+    def silence(self) -> str:
+        """Why an agent counts as lost, for the job's error message."""
+        return f"no answer for over {self.lease:g} s, DARB_AGENT_LEASE_SECONDS"
+
+    async def wait_lost(self, addr: str) -> None:
+        """Returns once ``addr`` has not answered a probe for longer than the agent lease,
+        counted from the call at the earliest: a job that starts on an agent that was down
+        (and may just have come back) gets the whole lease."""
+        if addr not in self._last_ok:
+            self._last_ok[addr] = time.monotonic()
+            self._up[addr] = True
+        since = time.monotonic()
+        while time.monotonic() - max(self._last_ok[addr], since) <= self.lease:
+            await asyncio.sleep(self.interval / 2)
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval)
+            await self._probe_all()
+
+    async def _probe_all(self) -> None:
+        await asyncio.gather(*(self._probe(addr) for addr in list(self._last_ok)))
+
+    async def _probe(self, addr: str) -> bool:
+        ok = await self._client.probe(addr, max(self.interval, MIN_PROBE_TIMEOUT))
+        if ok:
+            self._last_ok[addr] = time.monotonic()
+        if ok != self._up.get(addr):
+            if ok:
+                log.info("executor agent %s answers", addr)
+            else:
+                log.warning("executor agent %s does not answer", addr)
+        self._up[addr] = ok
+        return ok
+
+
+def rebind(session: Session, environment_id: str, executor: str) -> None:
+    """Moves a not-yet-created environment to another agent (nothing is on disk yet)."""
+    session.execute(
+        update(Environment).where(Environment.id == environment_id).values(executor=executor)
+    )

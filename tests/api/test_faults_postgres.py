@@ -1,0 +1,72 @@
+"""PostgreSQL restarted under a working control plane, for real: on a private server
+(``tests/support/pg_server.py``), since the machine's shared one serves other test runs.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from darb.v1 import common_pb2
+from tests.api.control_plane import ApiProcess
+from tests.api.test_faults_agent import install_engine_pid, ready_environment, wait_until
+from tests.support.agent import AgentProcess
+from tests.support.pg_server import PostgresServer, private_postgres
+
+SLACK = 60
+OUTAGE = 5
+
+
+@pytest.fixture
+def postgres() -> Iterator[PostgresServer]:
+    try:
+        with private_postgres() as server:
+            yield server
+    except RuntimeError as exc:
+        pytest.skip(str(exc))
+
+
+def health(api: ApiProcess) -> int:
+    with grpc.insecure_channel(api.addr) as channel:
+        request = health_pb2.HealthCheckRequest(service="")
+        return health_pb2_grpc.HealthStub(channel).Check(request, timeout=10).status
+
+
+def test_postgres_restart_loses_nothing(
+    postgres: PostgresServer,
+    api_factory: Callable[..., ApiProcess],
+    agent_factory: Callable[..., AgentProcess],
+) -> None:
+    """A fast shutdown of the database (every session ended) while one job runs and two
+    are queued: health goes NOT_SERVING, the running job's lines and end are kept until
+    the database is back, health returns to SERVING, and every job completes, including
+    one submitted after the restart."""
+    agent = agent_factory()
+    api = api_factory(postgres.url(), executors=agent.addr, DARB_WORKER_CONCURRENCY="1")
+    client = api.new_user()
+    busy_env = ready_environment(client, "busy", ["acme-core"])
+    queued_env = ready_environment(client, "queued", ["acme-core"])
+    running = client.install(busy_env, ["acme-big"])
+    install_engine_pid(client, running.id)
+    queued = [client.install(queued_env, ["acme-utils"]), client.create("late", ["acme-tool"]).job]
+
+    postgres.stop("fast")
+    wait_until(
+        lambda: health(api) == health_pb2.HealthCheckResponse.NOT_SERVING, SLACK, "NOT_SERVING"
+    )
+    time.sleep(OUTAGE)  # the install goes on; its lines and its end wait for the database
+    postgres.start()
+    wait_until(lambda: health(api) == health_pb2.HealthCheckResponse.SERVING, SLACK, "SERVING")
+
+    finished = client.wait(running.id, timeout=SLACK)
+    assert finished.status == common_pb2.JOB_STATUS_COMPLETED, finished.error
+    assert "acme-big" in finished.logs
+    for job in queued:
+        assert client.wait(job.id, timeout=SLACK).status == common_pb2.JOB_STATUS_COMPLETED
+    after = client.install(queued_env, ["acme-extras"])
+    assert client.wait(after.id, timeout=SLACK).status == common_pb2.JOB_STATUS_COMPLETED
+    assert {"acme-big", "acme-core"} <= set(client.packages(busy_env))
