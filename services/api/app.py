@@ -109,8 +109,8 @@ async def _prepare_database(db: Database, settings: ApiSettings) -> None:
         log.info("created admin user %r", settings.admin_username)
         if settings.admin_password_is_dev_default:
             log.warning(
-                "admin password is the DEVELOPMENT DEFAULT %r; set DARB_ADMIN_PASSWORD",
-                settings.admin_password,
+                "admin password is the development default (see `make run`);"
+                " set DARB_ADMIN_PASSWORD for any other use"
             )
 
 
@@ -131,10 +131,13 @@ async def start(settings: ApiSettings, client: ExecutorClient | None = None) -> 
         poll_interval=settings.poll_interval,
         lease=settings.job_lease,
         job_timeout=settings.job_timeout,
+        log_limits=settings.limits,
     )
     await dispatcher.start()
     state = AppState(settings=settings, db=db, bus=bus)
-    server = grpc.aio.server()
+    server = grpc.aio.server(
+        options=[("grpc.max_receive_message_length", settings.limits.max_message_bytes)]
+    )
     auth_pb2_grpc.add_AuthServiceServicer_to_server(AuthService(state), server)
     users_pb2_grpc.add_UserServiceServicer_to_server(UserService(state), server)
     environments_pb2_grpc.add_EnvironmentServiceServicer_to_server(

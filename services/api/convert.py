@@ -23,7 +23,11 @@ def timestamp(value: datetime | None) -> Timestamp | None:
 
 def user(row: User) -> pb.User:
     return pb.User(
-        id=row.id, username=row.username, admin=row.is_admin, created_at=timestamp(row.created_at)
+        id=row.id,
+        username=row.username,
+        admin=row.is_admin,
+        created_at=timestamp(row.created_at),
+        disabled=row.disabled,
     )
 
 

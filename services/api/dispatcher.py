@@ -26,10 +26,12 @@ from services.api.agents import AgentMonitor, rebind
 from services.api.db import Database
 from services.api.events import EventBus
 from services.api.executor_client import AgentLine, ExecutorClient, ExecutorError
+from services.api.logcap import LogCap
 from services.api.models import JobStatus, utcnow
 from services.api.outcomes import AgentState, Outcome, finish
 from services.api.repo import jobs
 from services.api.repo.jobs import ClaimedJob, LineRow
+from shared.config import ApiLimits
 
 log = logging.getLogger(__name__)
 
@@ -52,23 +54,23 @@ class LineWriter:
     """Numbers and stores a job's lines, batching whatever arrives during one commit,
     and hands each stored batch to the event bus for live watchers."""
 
-    def __init__(self, database: Database, bus: EventBus, job_id: str) -> None:
+    def __init__(self, database: Database, bus: EventBus, job_id: str, limits: ApiLimits) -> None:
         self._db = database
         self._bus = bus
         self._job_id = job_id
         self._pending: list[LineRow] = []
-        self._next_seq = 1
+        self._cap = LogCap(limits)
         self._wake = asyncio.Event()
         self._closing = False
         self._task = asyncio.create_task(self._run(), name=f"darb-lines-{job_id}")
 
     def add(self, line: AgentLine) -> None:
-        self._pending.append(LineRow(self._next_seq, line.stream, line.time, line.text))
-        self._next_seq += 1
+        self._pending += self._cap.add(line.stream, line.time, line.text)
         self._wake.set()
 
     async def close(self) -> None:
         """Returns once every added line is stored."""
+        self._pending += self._cap.finish()
         self._closing = True
         self._wake.set()
         await self._task
@@ -107,6 +109,7 @@ class Dispatcher:
         poll_interval: float,
         lease: float,
         job_timeout: float,
+        log_limits: ApiLimits,
     ) -> None:
         self._db = database
         self._bus = bus
@@ -116,6 +119,7 @@ class Dispatcher:
         self._poll_interval = poll_interval
         self._lease = timedelta(seconds=lease)
         self._job_timeout = job_timeout
+        self._log_limits = log_limits
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._running: dict[str, asyncio.Task[None]] = {}
         self._cancels: dict[str, asyncio.Event] = {}
@@ -204,7 +208,7 @@ class Dispatcher:
             self._cancels[job_id].set()
 
     async def _run(self, job: ClaimedJob) -> None:
-        writer = LineWriter(self._db, self._bus, job.id)
+        writer = LineWriter(self._db, self._bus, job.id, self._log_limits)
         heartbeat = asyncio.create_task(self._heartbeat(job.id, self._cancels[job.id]))
         outcome = Outcome(JobStatus.FAILED, SHUTDOWN)  # kept if ``drain`` cancels this task
         try:

@@ -33,3 +33,9 @@ class Unauthenticated(ServiceError):
 
 class FailedPrecondition(ServiceError):
     code = grpc.StatusCode.FAILED_PRECONDITION
+
+
+class ResourceExhausted(ServiceError):
+    """A quota or size limit; the message names the limit and the setting that sets it."""
+
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED

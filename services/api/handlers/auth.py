@@ -1,18 +1,34 @@
-"""AuthService: passwords in, bearer tokens out."""
+"""AuthService: passwords in, bearer tokens out, with guessing slowed down per username."""
 
 from __future__ import annotations
 
-from datetime import timedelta
+import math
+from datetime import datetime, timedelta
+
+from sqlalchemy.orm import Session
 
 from darb.v1 import auth_pb2 as pb
 from darb.v1 import auth_pb2_grpc as pb_grpc
 from services.api import convert
-from services.api.errors import Unauthenticated
+from services.api.errors import ResourceExhausted, Unauthenticated
 from services.api.models import User
 from services.api.passwords import verify_password
-from services.api.repo import users
+from services.api.repo import logins, users
 from services.api.rpc import unary
 from services.api.state import AppState
+
+WRONG_CREDENTIALS = "unknown username or wrong password"
+# The users table holds at most this many characters, and PostgreSQL text never a NUL.
+MAX_USERNAME = 64
+
+
+def _storable(username: str) -> bool:
+    return 0 < len(username) <= MAX_USERNAME and "\x00" not in username
+
+
+def _succeeded(session: Session, user: User, ttl: timedelta) -> tuple[str, datetime]:
+    logins.forget(session, user.username)
+    return users.issue_token(session, user.id, ttl)
 
 
 class AuthService(pb_grpc.AuthServiceServicer):
@@ -21,12 +37,24 @@ class AuthService(pb_grpc.AuthServiceServicer):
 
     @unary(public=True)
     async def Login(self, request: pb.LoginRequest, _caller: User | None) -> pb.LoginResponse:
-        user = await self.state.db.run(users.by_username, request.username)
+        if not _storable(request.username):  # no account can have this name
+            raise Unauthenticated(WRONG_CREDENTIALS)
+        db, limits = self.state.db, self.state.settings.limits
+        wait = await db.run(logins.blocked_for, request.username)
+        if wait > 0:
+            raise ResourceExhausted(
+                f"too many failed logins for this username (DARB_LOGIN_MAX_FAILURES is "
+                f"{limits.login_max_failures}); try again in {math.ceil(wait)} s"
+            )
+        user = await db.run(users.by_username, request.username)
         valid = await verify_password(user.password_hash if user else None, request.password)
         if user is None or not valid:
-            raise Unauthenticated("unknown username or wrong password")
+            await db.run(logins.record_failure, request.username, limits)
+            raise Unauthenticated(WRONG_CREDENTIALS)
+        if user.disabled:
+            raise Unauthenticated("this account is disabled; ask an admin")
         ttl = timedelta(seconds=self.state.settings.token_ttl)
-        token, expires_at = await self.state.db.run(users.issue_token, user.id, ttl)
+        token, expires_at = await db.run(_succeeded, user, ttl)
         return pb.LoginResponse(
             token=token, user=convert.user(user), expires_at=convert.timestamp(expires_at)
         )

@@ -10,12 +10,13 @@ from sqlalchemy.orm import Session
 from darb.v1 import environments_pb2 as pb
 from darb.v1 import environments_pb2_grpc as pb_grpc
 from services.api import convert, paging, payloads
-from services.api.errors import FailedPrecondition, InvalidArgument
+from services.api.errors import FailedPrecondition, InvalidArgument, ResourceExhausted
 from services.api.ids import parse_id
 from services.api.models import Environment, EnvironmentStatus, Job, User
-from services.api.repo import environments, jobs
+from services.api.repo import environments, jobs, quotas
 from services.api.rpc import unary
 from services.api.state import AppState
+from shared.config import ApiLimits
 from shared.specs import parse_specs, resolve_channels, validate_package_name
 
 ENVIRONMENT_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
@@ -31,6 +32,16 @@ def _validate_name(name: str) -> str:
     return name
 
 
+def _packages_in_request(packages: list[str], limits: ApiLimits) -> list[str]:
+    """Refuses an oversized list before any of it is parsed."""
+    if len(packages) > limits.max_packages_per_request:
+        raise ResourceExhausted(
+            f"the request names {len(packages)} packages, the limit "
+            f"(DARB_MAX_PACKAGES_PER_REQUEST) is {limits.max_packages_per_request}"
+        )
+    return packages
+
+
 def _package_names(names: list[str]) -> list[str]:
     if not names:
         raise InvalidArgument("at least one package name is required")
@@ -41,16 +52,33 @@ def _package_names(names: list[str]) -> list[str]:
 
 
 def _create(
-    session: Session, caller: User, payload: payloads.CreatePayload, executor: str
+    session: Session,
+    caller: User,
+    payload: payloads.CreatePayload,
+    executor: str,
+    limits: ApiLimits,
 ) -> tuple[Environment, Job]:
+    quotas.lock_owner(session, caller.id)
+    quotas.check_environments(session, caller.id, limits.max_environments_per_user)
+    quotas.check_active_jobs(session, caller.id, limits.max_active_jobs_per_user)
     environment = environments.create(
         session, caller, payload.name, "pixi", payload.channels, executor
     )
     return environment, jobs.submit(session, environment, payload)
 
 
-def _submit(session: Session, caller: User, environment_id: str, payload: payloads.Payload) -> Job:
-    """Queues a job behind the environment's others, if the environment still takes jobs."""
+def _submit(
+    session: Session,
+    caller: User,
+    environment_id: str,
+    payload: payloads.Payload,
+    limits: ApiLimits,
+) -> Job:
+    """Queues a job behind the environment's others, if the environment still takes jobs.
+
+    A delete is outside the active-jobs quota: there is at most one per environment, and a
+    user at the limit must still be able to clean up.
+    """
     environment = environments.get_visible(session, caller, environment_id, for_update=True)
     if environment.status == EnvironmentStatus.DELETING:
         raise FailedPrecondition(f"environment {environment.name!r} is being deleted")
@@ -61,6 +89,9 @@ def _submit(session: Session, caller: User, environment_id: str, payload: payloa
             f"environment {environment.name!r} failed to create ({environment.error}); "
             "delete it and create it again"
         )
+    else:
+        quotas.lock_owner(session, environment.owner_id)
+        quotas.check_active_jobs(session, environment.owner_id, limits.max_active_jobs_per_user)
     return jobs.submit(session, environment, payload)
 
 
@@ -83,7 +114,8 @@ class EnvironmentService(pb_grpc.EnvironmentServiceServicer):
         self.state = state
 
     async def _queue(self, caller: User, environment_id: str, payload: payloads.Payload) -> Job:
-        job = await self.state.db.run(_submit, caller, environment_id, payload)
+        limits = self.state.settings.limits
+        job = await self.state.db.run(_submit, caller, environment_id, payload, limits)
         await self.state.bus.jobs_queued()
         return job
 
@@ -97,12 +129,15 @@ class EnvironmentService(pb_grpc.EnvironmentServiceServicer):
             raise InvalidArgument(
                 f"package_manager {manager[:40]!r} is not supported; use one of {PACKAGE_MANAGERS}"
             )
-        policy = self.state.settings.channels
-        channels = resolve_channels(list(request.channels), policy)
-        specs = parse_specs(list(request.packages), policy)
+        settings = self.state.settings
+        channels = resolve_channels(list(request.channels), settings.channels)
+        packages = _packages_in_request(list(request.packages), settings.limits)
+        specs = parse_specs(packages, settings.channels)
         payload = payloads.CreatePayload(name, channels, [spec.text for spec in specs])
-        executor = random.choice(self.state.settings.executors)
-        environment, job = await self.state.db.run(_create, caller, payload, executor)
+        executor = random.choice(settings.executors)
+        environment, job = await self.state.db.run(
+            _create, caller, payload, executor, settings.limits
+        )
         await self.state.bus.jobs_queued()
         return pb.CreateEnvironmentResponse(
             environment=convert.environment(environment), job=convert.job(job)
@@ -121,8 +156,8 @@ class EnvironmentService(pb_grpc.EnvironmentServiceServicer):
         self, request: pb.ListEnvironmentsRequest, caller: User
     ) -> pb.ListEnvironmentsResponse:
         size = paging.page_size(request.page_size)
-        after = paging.decode(request.page_token, 2) or ["", ""]
-        key = (str(after[0]), str(after[1]))
+        after = paging.decode(request.page_token, (str, str)) or ["", ""]
+        key = (after[0], after[1])
         rows = await self.state.db.run(environments.page, caller, key, size + 1)
         token = paging.encode([rows[size - 1].name, rows[size - 1].id]) if len(rows) > size else ""
         return pb.ListEnvironmentsResponse(
@@ -142,7 +177,9 @@ class EnvironmentService(pb_grpc.EnvironmentServiceServicer):
         self, request: pb.InstallPackagesRequest, caller: User
     ) -> pb.InstallPackagesResponse:
         environment_id = parse_id(request.environment_id, "environment_id")
-        specs = parse_specs(list(request.packages), self.state.settings.channels)
+        settings = self.state.settings
+        packages = _packages_in_request(list(request.packages), settings.limits)
+        specs = parse_specs(packages, settings.channels)
         payload = payloads.InstallPayload([spec.text for spec in specs])
         job = await self._queue(caller, environment_id, payload)
         return pb.InstallPackagesResponse(job=convert.job(job))
@@ -152,7 +189,8 @@ class EnvironmentService(pb_grpc.EnvironmentServiceServicer):
         self, request: pb.RemovePackagesRequest, caller: User
     ) -> pb.RemovePackagesResponse:
         environment_id = parse_id(request.environment_id, "environment_id")
-        payload = payloads.RemovePayload(_package_names(list(request.packages)))
+        packages = _packages_in_request(list(request.packages), self.state.settings.limits)
+        payload = payloads.RemovePayload(_package_names(packages))
         job = await self._queue(caller, environment_id, payload)
         return pb.RemovePackagesResponse(job=convert.job(job))
 

@@ -60,9 +60,7 @@ class JobService(pb_grpc.JobServiceServicer):
             parse_id(request.environment_id, "environment_id") if request.environment_id else None
         )
         size = paging.page_size(request.page_size)
-        key = paging.decode(request.page_token, 1)
-        if key is not None and not isinstance(key[0], int):
-            raise InvalidArgument("page_token is not valid")
+        key = paging.decode(request.page_token, (int,))
         before = key[0] if key else None
         rows = await self.state.db.run(_list, caller, environment_id, before, size + 1)
         token = paging.encode([rows[size - 1].seq]) if len(rows) > size else ""

@@ -7,7 +7,8 @@ import re
 from darb.v1 import users_pb2 as pb
 from darb.v1 import users_pb2_grpc as pb_grpc
 from services.api import convert, paging
-from services.api.errors import InvalidArgument, PermissionDenied
+from services.api.errors import FailedPrecondition, InvalidArgument, PermissionDenied
+from services.api.ids import parse_id
 from services.api.models import User
 from services.api.passwords import hash_password
 from services.api.repo import users
@@ -21,6 +22,20 @@ MIN_PASSWORD = 8
 def _require_admin(caller: User) -> None:
     if not caller.is_admin:
         raise PermissionDenied("only admins may manage users")
+
+
+def _check_password(password: str) -> str:
+    if len(password) < MIN_PASSWORD:
+        raise InvalidArgument(f"password must have at least {MIN_PASSWORD} characters")
+    return password
+
+
+def _refuse_self_lockout(caller: User, user_id: str, demote: bool) -> None:
+    """An admin may not lock themselves out, so there is always one admin left."""
+    if user_id == caller.id and demote:
+        raise FailedPrecondition(
+            "you cannot delete, disable or remove admin rights from your own account"
+        )
 
 
 class UserService(pb_grpc.UserServiceServicer):
@@ -42,9 +57,7 @@ class UserService(pb_grpc.UserServiceServicer):
             raise InvalidArgument(
                 "username must be 1-64 characters of a-z 0-9 . _ - starting with a letter or digit"
             )
-        if len(request.password) < MIN_PASSWORD:
-            raise InvalidArgument(f"password must have at least {MIN_PASSWORD} characters")
-        password_hash = await hash_password(request.password)
+        password_hash = await hash_password(_check_password(request.password))
         user = await self.state.db.run(users.create, request.username, password_hash, request.admin)
         return pb.CreateUserResponse(user=convert.user(user))
 
@@ -52,9 +65,34 @@ class UserService(pb_grpc.UserServiceServicer):
     async def ListUsers(self, request: pb.ListUsersRequest, caller: User) -> pb.ListUsersResponse:
         _require_admin(caller)
         size = paging.page_size(request.page_size)
-        after = paging.decode(request.page_token, 1)
-        rows = await self.state.db.run(users.page, str(after[0]) if after else "", size + 1)
+        after = paging.decode(request.page_token, (str,))
+        rows = await self.state.db.run(users.page, after[0] if after else "", size + 1)
         token = paging.encode([rows[size - 1].username]) if len(rows) > size else ""
         return pb.ListUsersResponse(
             users=[convert.user(row) for row in rows[:size]], next_page_token=token
         )
+
+    @unary()
+    async def UpdateUser(
+        self, request: pb.UpdateUserRequest, caller: User
+    ) -> pb.UpdateUserResponse:
+        _require_admin(caller)
+        user_id = parse_id(request.id, "id")
+        admin = request.admin if request.HasField("admin") else None
+        disabled = request.disabled if request.HasField("disabled") else None
+        _refuse_self_lockout(caller, user_id, demote=admin is False or bool(disabled))
+        password_hash = None
+        if request.HasField("password"):
+            password_hash = await hash_password(_check_password(request.password))
+        user = await self.state.db.run(users.update, user_id, password_hash, admin, disabled)
+        return pb.UpdateUserResponse(user=convert.user(user))
+
+    @unary()
+    async def DeleteUser(
+        self, request: pb.DeleteUserRequest, caller: User
+    ) -> pb.DeleteUserResponse:
+        _require_admin(caller)
+        user_id = parse_id(request.id, "id")
+        _refuse_self_lockout(caller, user_id, demote=True)
+        await self.state.db.run(users.delete_user, user_id)
+        return pb.DeleteUserResponse()

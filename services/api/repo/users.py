@@ -1,4 +1,5 @@
-"""Users and their login tokens."""
+"""Users and their login tokens. A disabled or deleted user's tokens stop working at once:
+every request looks its token up together with the user."""
 
 from __future__ import annotations
 
@@ -7,12 +8,12 @@ import secrets
 import uuid
 from datetime import datetime, timedelta
 
-from sqlalchemy import delete, select
+from sqlalchemy import delete, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from services.api.errors import AlreadyExists
-from services.api.models import ApiToken, User, utcnow
+from services.api.errors import AlreadyExists, FailedPrecondition, NotFound
+from services.api.models import ApiToken, Environment, Job, User, utcnow
 
 
 def _token_hash(token: str) -> str:
@@ -72,6 +73,64 @@ def user_for_token(session: Session, token: str) -> User | None:
     query = (
         select(User)
         .join(ApiToken, ApiToken.user_id == User.id)
-        .where(ApiToken.token_hash == _token_hash(token), ApiToken.expires_at > utcnow())
+        .where(
+            ApiToken.token_hash == _token_hash(token),
+            ApiToken.expires_at > utcnow(),
+            User.disabled.is_(False),
+        )
     )
     return session.scalars(query).one_or_none()
+
+
+def get(session: Session, user_id: str, for_update: bool = False) -> User:
+    user = session.get(User, user_id, with_for_update=for_update, populate_existing=for_update)
+    if user is None:
+        raise NotFound(f"user {user_id} not found")
+    return user
+
+
+def revoke_tokens(session: Session, user_id: str) -> None:
+    session.execute(delete(ApiToken).where(ApiToken.user_id == user_id))
+
+
+def update(
+    session: Session,
+    user_id: str,
+    password_hash: str | None,
+    admin: bool | None,
+    disabled: bool | None,
+) -> User:
+    """Changes the given fields; a new password or disabling ends the user's sessions."""
+    user = get(session, user_id, for_update=True)
+    if admin is not None:
+        user.is_admin = admin
+    if disabled is not None:
+        user.disabled = disabled
+    if password_hash is not None:
+        user.password_hash = password_hash
+    if password_hash is not None or disabled:
+        revoke_tokens(session, user_id)
+    return user
+
+
+def delete_user(session: Session, user_id: str) -> None:
+    """Deletes a user with no live environment, with the history of its deleted ones.
+
+    Live environments still have files on an agent, so they must be deleted first (or
+    the user disabled instead). Every job of a deleted environment has ended.
+    """
+    user = get(session, user_id, for_update=True)
+    live = session.scalar(
+        select(func.count()).where(
+            Environment.owner_id == user_id, Environment.deleted_at.is_(None)
+        )
+    )
+    if live:
+        raise FailedPrecondition(
+            f"user {user.username!r} still has {live} environments; delete them first "
+            "or disable the user"
+        )
+    revoke_tokens(session, user_id)
+    session.execute(delete(Job).where(Job.owner_id == user_id))
+    session.execute(delete(Environment).where(Environment.owner_id == user_id))
+    session.delete(user)

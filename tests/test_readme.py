@@ -1,0 +1,141 @@
+"""Every command block of README.md, run against a real ``make run``.
+
+``sh`` blocks run in bash (``set -euo pipefail``), ``python`` blocks in the project's
+Python, in the order they appear, with ``.venv/bin`` on PATH. Two blocks start services:
+the quick start's ``make run`` and the PostgreSQL section's; they are started in the
+background, waited for, and stopped with Ctrl-C (SIGINT) as a user would. ``make test``
+is the command that runs this test, so it is the one command not run again here. The
+only change made to the text is the service addresses: the test's servers listen on
+free ports instead of 50051/50052, so a developer's own ``make run`` is never disturbed.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from tests.support.postgres import SERVER_URL
+
+ROOT = Path(__file__).resolve().parents[1]
+BLOCK = re.compile(r"^```(sh|python)\n(.*?)^```", re.S | re.M)
+READY = "darb api listening on "
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def readme_blocks() -> list[tuple[str, str]]:
+    return BLOCK.findall((ROOT / "README.md").read_text())
+
+
+@pytest.fixture
+def shell_env(tmp_path: Path) -> dict[str, str]:
+    env = {key: value for key, value in os.environ.items() if not key.startswith("DARB_")}
+    env.update(
+        PATH=f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",
+        XDG_CONFIG_HOME=str(tmp_path / "config"),
+        DARB_DATA_DIR=str(tmp_path / "data"),
+        DARB_API_ADDR=f"127.0.0.1:{free_port()}",
+        DARB_EXECUTOR_ADDR=f"127.0.0.1:{free_port()}",
+    )
+    return env
+
+
+def localized(text: str, env: dict[str, str]) -> str:
+    return text.replace("127.0.0.1:50051", env["DARB_API_ADDR"]).replace(
+        "127.0.0.1:50052", env["DARB_EXECUTOR_ADDR"]
+    )
+
+
+@contextmanager
+def running(command: str, env: dict[str, str], timeout: float = 180) -> Iterator[list[str]]:
+    """Start a foreground command (``make run``) and wait until the control plane listens."""
+    process = subprocess.Popen(
+        ["bash", "-c", command],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    output: list[str] = []
+    deadline = time.monotonic() + timeout
+    assert process.stdout is not None
+    try:
+        for line in process.stdout:
+            output.append(line)
+            if READY in line:
+                break
+            assert time.monotonic() < deadline, "".join(output)
+        else:
+            pytest.fail(f"{command!r} ended before the service listened:\n{''.join(output)}")
+        yield output
+    finally:
+        os.killpg(process.pid, signal.SIGINT)  # Ctrl-C reaches make, bash and the supervisor
+        output.extend(process.stdout.readlines())
+        process.wait(60)
+        assert "darb stopped (executor exit 0, api exit 0)" in "".join(output)
+
+
+def run_block(kind: str, text: str, env: dict[str, str]) -> str:
+    argv = (
+        ["bash", "-euo", "pipefail", "-c", text] if kind == "sh" else [sys.executable, "-c", text]
+    )
+    done = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, f"README block failed:\n{text}\n{done.stdout}\n{done.stderr}"
+    return done.stdout + done.stderr
+
+
+def test_the_quick_start_and_every_walkthrough_block_work(shell_env):
+    blocks = readme_blocks()
+    quick_start = blocks[0][1]
+    assert [line.split("#")[0].strip() for line in quick_start.splitlines()] == [
+        "make run",
+        "make test",
+    ]
+    walkthrough = [block for block in blocks[1:] if "createdb" not in block[1]]
+    assert len(walkthrough) >= 3, "the CLI, SDK and grpcurl walkthroughs"
+    with running("make run", shell_env) as output:
+        assert any("password123" in line and "development" in line for line in output)
+        for kind, text in walkthrough:
+            printed = run_block(kind, localized(text, shell_env), shell_env)
+            assert "Traceback" not in printed
+    data = Path(shell_env["DARB_DATA_DIR"])
+    assert (data / "analysis-export" / "pixi.toml").is_file()
+    assert (data / "analysis-export" / "pixi.lock").is_file()
+
+
+def test_the_postgresql_section_works(shell_env):
+    [(_, text)] = [block for block in readme_blocks() if "createdb" in block[1]]
+    database = f"darb_readme_{os.getpid()}_{int(time.time())}"
+    text = text.replace("postgres darb\n", f"postgres {database}\n").replace(
+        "5432/darb ", f"5432/{database} "
+    )
+    createdb, start = localized(text, shell_env).strip().splitlines()
+    run_block("sh", createdb, shell_env)
+    try:
+        with running(start, shell_env):
+            pass
+        admin_url = SERVER_URL.replace("+psycopg", "").rstrip("/") + f"/{database}"
+        with psycopg.connect(admin_url) as connection:
+            users = connection.execute("SELECT username FROM users").fetchall()
+        assert users == [("admin",)]
+    finally:
+        admin_url = SERVER_URL.replace("+psycopg", "").rstrip("/") + "/postgres"
+        with psycopg.connect(admin_url, autocommit=True) as connection:
+            connection.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
