@@ -11,6 +11,7 @@ import pytest
 
 from darb.v1 import common_pb2, environments_pb2, jobs_pb2
 from tests.api.control_plane import ApiProcess, Client
+from tests.support.agent import AgentProcess
 
 COMPLETED = common_pb2.JOB_STATUS_COMPLETED
 
@@ -83,9 +84,12 @@ def _seqs(client: Client, job_id: str, after_seq: int = 0) -> tuple[list[int], l
     return seqs, statuses
 
 
-def test_watchers_joining_mid_job_see_contiguous_lines(api: ApiProcess) -> None:
+def test_watchers_joining_mid_job_see_contiguous_lines(
+    api: ApiProcess, shared_agent: AgentProcess
+) -> None:
     client = api.new_user()
     env_id = _ready(client, "watched")
+    shared_agent.evict_cached("acme-big")
     job = client.install(env_id, ["acme-big"])
     # Join once the job runs and has some output, then again resuming from a seq.
     deadline = time.monotonic() + 60
@@ -118,9 +122,10 @@ def test_watchers_joining_mid_job_see_contiguous_lines(api: ApiProcess) -> None:
     assert _seqs(client, job.id) == (list(range(1, total + 1)), [COMPLETED, COMPLETED])
 
 
-def test_cancel_a_pending_and_a_running_job(api: ApiProcess) -> None:
+def test_cancel_a_pending_and_a_running_job(api: ApiProcess, shared_agent: AgentProcess) -> None:
     client = api.new_user()
     env_id = _ready(client, "cancelled")
+    shared_agent.evict_cached("acme-big")
     running = client.install(env_id, ["acme-big"])
     pending = client.install(env_id, ["acme-tool"])
     cancelled = client.call(client.jobs.CancelJob, jobs_pb2.CancelJobRequest(id=pending.id)).job

@@ -90,6 +90,7 @@ def test_jobs_left_running_by_a_dead_control_plane_fail_on_the_next_start(
     with fresh_database() as url:
         first = api_factory(url, DARB_JOB_LEASE="1")
         client = first.new_user()
+        shared_agent.evict_cached("acme-big")
         created = client.create("orphan", ["acme-big"])
         deadline = time.monotonic() + 60
         while client.get_job(created.job.id).status != common_pb2.JOB_STATUS_RUNNING:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -40,6 +41,13 @@ class AgentProcess:
 
     def log_text(self) -> str:
         return self.log_path.read_text(errors="replace")
+
+    def evict_cached(self, package: str) -> None:
+        """Drop a package from the agent's package cache, so that installing it (the ~80 MB
+        ``acme-big``) takes seconds again: tests that must catch a job while it runs use
+        it on agents that may have installed the package before. Only while idle."""
+        for entry in (self.data_dir / "pkgs").glob(f"{package}-*"):
+            shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 20) -> int:
         for channel in self._channels:
