@@ -214,6 +214,7 @@ class ApiSettings:
     job_timeout: float
     tls: TlsSettings = TlsSettings()
     limits: ApiLimits = ApiLimits()
+    metrics_addr: str = ""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> ApiSettings:
@@ -249,4 +250,5 @@ class ApiSettings:
             job_timeout=_number(env, "DARB_JOB_TIMEOUT", 3600, minimum=1),
             tls=TlsSettings.from_env(env),
             limits=ApiLimits.from_env(env),
+            metrics_addr=_text(env, "DARB_METRICS_ADDR", ""),
         )

@@ -21,6 +21,7 @@ from sqlalchemy import update
 from sqlalchemy.orm import Session
 
 from services.api.executor_client import ExecutorClient
+from services.api.metrics import Metrics
 from services.api.models import Environment
 
 log = logging.getLogger(__name__)
@@ -34,8 +35,11 @@ class AgentMonitor:
     """Probes every known agent; new addresses (of environments bound to an agent that
     is no longer configured) join the probe set when a job needs them."""
 
-    def __init__(self, client: ExecutorClient, addresses: Iterable[str], lease: float) -> None:
+    def __init__(
+        self, client: ExecutorClient, addresses: Iterable[str], lease: float, metrics: Metrics
+    ) -> None:
         self._client = client
+        self._metrics = metrics
         self.lease = lease
         self.interval = min(lease / 3, MAX_PROBE_INTERVAL)
         self._configured = list(dict.fromkeys(addresses))
@@ -101,6 +105,7 @@ class AgentMonitor:
             else:
                 log.warning("executor agent %s does not answer", addr)
         self._up[addr] = ok
+        self._metrics.agent_up.labels(addr).set(1 if ok else 0)
         return ok
 
 

@@ -32,6 +32,7 @@ from services.api.handlers.environments import EnvironmentService
 from services.api.handlers.jobs import JobService
 from services.api.handlers.users import UserService
 from services.api.health import DatabaseHealth
+from services.api.metrics import Exporter, Metrics, RpcMetrics
 from services.api.migrate import migrate
 from services.api.passwords import hash_password
 from services.api.repo import users
@@ -62,6 +63,7 @@ class ControlPlane:
     health: DatabaseHealth
     health_task: asyncio.Task[None]
     grace: float
+    exporter: Exporter | None
 
     def log_stats(self) -> None:
         """What a leak would grow, logged on SIGUSR1 and at shutdown (the fault tests read
@@ -85,6 +87,8 @@ class ControlPlane:
         await self.health.shutting_down()
         await asyncio.gather(self.server.stop(self.grace), self.dispatcher.drain(self.grace))
         await self.agents.stop()
+        if self.exporter is not None:
+            await self.exporter.stop()
         await self.bus.stop()
         await self.client.close()
         await self.db.close()
@@ -120,7 +124,12 @@ async def start(settings: ApiSettings, client: ExecutorClient | None = None) -> 
     bus = EventBus(db)
     await bus.start()
     client = client or GrpcExecutorClient(settings.agent_token, settings.tls)
-    agents = AgentMonitor(client, settings.executors, settings.agent_lease)
+    metrics = Metrics()
+    # Before any job is claimed: a bad DARB_METRICS_ADDR (or a taken port) fails the start.
+    exporter = Exporter(metrics, db) if settings.metrics_addr else None
+    if exporter is not None:
+        exporter.start(settings.metrics_addr)
+    agents = AgentMonitor(client, settings.executors, settings.agent_lease, metrics)
     await agents.start()
     dispatcher = Dispatcher(
         db,
@@ -132,11 +141,13 @@ async def start(settings: ApiSettings, client: ExecutorClient | None = None) -> 
         lease=settings.job_lease,
         job_timeout=settings.job_timeout,
         log_limits=settings.limits,
+        metrics=metrics,
     )
     await dispatcher.start()
     state = AppState(settings=settings, db=db, bus=bus)
     server = grpc.aio.server(
-        options=[("grpc.max_receive_message_length", settings.limits.max_message_bytes)]
+        interceptors=[RpcMetrics(metrics)],
+        options=[("grpc.max_receive_message_length", settings.limits.max_message_bytes)],
     )
     auth_pb2_grpc.add_AuthServiceServicer_to_server(AuthService(state), server)
     users_pb2_grpc.add_UserServiceServicer_to_server(UserService(state), server)
@@ -170,6 +181,7 @@ async def start(settings: ApiSettings, client: ExecutorClient | None = None) -> 
         database_health,
         health_task,
         settings.shutdown_grace,
+        exporter,
     )
 
 

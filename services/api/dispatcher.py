@@ -27,6 +27,7 @@ from services.api.db import Database
 from services.api.events import EventBus
 from services.api.executor_client import AgentLine, ExecutorClient, ExecutorError
 from services.api.logcap import LogCap
+from services.api.metrics import JobObserver, Metrics
 from services.api.models import JobStatus, utcnow
 from services.api.outcomes import AgentState, Outcome, finish
 from services.api.repo import jobs
@@ -54,10 +55,13 @@ class LineWriter:
     """Numbers and stores a job's lines, batching whatever arrives during one commit,
     and hands each stored batch to the event bus for live watchers."""
 
-    def __init__(self, database: Database, bus: EventBus, job_id: str, limits: ApiLimits) -> None:
+    def __init__(
+        self, database: Database, bus: EventBus, job_id: str, limits: ApiLimits, metrics: Metrics
+    ) -> None:
         self._db = database
         self._bus = bus
         self._job_id = job_id
+        self._metrics = metrics
         self._pending: list[LineRow] = []
         self._cap = LogCap(limits)
         self._wake = asyncio.Event()
@@ -88,6 +92,7 @@ class LineWriter:
                     self._pending = batch + self._pending
                     await asyncio.sleep(0.5)
                     continue
+                self._metrics.log_lines.inc(len(batch))
                 await self._bus.job_changed(self._job_id, batch)
             if self._closing:
                 return
@@ -110,6 +115,7 @@ class Dispatcher:
         lease: float,
         job_timeout: float,
         log_limits: ApiLimits,
+        metrics: Metrics,
     ) -> None:
         self._db = database
         self._bus = bus
@@ -120,6 +126,8 @@ class Dispatcher:
         self._lease = timedelta(seconds=lease)
         self._job_timeout = job_timeout
         self._log_limits = log_limits
+        self._metrics = metrics
+        self._observer = JobObserver(database, metrics)
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._running: dict[str, asyncio.Task[None]] = {}
         self._cancels: dict[str, asyncio.Event] = {}
@@ -208,7 +216,7 @@ class Dispatcher:
             self._cancels[job_id].set()
 
     async def _run(self, job: ClaimedJob) -> None:
-        writer = LineWriter(self._db, self._bus, job.id, self._log_limits)
+        writer = LineWriter(self._db, self._bus, job.id, self._log_limits, self._metrics)
         heartbeat = asyncio.create_task(self._heartbeat(job.id, self._cancels[job.id]))
         outcome = Outcome(JobStatus.FAILED, SHUTDOWN)  # kept if ``drain`` cancels this task
         try:
@@ -225,6 +233,7 @@ class Dispatcher:
         """Runs the operation until it ends or something ends it first; leaving this
         function (also by cancellation) always stops the operation on the agent."""
         executor = await self._executor_for(job)
+        await self._observer.started(job, executor)
         operation = asyncio.create_task(self._execute(job, executor, writer))
         enders = {
             asyncio.create_task(self._cancels[job.id].wait()): Outcome(
@@ -323,6 +332,7 @@ class Dispatcher:
             await self._bus.job_changed(ended_id)
         if ended:
             await self._bus.jobs_queued()
+            await self._observer.ended(ended)
 
 
 def agent_lost(executor: str, reason: str) -> str:

@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
-import re
 import shutil
 import time
 import tomllib
@@ -42,15 +40,14 @@ from services.executor.packages import (
 from services.executor.process import Emit, OutputLine, Stream, line_of
 from services.executor.workspace import DataLayout, Workspace, is_environment_id
 from shared.config import ExecutorSettings
+from shared.logs import clip, headline, key_values
 from shared.specs import parse_specs, resolve_channels, validate_package_name
 from shared.validation import validate_environment_name
 from shared.version import __version__
 
 log = logging.getLogger(__name__)
 ResponseType = Callable[..., Any]
-LOG_TEXT_LIMIT = 200
 MAX_CHANNELS_PER_REQUEST = 32
-_BARE_VALUE = re.compile(r"[\w.:/@+,<>*-]+")
 
 
 class ExecutorServicer(executor_pb2_grpc.ExecutorServiceServicer):
@@ -342,7 +339,7 @@ class _OperationLog:
 
     def __enter__(self) -> None:
         self._started = time.monotonic()
-        log.info("operation started %s", _key_values(**self._fields, specs=_clip(self._specs)))
+        log.info("operation started %s", key_values(**self._fields, specs=clip(self._specs)))
 
     def __exit__(
         self,
@@ -352,39 +349,21 @@ class _OperationLog:
     ) -> None:
         duration = f"{time.monotonic() - self._started:.3f}s"
         outcome = self._outcome(exc)
-        log.info("operation ended %s", _key_values(**self._fields, duration=duration, **outcome))
+        log.info("operation ended %s", key_values(**self._fields, duration=duration, **outcome))
 
     def _outcome(self, exc: BaseException | None) -> dict[str, str]:
         """Once the result is built the work is over, even if the caller then went away."""
         reported = self._stream.reported
         if reported is None:  # stopped before the result: the caller left, or a bug
             if isinstance(exc, Exception):
-                error = _clip(_headline(str(exc) or type(exc).__name__))
+                error = clip(headline(str(exc) or type(exc).__name__))
                 return {"outcome": "failed", "error": error}
             return {"outcome": "cancelled"}
         if self._stream.timed_out:
             return {"outcome": "timed_out"}
         if reported:
-            return {"outcome": "failed", "error": _clip(_headline(reported))}
+            return {"outcome": "failed", "error": clip(headline(reported))}
         return {"outcome": "success"}
-
-
-def _headline(text: str) -> str:
-    return next((line.strip() for line in text.splitlines() if line.strip()), "")
-
-
-def _clip(text: str) -> str:
-    if len(text) <= LOG_TEXT_LIMIT:
-        return text
-    return f"{text[:LOG_TEXT_LIMIT]}...({len(text)} chars)"
-
-
-def _key_values(**fields: str) -> str:
-    """``k=v`` pairs; values with spaces or quotes are JSON-quoted so each stays one token."""
-    return " ".join(
-        f"{key}={value if _BARE_VALUE.fullmatch(value) else json.dumps(value)}"
-        for key, value in fields.items()
-    )
 
 
 def _package_message(package: InstalledPackage) -> pb.Package:
