@@ -98,6 +98,15 @@ async def spawn_in_group(
     )
 
 
+async def _feed(pipe: asyncio.StreamWriter, data: bytes) -> None:
+    """Write the child's input; a child that exits without reading it (``pixi init``
+    reads nothing) closes the pipe, which is its business, not an error of ours."""
+    with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+        pipe.write(data)
+        await pipe.drain()
+    pipe.close()
+
+
 async def follow_group(
     process: asyncio.subprocess.Process, *, emit: Emit, stdin: bytes = b""
 ) -> int:
@@ -108,9 +117,7 @@ async def follow_group(
     """
     try:
         assert process.stdin and process.stdout and process.stderr
-        process.stdin.write(stdin)
-        await process.stdin.drain()
-        process.stdin.close()
+        await _feed(process.stdin, stdin)
         await asyncio.gather(
             _pump(process.stdout, Stream.STDOUT, emit),
             _pump(process.stderr, Stream.STDERR, emit),

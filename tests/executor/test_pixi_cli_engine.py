@@ -167,3 +167,27 @@ def test_real_pixi_creates_an_environment(agent_factory):
     _, outcome = create(agent, "acme-utils")
     assert outcome.result.success, outcome.result.error
     assert {p.name for p in outcome.result.packages} == {"acme-core", "acme-utils"}
+
+
+QUICK_PIXI = """#!/bin/bash
+exec 0<&-
+if [ "$1" = init ]; then
+    root="${@: -1}"
+    mkdir -p "$root"
+    printf '[workspace]\\nname = "x"\\n\\n[dependencies]\\n' > "$root/pixi.toml"
+fi
+"""
+
+
+def test_a_command_that_exits_without_reading_its_input_is_no_error(agent_factory, tmp_path):
+    """``pixi init`` reads no input and may exit before the agent has written it."""
+    bin_dir = tmp_path / "quick-bin"
+    bin_dir.mkdir()
+    script = bin_dir / "pixi"
+    script.write_text(QUICK_PIXI)
+    script.chmod(0o755)
+    path = f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"
+    agent = agent_factory(DARB_PIXI_ENGINE="cli", PATH=path)
+    for _ in range(20):
+        _, outcome = create(agent, "acme-core")
+        assert outcome.result.success, outcome.result.error
