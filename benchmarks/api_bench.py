@@ -1,0 +1,734 @@
+"""Control-plane benchmarks (issue 6): one function per figure, against real processes.
+
+Four stacks, each a fresh PostgreSQL database, its agents and one control plane:
+
+- ``api``: no agent. The control plane's only executor address has nothing listening, so
+  its dispatcher holds its slots retrying and runs nothing: the request-path figures
+  (GetEnvironment, CreateEnvironment, ListEnvironments) measure the API alone.
+- ``builtin``: one agent with the builtin py-rattler engine: dispatch latency,
+  end-to-end overhead and the warm package cache.
+- ``logs``: one agent with the ``cli`` engine and the stand-in ``pixi`` of
+  ``benchmarks/standin.py``: log throughput, log latency, 1,000 watchers.
+- ``two-agents``: two builtin agents: 200 jobs at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import time
+import uuid
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from benchmarks import executor_bench, standin
+from benchmarks.stack import (
+    WORKER_CONCURRENCY,
+    AioAgent,
+    AioClient,
+    Stack,
+    running_stack,
+    unused_address,
+)
+from benchmarks.stats import (
+    CpuMeter,
+    LoadResult,
+    PeakRss,
+    Row,
+    ms,
+    percentile,
+    rss_bytes,
+    run_load,
+)
+from darb.executor.v1 import executor_pb2 as agent_pb
+from darb.v1 import common_pb2, environments_pb2, jobs_pb2
+from tests.support.channel import many_packages_channel
+
+PACKAGES = 100
+SMALL_SPEC = "pkg-000"  # one package: a job whose run is as short as the agent allows
+CLIENTS = 16
+
+METHOD = """\
+- **dispatch latency**: sequential one-package creates on an idle stack; from the job's
+  `created_at` (stamped in the submitting transaction, just before its commit) to the
+  `time` of the job's first log line, which the agent stamps when its builtin engine
+  has started (`darb: builtin engine (create) started`). Same machine clock on both
+  ends. The "claimed" row stops at the job's `started_at` (the dispatcher's claim).
+- **end-to-end overhead**: a client's CreateEnvironment of 100 packages until its
+  WatchJob stream reports the job done, minus py-rattler's own solve + install of the
+  same specs from the same local channel in a child process (imports excluded), both
+  with a cold package cache (the agent's `pkgs/` emptied); rounds interleaved, medians.
+- **warm package cache**: the same create through the control plane with every package
+  already in the agent's cache, over the cold create above (medians).
+- **log throughput / latency**: lines come from a stand-in `pixi` (benchmarks/standin.py)
+  run by the agent's real `cli` engine; each line carries the time it was printed. One
+  WatchJob client subscribes before the first line. Throughput: the stand-in's lines
+  over (last line received - first line printed). Latency: received - printed, for a job
+  printing 2,000 lines at 1,000 lines/s.
+- **GetEnvironment / CreateEnvironment**: 16 clients (16 users, 16 HTTP/2 connections)
+  as asyncio tasks in one client process that shares the 2 cores with the servers; each
+  calls back to back. Rate = successful calls / wall time. Creates queue real jobs, which
+  this stack's dispatcher cannot run (no agent listens), so no job runs meanwhile.
+- **ListEnvironments**: first page (default size) for a user whose 10,000 environments
+  were inserted with SQL into the benchmark's own database (then `ANALYZE`); one client,
+  sequential calls.
+- **1,000 WatchJob streams**: one job printing 500 lines at 125 lines/s, watched by
+  1,000 streams over 10 connections, all subscribed before the first line; VmRSS of the
+  control plane sampled every 50 ms. A stream counts if it saw seq 1, 2, … up to the last
+  line with none missing or repeated, and then the job's end.
+- **200 jobs, 2 agents**: 200 one-package creates on 200 environments submitted at once
+  by 16 users (so that no one user's quota lock serializes them);
+  jobs/s from the first job's `created_at` to the last `completed_at`. Agent-only: the
+  same creates on the same agents (the environment→agent assignment the control plane
+  chose), sent directly, as many at a time as the control plane runs (its
+  `DARB_WORKER_CONCURRENCY`).
+"""
+
+
+@dataclass
+class Report:
+    """Rows for the table and notes on how the run went (counts, CPU, errors)."""
+
+    rows: list[Row] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Followed:
+    """What one WatchJob stream saw: lines in order with none missing, and the end."""
+
+    last_seq: int = 0
+    lines: int = 0
+    broken: int = 0
+    job: common_pb2.Job | None = None
+    error: str = ""  # the status code the stream ended with, if not OK
+
+    @property
+    def complete(self) -> bool:
+        ended = self.job is not None and self.job.status == common_pb2.JOB_STATUS_COMPLETED
+        return ended and not self.broken and not self.error and self.lines == self.last_seq
+
+
+def _seconds(stamp: object) -> float:
+    return stamp.ToNanoseconds() / 1e9  # type: ignore[attr-defined]
+
+
+def _create_request(name: str, packages: list[str]) -> environments_pb2.CreateEnvironmentRequest:
+    return environments_pb2.CreateEnvironmentRequest(name=name, packages=packages)
+
+
+async def create_environment(client: AioClient, name: str, packages: list[str]) -> common_pb2.Job:
+    response = await client.envs.CreateEnvironment(
+        _create_request(name, packages), metadata=client.metadata, timeout=30
+    )
+    return response.job
+
+
+async def follow(
+    client: AioClient,
+    job_id: str,
+    timeout: float,
+    on_line: Callable[[float, common_pb2.LogLine], None] | None = None,
+    on_subscribed: Callable[[], None] | None = None,
+) -> Followed:
+    """Watches a job to its end, checking that line seqs arrive as 1, 2, 3, …
+
+    ``on_subscribed`` runs on the first event: from then on the watcher is registered.
+    """
+    followed = Followed()
+    request = jobs_pb2.WatchJobRequest(id=job_id)
+    call = client.jobs.WatchJob(request, metadata=client.metadata, timeout=timeout)
+    try:
+        async for event in call:
+            if event.HasField("line"):
+                _count_line(followed, event.line)
+                if on_line is not None:
+                    on_line(time.time(), event.line)
+            else:
+                if followed.job is None and on_subscribed is not None:
+                    on_subscribed()
+                followed.job = event.job
+    except grpc.aio.AioRpcError as exc:  # reported as an incomplete stream, not raised
+        followed.error = exc.code().name
+    return followed
+
+
+def _count_line(followed: Followed, line: common_pb2.LogLine) -> None:
+    if line.seq != followed.last_seq + 1:
+        followed.broken += 1
+    followed.last_seq = max(followed.last_seq, line.seq)
+    followed.lines += 1
+
+
+async def _run_create(client: AioClient, name: str, packages: list[str]) -> float:
+    """Seconds from the CreateEnvironment call until the watcher hears the job succeed."""
+    started = time.perf_counter()
+    job = await create_environment(client, name, packages)
+    followed = await follow(client, job.id, timeout=300)
+    elapsed = time.perf_counter() - started
+    if followed.job is None or followed.job.status != common_pb2.JOB_STATUS_COMPLETED:
+        raise RuntimeError(f"benchmark create {name} did not complete: {followed.job}")
+    return elapsed
+
+
+# --- builtin stack ------------------------------------------------------------------------
+
+
+async def _dispatch_sample(client: AioClient, name: str) -> tuple[float, float]:
+    """One job: seconds from its commit to its claim, and to its engine's start."""
+    job = await create_environment(client, name, [SMALL_SPEC])
+    first: list[float] = []
+    followed = await follow(
+        client, job.id, 60, on_line=lambda _, line: first.append(_seconds(line.time))
+    )
+    if followed.job is None or not first:
+        raise RuntimeError(f"dispatch job {job.id} ended without lines: {followed.job}")
+    created = _seconds(job.created_at)
+    return _seconds(followed.job.started_at) - created, first[0] - created
+
+
+async def dispatch_latency(stack: Stack, token: str, report: Report, samples: int = 40) -> None:
+    """Job committed -> the agent's engine started, one job at a time on an idle stack."""
+    client = AioClient(stack.api.addr, token)
+    dispatch: list[float] = []
+    claim: list[float] = []
+    deadline = time.monotonic() + 90
+    for n in range(samples):
+        if time.monotonic() > deadline:
+            break
+        claimed, started = await _dispatch_sample(client, f"dispatch-{n}")
+        claim.append(claimed)
+        dispatch.append(started)
+        await asyncio.sleep(0.2)  # let the agent's next spare worker finish starting
+    await client.close()
+    p50, p99 = percentile(dispatch, 50), percentile(dispatch, 99)
+    report.rows += [
+        Row(
+            "dispatch latency: job committed → agent starts it, p50 / p99 (ms)",
+            f"{ms(p50)} / {ms(p99)}",
+            "≤ 15 / ≤ 60",
+            p50 <= 0.015 and p99 <= 0.060,
+        ),
+        Row(
+            "  of which committed → claimed by the dispatcher, p50 / p99 (ms)",
+            f"{ms(percentile(claim, 50))} / {ms(percentile(claim, 99))}",
+        ),
+    ]
+    report.notes.append(f"dispatch latency: {len(dispatch)} sequential jobs")
+
+
+def _empty_cache(stack: Stack) -> None:
+    for agent in stack.agents:
+        shutil.rmtree(agent.data_dir / "pkgs", ignore_errors=True)
+        (agent.data_dir / "pkgs").mkdir()
+
+
+async def create_overhead(
+    stack: Stack, token: str, channel: str, specs: list[str], report: Report, rounds: int = 3
+) -> None:
+    """A 100-package create through control plane + agent vs py-rattler alone, cold and
+    warm cache, interleaved so that drifting background load hits both sides alike."""
+    client = AioClient(stack.api.addr, token)
+    scratch = stack.scratch / "rattler-alone"
+    scratch.mkdir(exist_ok=True)
+    await _run_create(client, "overhead-warmup", specs)  # the agent's first-run costs
+    alone, cold, warm = [], [], []
+    for n in range(rounds):
+        alone.append(
+            await asyncio.to_thread(executor_bench.rattler_seconds, channel, specs, scratch)
+        )
+        _empty_cache(stack)
+        cold.append(await _run_create(client, f"overhead-cold-{n}", specs))
+    for n in range(rounds):
+        warm.append(await _run_create(client, f"overhead-warm-{n}", specs))
+    await client.close()
+    alone_s, cold_s, warm_s = (percentile(x, 50) for x in (alone, cold, warm))
+    added, ratio = cold_s - alone_s, warm_s / cold_s
+    report.rows += [
+        Row("py-rattler solve + install alone, 100 packages, cold cache (ms)", ms(alone_s)),
+        Row("create through control plane + agent, same packages, cold cache (ms)", ms(cold_s)),
+        Row("end-to-end overhead: time added by control plane + agent (ms)", ms(added),
+            "≤ 200", added <= 0.200),
+        Row("warm package cache: create through control plane, warm / cold (ratio)",
+            f"{ratio:.2f}", "≤ 0.3", ratio <= 0.3),
+    ]  # fmt: skip
+    report.notes.append(f"end-to-end overhead and warm cache: medians of {rounds} rounds each")
+
+
+# --- logs stack ---------------------------------------------------------------------------
+
+
+def _open_gate(stack: Stack, name: str) -> None:
+    (stack.scratch / "gates" / name).touch()
+
+
+async def log_throughput(
+    stack: Stack, token: str, report: Report, total: int = 200_000, timeout: float = 150
+) -> None:
+    """One job prints ``total`` lines as fast as it can; one watcher receives them."""
+    client = AioClient(stack.api.addr, token)
+    gate = uuid.uuid4().hex
+    job = await create_environment(client, "throughput", [f"lines-{total}", f"gate-{gate}"])
+    printed: list[float] = []
+    received: list[float] = []
+
+    def on_line(now: float, line: common_pb2.LogLine) -> None:
+        parsed = standin.parse(line.text)
+        if parsed is not None:
+            printed.append(parsed[1])
+            received.append(now)
+
+    followed = await follow(client, job.id, timeout, on_line, lambda: _open_gate(stack, gate))
+    if not followed.complete:
+        await _stop_job(client, job.id)
+    await client.close()
+    seconds = (received[-1] - printed[0]) if received else float("nan")
+    rate = len(received) / seconds if received else 0.0
+    lags = [done - start for start, done in zip(printed, received, strict=True)]
+    complete = followed.complete and len(received) == total
+    value = f"{rate:,.0f}" + ("" if complete else f" ({len(received):,} of {total:,} lines)")
+    report.rows += [
+        Row(f"log throughput: {total:,} lines, tool → WatchJob client (lines/s)", value,
+            "≥ 100,000", complete and rate >= 100_000),
+        Row("  line printed → seen, during that flood, p99 (ms)", ms(percentile(lags, 99))),
+    ]  # fmt: skip
+    tool_seconds = printed[-1] - printed[0] if printed else float("nan")
+    report.notes.append(
+        f"log throughput: the stand-in printed its {total:,} lines in {tool_seconds:.2f} s;"
+        f" the watcher received {len(received):,} of them by {seconds:.2f} s after the first"
+        " was printed"
+        + ("" if complete else f"; stream incomplete ({followed.error or 'lines missing'})")
+    )
+
+
+async def _stop_job(client: AioClient, job_id: str, wait: float = 60) -> None:
+    """Cancels a job the benchmark gave up on, so that it does not load the next figures."""
+    await client.jobs.CancelJob(jobs_pb2.CancelJobRequest(id=job_id), metadata=client.metadata)
+    deadline = time.monotonic() + wait
+    while time.monotonic() < deadline:
+        request = jobs_pb2.GetJobRequest(id=job_id)
+        job = (await client.jobs.GetJob(request, metadata=client.metadata, timeout=30)).job
+        if job.status not in (common_pb2.JOB_STATUS_PENDING, common_pb2.JOB_STATUS_RUNNING):
+            return
+        await asyncio.sleep(0.5)
+
+
+async def log_latency(
+    stack: Stack, token: str, report: Report, total: int = 2_000, pace: int = 1_000
+) -> None:
+    """A job printing at a steady pace; per line, watcher receive time - print time."""
+    client = AioClient(stack.api.addr, token)
+    gate = uuid.uuid4().hex
+    job = await create_environment(
+        client, "latency", [f"lines-{total}", f"pace-{pace}", f"gate-{gate}"]
+    )
+    whole: list[float] = []
+    relay: list[float] = []
+
+    def on_line(now: float, line: common_pb2.LogLine) -> None:
+        parsed = standin.parse(line.text)
+        if parsed is not None:
+            whole.append(now - parsed[1])
+            relay.append(now - _seconds(line.time))
+
+    followed = await follow(client, job.id, 60, on_line, lambda: _open_gate(stack, gate))
+    await client.close()
+    p99 = percentile(whole, 99)
+    report.rows += [
+        Row(
+            f"log latency: line printed → seen by a watcher, p50 / p99 (ms), {pace:,} lines/s",
+            f"{ms(percentile(whole, 50))} / {ms(p99)}",
+            "p99 ≤ 50",
+            followed.complete and p99 <= 0.050,
+        ),
+        Row("  of which agent read the line → seen, p99 (ms)", ms(percentile(relay, 99))),
+    ]
+
+
+async def many_watchers(
+    stack: Stack,
+    token: str,
+    report: Report,
+    watchers: int = 1_000,
+    total: int = 500,
+    pace: int = 125,
+    connections: int = 10,
+) -> None:
+    """``watchers`` WatchJob streams on one job; the control plane's peak RSS, and whether
+    every stream saw every line."""
+    clients = [AioClient(stack.api.addr, token) for _ in range(connections)]
+    gate = uuid.uuid4().hex
+    job = await create_environment(
+        clients[0], "watchers", [f"lines-{total}", f"pace-{pace}", f"gate-{gate}"]
+    )
+    subscribed = 0
+
+    def on_subscribed() -> None:
+        nonlocal subscribed
+        subscribed += 1
+        if subscribed == watchers:
+            _open_gate(stack, gate)
+
+    idle = rss_bytes(stack.api_pid)
+    started = time.monotonic()
+    with PeakRss(stack.api_pid) as rss, CpuMeter(stack.api_pid) as meter:
+        streams = await asyncio.gather(
+            *(
+                follow(clients[n % connections], job.id, 240, on_subscribed=on_subscribed)
+                for n in range(watchers)
+            )
+        )
+    elapsed = time.monotonic() - started
+    for client in clients:
+        await client.close()
+    complete = sum(stream.complete for stream in streams)
+    errors = Counter(stream.error for stream in streams if stream.error)
+    last = max(stream.last_seq for stream in streams)
+    peak_mb = rss.peak / 2**20
+    report.rows += [
+        Row(f"{watchers:,} WatchJob streams on one job: control plane peak RSS (MB)",
+            f"{peak_mb:.0f}", "≤ 300", peak_mb <= 300),
+        Row(f"{watchers:,} WatchJob streams: streams that got every line",
+            f"{complete:,} / {watchers:,}", "all", complete == watchers),
+    ]  # fmt: skip
+    report.notes.append(
+        f"{watchers:,} watchers: {last:,} lines each ({total:,} from the stand-in at"
+        f" {pace}/s, so {total / pace:.0f} s of printing); all streams ended"
+        f" {elapsed:.1f} s after the first subscribed; RSS before the streams"
+        f" {idle / 2**20:.0f} MB; control plane used {meter.server_cores:.2f} cores, the"
+        f" client {meter.client_cores:.2f}"
+        + (f"; streams that failed: {dict(errors)}" if errors else "")
+    )
+
+
+# --- api stack ------------------------------------------------------------------------------
+
+
+def _load_note(name: str, result: LoadResult, meter: CpuMeter) -> str:
+    return (
+        f"{name}: {len(result.latencies):,} calls in {result.elapsed:.1f} s,"
+        f" {len(result.errors)} errors{' (' + result.errors[0] + ')' if result.errors else ''};"
+        f" control plane used {meter.server_cores:.2f} cores, the client"
+        f" {meter.client_cores:.2f} cores"
+    )
+
+
+async def get_environment_load(
+    stack: Stack, clients: list[AioClient], environment_ids: list[str], seconds: float
+) -> tuple[LoadResult, CpuMeter]:
+    """Each client reads its own environment back to back."""
+
+    async def call(client: int, _n: int) -> object:
+        request = environments_pb2.GetEnvironmentRequest(id=environment_ids[client])
+        own = clients[client]
+        return await own.envs.GetEnvironment(request, metadata=own.metadata, timeout=10)
+
+    await run_load(call, len(clients), 1.0, 100_000)  # warm-up: connections, pools, caches
+    with CpuMeter(stack.api_pid) as meter:
+        result = await run_load(call, len(clients), seconds, 200_000)
+    return result, meter
+
+
+async def create_load(
+    stack: Stack, clients: list[AioClient], seconds: float
+) -> tuple[LoadResult, CpuMeter]:
+    """Each client creates environments back to back, each with a unique name."""
+
+    def calls(prefix: str) -> Callable[[int, int], Awaitable[object]]:
+        async def call(client: int, n: int) -> object:
+            own = clients[client]
+            request = _create_request(f"{prefix}-{n}", [SMALL_SPEC])
+            return await own.envs.CreateEnvironment(request, metadata=own.metadata, timeout=10)
+
+        return call
+
+    await run_load(calls("warmup"), len(clients), 0.5, 10_000)
+    with CpuMeter(stack.api_pid) as meter:
+        result = await run_load(calls("load"), len(clients), seconds, 20_000)
+    return result, meter
+
+
+async def get_environment_rps(
+    stack: Stack, clients: list[AioClient], report: Report, seconds: float = 8
+) -> None:
+    environment_ids = [
+        (await create_environment(client, "get-target", [SMALL_SPEC])).environment_id
+        for client in clients
+    ]
+    result, meter = await get_environment_load(stack, clients, environment_ids, seconds)
+    p99 = percentile(result.latencies, 99)
+    report.rows += [
+        Row(f"GetEnvironment, {len(clients)} clients (RPS)", f"{result.rate:,.0f}", "≥ 3,000",
+            result.rate >= 3000 and not result.errors),
+        Row(f"GetEnvironment, {len(clients)} clients, p50 / p99 (ms)",
+            f"{ms(percentile(result.latencies, 50))} / {ms(p99)}", "p99 ≤ 20", p99 <= 0.020),
+    ]  # fmt: skip
+    report.notes.append(_load_note("GetEnvironment", result, meter))
+
+
+async def create_environment_rps(
+    stack: Stack, clients: list[AioClient], report: Report, seconds: float = 8
+) -> None:
+    result, meter = await create_load(stack, clients, seconds)
+    p50 = percentile(result.latencies, 50)
+    report.rows += [
+        Row(f"CreateEnvironment accepted, {len(clients)} clients (per s)", f"{result.rate:,.0f}",
+            "≥ 500", result.rate >= 500 and not result.errors),
+        Row(f"CreateEnvironment accepted, {len(clients)} clients, p50 / p99 (ms)",
+            f"{ms(p50)} / {ms(percentile(result.latencies, 99))}", "p50 ≤ 10", p50 <= 0.010),
+    ]  # fmt: skip
+    report.notes.append(_load_note("CreateEnvironment", result, meter))
+
+
+def insert_environments(stack: Stack, owner_id: str, count: int, channel: str) -> None:
+    """``count`` READY environments for one user, written straight into the database:
+    through the API each would also queue a job for the agent."""
+    now = datetime.now(UTC)
+    columns = (
+        "id, owner_id, name, package_manager, channels, executor, status, error, manifest,"
+        " lockfile, created_at, updated_at"
+    )
+    with stack.sql() as conn, conn.cursor() as cursor:
+        with cursor.copy(f"COPY environments ({columns}) FROM STDIN") as copy:
+            for n in range(count):
+                name = f"env-{n:05d}"
+                row = (str(uuid.uuid4()), owner_id, name, "pixi", f'["{channel}"]', "none")
+                copy.write_row((*row, "READY", "", "", "", now, now))
+        cursor.execute("ANALYZE environments")
+
+
+async def list_environments(
+    stack: Stack, channel: str, report: Report, count: int = 10_000, calls: int = 400
+) -> None:
+    """First page of ListEnvironments for a user with ``count`` environments."""
+    [(owner_id, token)] = stack.new_users(1)
+    await asyncio.to_thread(insert_environments, stack, owner_id, count, channel)
+    client = AioClient(stack.api.addr, token)
+    request = environments_pb2.ListEnvironmentsRequest()
+    first = await client.envs.ListEnvironments(request, metadata=client.metadata)
+    result = await run_load(
+        lambda _c, _n: client.envs.ListEnvironments(request, metadata=client.metadata),
+        clients=1,
+        seconds=20,
+        max_calls=calls,
+    )
+    await client.close()
+    p99 = percentile(result.latencies, 99)
+    report.rows.append(
+        Row(
+            f"ListEnvironments first page, user with {count:,} environments, p50 / p99 (ms)",
+            f"{ms(percentile(result.latencies, 50))} / {ms(p99)}",
+            "p99 ≤ 20",
+            p99 <= 0.020 and not result.errors,
+        )
+    )
+    report.notes.append(
+        f"ListEnvironments: {len(result.latencies)} sequential calls, page of"
+        f" {len(first.environments)}, {len(result.errors)} errors"
+    )
+
+
+# --- two-agents stack -----------------------------------------------------------------------
+
+
+def _ended_jobs(stack: Stack) -> int:
+    with stack.sql() as conn:
+        row = conn.execute(
+            "SELECT count(*) FROM jobs WHERE status IN ('COMPLETED', 'FAILED', 'CANCELLED')"
+        ).fetchone()
+    return int(row[0]) if row else 0
+
+
+def _job_times(stack: Stack) -> tuple[int, float, list[str]]:
+    """Completed jobs, seconds from the first submit to the last end, and each job's agent
+    in submission order."""
+    with stack.sql() as conn:
+        done, first, last = conn.execute(
+            "SELECT count(*) FILTER (WHERE status = 'COMPLETED'), min(created_at),"
+            " max(completed_at) FROM jobs"
+        ).fetchone()  # type: ignore[misc]
+        agents = conn.execute(
+            "SELECT e.executor FROM jobs j JOIN environments e ON e.id = j.environment_id"
+            " ORDER BY j.seq"
+        ).fetchall()
+    return int(done), (last - first).total_seconds(), [agent for (agent,) in agents]
+
+
+async def _agent_create(agent: AioAgent, specs: list[str]) -> str | None:
+    """One create sent straight to an agent; its error, or None when it succeeded."""
+    request = agent_pb.CreateEnvironmentRequest(
+        environment_id=str(uuid.uuid4()), name="direct", packages=specs
+    )
+    error: str | None = "the agent sent no result"
+    async for message in agent.stub.CreateEnvironment(request, metadata=agent.metadata):
+        if message.HasField("result"):
+            error = None if message.result.success else message.result.error
+    return error
+
+
+async def agents_alone(addresses: list[str], concurrency: int) -> tuple[list[str], float]:
+    """The same creates sent straight to the agents, ``concurrency`` at a time; the errors
+    and the seconds it took."""
+    agents = {address: AioAgent(address) for address in set(addresses)}
+    queue = list(addresses)
+    errors: list[str] = []
+
+    async def worker() -> None:
+        while queue:
+            error = await _agent_create(agents[queue.pop(0)], [SMALL_SPEC])
+            errors.extend([error] if error else [])
+
+    started = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    elapsed = time.perf_counter() - started
+    for agent in agents.values():
+        await agent.close()
+    return errors, elapsed
+
+
+async def _submit_burst(clients: list[AioClient], jobs: int) -> list[str]:
+    """``jobs`` creates at once, spread over the clients (one user each); the errors."""
+    requests = [
+        clients[n % len(clients)].envs.CreateEnvironment(
+            _create_request(f"burst-{n}", [SMALL_SPEC]),
+            metadata=clients[n % len(clients)].metadata,
+            timeout=120,
+        )
+        for n in range(jobs)
+    ]
+    outcomes = await asyncio.gather(*requests, return_exceptions=True)
+    return [str(outcome) for outcome in outcomes if isinstance(outcome, BaseException)]
+
+
+async def two_agents(stack: Stack, tokens: list[str], report: Report, jobs: int = 200) -> None:
+    """``jobs`` creates submitted at once to a control plane with two agents, against the
+    agents' own throughput on the same work."""
+    for agent in stack.agents:  # both caches warm, so neither run pays the first download
+        await _agent_create(AioAgent(agent.addr), [SMALL_SPEC])
+    clients = [AioClient(stack.api.addr, token) for token in tokens]
+    started = time.monotonic()
+    refused = await _submit_burst(clients, jobs)
+    submitted = time.monotonic() - started
+    accepted = jobs - len(refused)
+    deadline = time.monotonic() + 240
+    while await asyncio.to_thread(_ended_jobs, stack) < accepted and time.monotonic() < deadline:
+        await asyncio.sleep(0.25)
+    for client in clients:
+        await client.close()
+    done, seconds, assignment = await asyncio.to_thread(_job_times, stack)
+    errors, direct_seconds = await agents_alone(assignment, WORKER_CONCURRENCY)
+    direct_done = len(assignment) - len(errors)
+    through, alone = done / seconds, direct_done / direct_seconds
+    report.rows += [
+        Row(f"{jobs} jobs on {jobs} environments at once, 2 agents: completed",
+            f"{done} / {jobs}", "all", done == jobs),
+        Row("  throughput through the control plane (jobs/s)", f"{through:.1f}"),
+        Row(f"  same creates straight to the agents, {WORKER_CONCURRENCY} at a time (jobs/s)",
+            f"{alone:.1f}"),
+        Row("  control plane / agents alone (ratio)", f"{through / alone:.2f}", "≥ 0.9",
+            done == jobs and through / alone >= 0.9),
+    ]  # fmt: skip
+    report.notes.append(
+        f"{jobs} jobs: DARB_WORKER_CONCURRENCY={WORKER_CONCURRENCY}; agent-only run:"
+        f" {direct_done} of {len(assignment)} succeeded in {direct_seconds:.1f} s"
+        + (f" (first error: {errors[0]})" if errors else "")
+        + f"; submitting took {submitted:.1f} s"
+        + (f"; {len(refused)} submissions failed, first: {refused[0][:200]}" if refused else "")
+    )
+
+
+# --- the stacks -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """How much work each figure does; ``QUICK`` checks the harness in a minute."""
+
+    dispatch_samples: int = 40
+    overhead_rounds: int = 3
+    log_lines: int = 200_000
+    watchers: int = 1_000
+    watched_lines: int = 500
+    load_seconds: float = 8
+    environments: int = 10_000
+    burst_jobs: int = 200
+
+
+QUICK = Sizes(5, 1, 20_000, 50, 200, 2, 1_000, 20)
+
+
+async def api_figures(stack: Stack, channel: str, sizes: Sizes, report: Report) -> None:
+    accounts = stack.new_users(CLIENTS)
+    clients = [AioClient(stack.api.addr, token) for _, token in accounts]
+    await get_environment_rps(stack, clients, report, sizes.load_seconds)
+    await create_environment_rps(stack, clients, report, sizes.load_seconds)
+    for client in clients:
+        await client.close()
+    await list_environments(stack, channel, report, sizes.environments)
+
+
+async def builtin_figures(
+    stack: Stack, channel: str, specs: list[str], sizes: Sizes, report: Report
+) -> None:
+    [(_, token)] = stack.new_users(1)
+    await dispatch_latency(stack, token, report, sizes.dispatch_samples)
+    await create_overhead(stack, token, channel, specs, report, sizes.overhead_rounds)
+
+
+async def log_figures(stack: Stack, sizes: Sizes, report: Report) -> None:
+    [(_, token)] = stack.new_users(1)
+    await log_throughput(stack, token, report, sizes.log_lines)
+    await log_latency(stack, token, report)
+    await many_watchers(stack, token, report, sizes.watchers, sizes.watched_lines)
+
+
+async def burst_figures(stack: Stack, sizes: Sizes, report: Report) -> None:
+    tokens = [token for _, token in stack.new_users(CLIENTS)]
+    await two_agents(stack, tokens, report, sizes.burst_jobs)
+
+
+def logs_agent_env(scratch: Path) -> dict[str, str]:
+    """The agent settings that make it run the stand-in pixi through its cli engine."""
+    bin_dir = standin.install(scratch / "standin-bin")
+    (scratch / "gates").mkdir(parents=True, exist_ok=True)
+    return {
+        "DARB_PIXI_ENGINE": "auto",
+        "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
+        standin.GATE_DIR_VARIABLE: str(scratch / "gates"),
+    }
+
+
+def main(scratch: Path, sizes: Sizes = Sizes(), only: set[str] | None = None) -> Report:
+    """Runs every figure (or the stacks named in ``only``), one stack after another."""
+    report = Report()
+    channel, specs = many_packages_channel(scratch / "channel", PACKAGES)
+    plans: list[tuple[str, dict[str, Any], Callable[[Stack], Awaitable[None]]]] = [
+        ("api", {"agents": 0, "executors": unused_address()},
+         lambda stack: api_figures(stack, channel, sizes, report)),
+        ("builtin", {"agents": 1},
+         lambda stack: builtin_figures(stack, channel, specs, sizes, report)),
+        ("logs", {"agents": 1, "agent_env": logs_agent_env(scratch / "logs")},
+         lambda stack: log_figures(stack, sizes, report)),
+        ("two-agents", {"agents": 2}, lambda stack: burst_figures(stack, sizes, report)),
+    ]  # fmt: skip
+    for name, options, figures in plans:
+        if only and name not in only:
+            continue
+        started, load = time.monotonic(), os.getloadavg()[0]
+        with running_stack(scratch / name, channel, **options) as stack:
+            asyncio.run(figures(stack))
+        took = time.monotonic() - started
+        # Other work on the machine competes for the same cores: say how busy it was.
+        report.notes.append(
+            f"{name} stack: {took:.0f} s; 1-minute load average {load:.1f} before,"
+            f" {os.getloadavg()[0]:.1f} after ({os.cpu_count()} cores)"
+        )
+        print(report.notes[-1], flush=True)
+    return report
