@@ -5,8 +5,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
-import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -26,9 +24,8 @@ from darb.v1 import (
     users_pb2,
     users_pb2_grpc,
 )
-from tests.support.agent import PROJECT_ROOT
+from tests.support.processes import launch, stop
 
-READY_PREFIX = "darb api listening on "
 ADMIN_PASSWORD = "admin-secret-pw"
 TERMINAL = {
     common_pb2.JOB_STATUS_COMPLETED,
@@ -47,13 +44,7 @@ class ApiProcess:
         return self.log_path.read_text(errors="replace")
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int:
-        if self.process.poll() is None:
-            self.process.send_signal(sig)
-        try:
-            return self.process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            return self.process.wait()
+        return stop(self.process, sig, timeout)
 
     def client(self) -> Client:
         return Client(grpc.insecure_channel(self.addr))
@@ -94,25 +85,11 @@ def api_env(
     return env
 
 
-def start_api(env: dict[str, str], log_path: Path, timeout: float = 60) -> ApiProcess:
+def start_api(env: dict[str, str], log_path: Path) -> ApiProcess:
     if not env.get("DARB_DATABASE_URL"):
         env = {key: value for key, value in env.items() if key != "DARB_DATABASE_URL"}
-    with log_path.open("a") as log_file:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "services.api"],
-            cwd=PROJECT_ROOT,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=log_file,
-            text=True,
-        )
-    assert process.stdout is not None
-    deadline = time.monotonic() + timeout
-    line = process.stdout.readline()
-    if not line.startswith(READY_PREFIX) or time.monotonic() > deadline:
-        process.kill()
-        raise RuntimeError(f"api did not start: {line!r}\n{log_path.read_text()}")
-    return ApiProcess(process, line.removeprefix(READY_PREFIX).strip(), log_path)
+    process, addr = launch("services.api", env, log_path, append=True)
+    return ApiProcess(process, addr, log_path)
 
 
 @dataclass

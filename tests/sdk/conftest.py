@@ -65,6 +65,21 @@ def database_url() -> Iterator[str]:
         yield url
 
 
+def _start_api(
+    directory: Path, database_url: str, agent: AgentProcess, channels: Channels, **extra: str
+) -> ApiProcess:
+    env = api_env(
+        database_url,
+        directory,
+        agent.addr,
+        agent.token,
+        channels.standard,
+        DARB_ALLOWED_CHANNELS=channels.allowed,
+        **extra,
+    )
+    return start_api(env, directory / "api.log")
+
+
 @pytest.fixture(scope="session")
 def api(
     tmp_path_factory: pytest.TempPathFactory,
@@ -73,16 +88,7 @@ def api(
     channels: Channels,
 ) -> Iterator[ApiProcess]:
     """The control plane, on a fresh PostgreSQL database; every test uses its own user."""
-    data_dir = tmp_path_factory.mktemp("sdk-api")
-    env = api_env(
-        database_url,
-        data_dir,
-        agent.addr,
-        agent.token,
-        channels.standard,
-        DARB_ALLOWED_CHANNELS=channels.allowed,
-    )
-    process = start_api(env, data_dir / "api.log")
+    process = _start_api(tmp_path_factory.mktemp("sdk-api"), database_url, agent, channels)
     yield process
     process.stop()
 
@@ -160,16 +166,8 @@ def tls_api(
     ca: CertAuthority,
 ) -> Iterator[ApiProcess]:
     """A second control plane on the same database that serves mutual TLS only."""
-    data_dir = tmp_path_factory.mktemp("sdk-tls-api")
-    env = api_env(
-        database_url,
-        data_dir,
-        agent.addr,
-        agent.token,
-        channels.standard,
-        DARB_ALLOWED_CHANNELS=channels.allowed,
-        **ca.server_env(client_auth=True),
-    )
-    process = start_api(env, data_dir / "api.log")
+    directory = tmp_path_factory.mktemp("sdk-tls-api")
+    tls = ca.server_env(client_auth=True)
+    process = _start_api(directory, database_url, agent, channels, **tls)
     yield process
     process.stop()

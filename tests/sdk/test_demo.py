@@ -8,7 +8,7 @@ from pathlib import Path
 
 from tests.api.control_plane import ADMIN_PASSWORD, ApiProcess
 from tests.sdk.conftest import Channels, cli_env
-from tests.support.agent import PROJECT_ROOT
+from tests.support.processes import PROJECT_ROOT
 
 DEMO = PROJECT_ROOT / "scripts" / "demo.py"
 

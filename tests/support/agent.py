@@ -6,17 +6,13 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
 
 from darb.executor.v1 import executor_pb2_grpc
-
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
-READY_PREFIX = "darb executor listening on "
+from tests.support.processes import launch, stop
 
 
 @dataclass
@@ -52,13 +48,7 @@ class AgentProcess:
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 20) -> int:
         for channel in self._channels:
             channel.close()
-        if self.process.poll() is None:
-            self.process.send_signal(sig)
-        try:
-            return self.process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            return self.process.wait()
+        return stop(self.process, sig, timeout)
 
     def __enter__(self) -> AgentProcess:
         return self
@@ -72,7 +62,6 @@ def start_agent(
     channel_url: str,
     token: str = "",
     extra_env: dict[str, str] | None = None,
-    timeout: float = 30,
     addr: str = "127.0.0.1:0",
 ) -> AgentProcess:
     """Start ``python -m services.executor`` and wait until it listens (on ``addr``: a
@@ -89,24 +78,5 @@ def start_agent(
     )
     env.update(extra_env or {})
     log_path = data_dir.parent / f"{data_dir.name}-agent.log"
-    with log_path.open("w") as log_file:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "services.executor"],
-            cwd=PROJECT_ROOT,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=log_file,
-            text=True,
-        )
-    addr = _read_address(process, log_path, timeout)
+    process, addr = launch("services.executor", env, log_path)
     return AgentProcess(process, addr, data_dir, log_path, token)
-
-
-def _read_address(process: subprocess.Popen[str], log_path: Path, timeout: float) -> str:
-    assert process.stdout is not None
-    deadline = time.monotonic() + timeout
-    line = process.stdout.readline()
-    if not line.startswith(READY_PREFIX) or time.monotonic() > deadline:
-        process.kill()
-        raise RuntimeError(f"agent did not start: {line!r}\n{log_path.read_text()}")
-    return line.removeprefix(READY_PREFIX).strip()
