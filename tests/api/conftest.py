@@ -56,3 +56,11 @@ def api_factory(
     yield start
     for process in started:
         process.stop()
+
+
+@pytest.fixture
+def own_database() -> Iterator[str]:
+    """A database of this test only (requested before ``api_factory``, so it outlives the
+    control planes): no other control plane claims the jobs of these tests."""
+    with fresh_database() as url:
+        yield url

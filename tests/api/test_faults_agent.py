@@ -9,96 +9,28 @@ with SIGSTOP; the fault under test then hits an operation that cannot have finis
 
 from __future__ import annotations
 
-import json
 import os
-import re
 import signal
 import time
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 
 import pytest
 
-from darb.executor.v1 import executor_pb2
 from darb.v1 import common_pb2
-from tests.api.control_plane import ApiProcess, Client
+from tests.api.control_plane import ApiProcess
+from tests.api.faults import (
+    agent_packages,
+    disk_packages,
+    group_alive,
+    install_engine_pid,
+    ready_environment,
+    wait_until,
+)
 from tests.support.agent import AgentProcess, start_agent
-from tests.support.postgres import fresh_database
 
 LEASE = 3
 # Generous bounds for a shared 2-core machine; the point is "bounded", not "fast".
 SLACK = 45
-ENGINE_LINE = re.compile(r"darb: builtin engine \((\w+)\) started \(pid (\d+)\)")
-
-
-@pytest.fixture
-def own_database() -> Iterator[str]:
-    """A database of this test only (requested before ``api_factory``, so it outlives the
-    control planes): no other control plane claims the jobs of these tests."""
-    with fresh_database() as url:
-        yield url
-
-
-def wait_until(predicate: Callable[[], object], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.2)
-
-
-def install_engine_pid(client: Client, job_id: str) -> int:
-    """The pid of the install's engine, once the engine has started on ``acme-big``."""
-    found: list[int] = []
-
-    def started() -> bool:
-        logs = client.get_job(job_id).logs
-        pids = [int(m[2]) for m in ENGINE_LINE.finditer(logs) if m[1] == "install"]
-        found[:] = pids
-        return bool(pids) and "acme-big" in logs.split(f"(pid {pids[-1]})", 1)[1]
-
-    wait_until(started, 120, "the engine to start installing acme-big")
-    return found[-1]
-
-
-def group_members(pgid: int) -> list[str]:
-    """The live (non-zombie) processes in the process group ``pgid``, as "pid state"."""
-    members = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if fields[0] != "Z" and int(fields[2]) == pgid:
-            members.append(f"{stat.parent.name} {fields[0]}")
-    return members
-
-
-def group_alive(pgid: int) -> bool:
-    members = group_members(pgid)
-    if members:
-        print(f"process group {pgid}: {members}")
-    return bool(members)
-
-
-def ready_environment(client: Client, name: str, packages: list[str]) -> str:
-    created = client.create(name, packages)
-    assert client.wait(created.job.id).status == common_pb2.JOB_STATUS_COMPLETED
-    return created.environment.id
-
-
-def disk_packages(agent: AgentProcess, environment_id: str) -> dict[str, str]:
-    """What the prefix on the agent's disk holds, read from its ``conda-meta``."""
-    meta = agent.data_dir / "environments" / environment_id / ".pixi/envs/default/conda-meta"
-    records = [json.loads(path.read_text()) for path in meta.glob("*.json")]
-    return {record["name"]: record["version"] for record in records}
-
-
-def agent_packages(agent: AgentProcess, environment_id: str) -> dict[str, str]:
-    """What the agent reports from the environment's ``pixi.lock``."""
-    request = executor_pb2.ListPackagesRequest(environment_id=environment_id)
-    response = agent.stub().ListPackages(request, metadata=agent.metadata, timeout=30)
-    return {package.name: package.version for package in response.packages}
 
 
 @pytest.mark.parametrize("fault", ["killed", "frozen"])

@@ -8,36 +8,26 @@ process group (SIGSTOP) once it works on ``acme-big``: the job then cannot finis
 from __future__ import annotations
 
 import os
-import re
 import signal
-import socket
 import time
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 
 import grpc
-import pytest
 
 from darb.v1 import common_pb2
 from tests.api.control_plane import ApiProcess, Client
-from tests.api.test_faults_agent import (
+from tests.api.faults import (
+    free_address,
     group_alive,
     install_engine_pid,
     ready_environment,
+    rss_kib,
+    stats,
     wait_until,
 )
 from tests.support.agent import AgentProcess
-from tests.support.postgres import fresh_database
 
 SLACK = 30
-STATS = re.compile(r"darb api stats: (\d+) watch subscriptions, (\d+) asyncio tasks")
-
-
-@pytest.fixture
-def own_database() -> Iterator[str]:
-    """A database of this test only, outliving the control planes started on it."""
-    with fresh_database() as url:
-        yield url
 
 
 def test_control_plane_killed_mid_job(
@@ -127,26 +117,6 @@ def test_sigterm_hands_back_a_job_that_cannot_finish(
     assert final.status == common_pb2.JOB_STATUS_FAILED
     assert "shut down before the job finished" in final.error
     assert client.packages(environment_id) == before
-
-
-def free_address() -> str:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return f"127.0.0.1:{probe.getsockname()[1]}"
-
-
-def rss_kib(pid: int) -> int:
-    status = Path(f"/proc/{pid}/status").read_text()
-    return int(re.search(r"VmRSS:\s+(\d+)", status)[1])  # type: ignore[index]
-
-
-def stats(api: ApiProcess) -> tuple[int, int]:
-    """Asks the control plane (SIGUSR1) for its subscription and task counts."""
-    seen = len(STATS.findall(api.log_text()))
-    api.process.send_signal(signal.SIGUSR1)
-    wait_until(lambda: len(STATS.findall(api.log_text())) > seen, 30, "the stats line")
-    subscriptions, tasks = STATS.findall(api.log_text())[-1]
-    return int(subscriptions), int(tasks)
 
 
 def watch_and_vanish(api: ApiProcess, token: str, job_id: str, cycles: int) -> None:

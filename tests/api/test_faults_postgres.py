@@ -13,7 +13,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from darb.v1 import common_pb2
 from tests.api.control_plane import ApiProcess
-from tests.api.test_faults_agent import install_engine_pid, ready_environment, wait_until
+from tests.api.faults import install_engine_pid, ready_environment, wait_until
 from tests.support.agent import AgentProcess
 from tests.support.pg_server import PostgresServer, private_postgres
 
