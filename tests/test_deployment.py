@@ -76,3 +76,11 @@ def test_compose_commands_name_modules_that_exist():
         assert importlib.util.find_spec(command[2]) is not None
         probe = compose()["services"][service]["healthcheck"]["test"]
         assert importlib.util.find_spec(probe[probe.index("-m") + 1]) is not None
+
+
+def test_every_setting_is_documented_in_the_readme():
+    readme = (ROOT / "README.md").read_text()
+    table = readme[readme.index("## Settings") :]
+    documented = set(re.findall(r"`(DARB_[A-Z_]+)`", table))
+    missing = variables_read_by_config() - documented
+    assert not missing, f"README's settings table lacks {sorted(missing)}"
