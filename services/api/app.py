@@ -38,6 +38,7 @@ from services.api.passwords import hash_password
 from services.api.repo import users
 from services.api.state import AppState
 from shared.config import ApiSettings
+from shared.lifecycle import stop_on_signals
 from shared.tls import add_port
 
 log = logging.getLogger("darb.api")
@@ -187,16 +188,13 @@ async def start(settings: ApiSettings, client: ExecutorClient | None = None) -> 
 
 async def serve(settings: ApiSettings) -> None:
     """Runs until SIGINT or SIGTERM, then stops jobs and the server cleanly."""
+    stop = stop_on_signals()
     plane = await start(settings)
     host = settings.addr.rsplit(":", 1)[0]
     # The first line on stdout, which tests and scripts wait for (the agent does the same).
     print(f"darb api listening on {host}:{plane.port}", flush=True)
     log.info("executors: %s", ",".join(settings.executors))
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, stop.set)
-    loop.add_signal_handler(signal.SIGUSR1, plane.log_stats)
+    asyncio.get_running_loop().add_signal_handler(signal.SIGUSR1, plane.log_stats)
     await stop.wait()
     log.info("shutting down")
     await plane.stop()

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import signal
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -17,6 +15,7 @@ from services.executor.engines import BuiltinEngine, Engine, PixiCliEngine, avai
 from services.executor.servicer import ExecutorServicer
 from services.executor.workspace import DataLayout
 from shared.config import ExecutorSettings
+from shared.lifecycle import stop_on_signals
 from shared.tls import add_port
 
 log = logging.getLogger(__name__)
@@ -41,6 +40,7 @@ def choose_engine(setting: str, engines: dict[str, Engine]) -> str:
 
 
 async def serve(settings: ExecutorSettings) -> None:
+    stop = stop_on_signals()
     layout = DataLayout(settings.data_dir)
     layout.prepare()
     platform = str(Platform.current())
@@ -72,16 +72,8 @@ async def serve(settings: ExecutorSettings) -> None:
         platform,
         settings.data_dir,
     )
-    await _wait_for_stop_signal()
+    await stop.wait()
     await health_servicer.enter_graceful_shutdown()
     await server.stop(SHUTDOWN_GRACE_SECONDS)
     await servicer.drain()
     await builtin.close()
-
-
-async def _wait_for_stop_signal() -> None:
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
-    await stop.wait()
