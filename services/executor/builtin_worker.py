@@ -80,19 +80,38 @@ class WorkerError(Exception):
     """An expected failure whose message is shown to the user as is."""
 
 
-# rattler calls the install reporter from several threads at once: without the lock, two
-# print() calls interleave their text and newlines.
+# Output lines wait here at most FLUSH_INTERVAL before they go out in one write: a pipe
+# write and a wake-up of the agent per line cost more than the line itself when a few
+# hundred packages link in a fraction of a second, and 10 ms is still live for a reader.
+FLUSH_INTERVAL = 0.01
+# rattler calls the install reporter from several threads at once, hence the lock.
 _OUTPUT_LOCK = threading.Lock()
+_PENDING: dict[TextIO, list[str]] = {}
 
 
 def _write_line(stream: TextIO, message: str) -> None:
     with _OUTPUT_LOCK:
-        stream.write(f"{message}\n")
-        stream.flush()
+        _PENDING.setdefault(stream, []).append(f"{message}\n")
+
+
+def flush_output() -> None:
+    """Write every pending line; called by the flusher thread and once at exit."""
+    with _OUTPUT_LOCK:
+        for stream, lines in _PENDING.items():
+            if lines:
+                stream.write("".join(lines))
+                stream.flush()
+                lines.clear()
+
+
+def _flush_periodically() -> None:
+    while True:
+        time.sleep(FLUSH_INTERVAL)
+        flush_output()
 
 
 def log(message: str) -> None:
-    """One progress line for the user, flushed at once because it is streamed live."""
+    """One progress line for the user, streamed within FLUSH_INTERVAL."""
     _write_line(sys.stdout, message)
 
 
@@ -501,6 +520,7 @@ def run(stdin_text: str) -> str | None:
     except Exception as exc:
         message = error_message(exc)
         if message is None:
+            flush_output()  # the traceback goes straight to stderr: keep the order
             traceback.print_exc()
             message = f"internal error: {type(exc).__name__}: {exc}"
         return message
@@ -517,12 +537,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--result", type=Path, required=True)
     args = parser.parse_args()
-    error = run(sys.stdin.read())
+    request = sys.stdin.read()  # a spare worker waits here, started ahead of time
+    threading.Thread(target=_flush_periodically, daemon=True).start()
+    error = run(request)
     if error is not None:
         warn(f"error: {error}")
+    flush_output()
     write_result(args.result, error)
-    sys.stdout.flush()
-    sys.stderr.flush()
     # Skip interpreter teardown: after an async rattler call it crashes in about one run in
     # ten (SIGSEGV, or SIGABRT in PyGILState_Release), which would turn a finished operation
     # into a crash in the agent's eyes.
