@@ -76,7 +76,8 @@ def document(rows: list[Row], notes: list[str], minutes: float) -> str:
         "## Notes from this run\n\n" + "".join(f"- {note}\n" for note in notes) + "\n"
         "## How each figure is measured\n\n"
         "- **agent only** rows: benchmarks/executor_bench.py, a create sent straight to one\n"
-        "  agent vs py-rattler alone (medians of 5 rounds).\n" + api_bench.METHOD
+        f"  agent vs py-rattler alone, {executor_bench.ROUNDS} rounds that alternate the two"
+        " (medians; the added time is the median of the paired differences).\n" + api_bench.METHOD
     )
 
 
