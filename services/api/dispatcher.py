@@ -201,10 +201,12 @@ class Dispatcher:
             if claimed is None:
                 return
             self._cancels[claimed.id] = asyncio.Event()
-            await self._bus.job_changed(claimed.id)
             task = asyncio.create_task(self._run(claimed), name=f"darb-job-{claimed.id}")
             self._running[claimed.id] = task
             task.add_done_callback(lambda _t, job_id=claimed.id: self._done(job_id))
+            # Announced while the job already starts: the claim is committed, so watchers
+            # read RUNNING whichever comes first, and the agent is not kept waiting.
+            await self._bus.job_changed(claimed.id)
 
     def _done(self, job_id: str) -> None:
         self._running.pop(job_id, None)
@@ -233,7 +235,6 @@ class Dispatcher:
         """Runs the operation until it ends or something ends it first; leaving this
         function (also by cancellation) always stops the operation on the agent."""
         executor = await self._executor_for(job)
-        await self._observer.started(job, executor)
         operation = asyncio.create_task(self._execute(job, executor, writer))
         enders = {
             asyncio.create_task(self._cancels[job.id].wait()): Outcome(
@@ -244,6 +245,7 @@ class Dispatcher:
             ),
         }
         try:
+            await self._observer.started(job, executor)  # metrics and log, beside the operation
             done, _ = await asyncio.wait(
                 {operation, *enders}, timeout=self._job_timeout, return_when=FIRST_COMPLETED
             )
