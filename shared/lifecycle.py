@@ -1,9 +1,17 @@
-"""Clean stops for both services."""
+"""Starting and stopping either service the same way."""
 
 from __future__ import annotations
 
 import asyncio
 import signal
+import sys
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+from shared.config import ConfigError
+from shared.logs import configure
+
+Settings = TypeVar("Settings")
 
 
 def stop_on_signals() -> asyncio.Event:
@@ -15,3 +23,21 @@ def stop_on_signals() -> asyncio.Event:
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
     return stop
+
+
+def run_service(
+    service: str,
+    load_settings: Callable[[], Settings],
+    serve: Callable[[Settings], Awaitable[None]],
+) -> int:
+    """The ``python -m`` entry of a service: logging, settings, serve until stopped.
+
+    Bad settings end the process with one line on stderr and exit code 2."""
+    configure(service)
+    try:
+        settings = load_settings()
+    except ConfigError as exc:
+        print(f"darb {service}: {exc}", file=sys.stderr)
+        return 2
+    asyncio.run(serve(settings))
+    return 0
