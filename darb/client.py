@@ -327,10 +327,11 @@ class _Watch:
         try:
             for event in stream:
                 self.failures = 0
-                if event.HasField("line"):
-                    if event.line.seq > self.last_seq:
-                        self.last_seq = event.line.seq
-                        yield LogLine.from_proto(event.line)
+                if event.HasField("log_lines"):  # a batch: what the job printed together
+                    for line in event.log_lines.lines:
+                        if line.seq > self.last_seq:
+                            self.last_seq = line.seq
+                            yield LogLine.from_proto(line)
                 else:
                     yield from self._status(Job.from_proto(event.job))
         finally:

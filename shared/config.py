@@ -215,6 +215,7 @@ class ApiSettings:
     tls: TlsSettings = TlsSettings()
     limits: ApiLimits = ApiLimits()
     metrics_addr: str = ""
+    processes: int = 1
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> ApiSettings:
@@ -231,9 +232,14 @@ class ApiSettings:
         executors = _list(env, "DARB_EXECUTORS", (DEFAULT_EXECUTOR_ADDR,))
         if not executors:
             raise ConfigError("DARB_EXECUTORS must name at least one executor agent")
+        database_url = _text(env, "DARB_DATABASE_URL", f"sqlite:///{data_dir / 'darb.db'}")
+        processes = int(_number(env, "DARB_API_PROCESSES", 1, minimum=1))
+        if processes > 1 and not database_url.startswith("postgresql"):
+            # The processes wake each other with NOTIFY, which SQLite does not have.
+            raise ConfigError("DARB_API_PROCESSES above 1 needs PostgreSQL (DARB_DATABASE_URL)")
         return cls(
             addr=_text(env, "DARB_API_ADDR", DEFAULT_API_ADDR),
-            database_url=_text(env, "DARB_DATABASE_URL", f"sqlite:///{data_dir / 'darb.db'}"),
+            database_url=database_url,
             data_dir=data_dir,
             executors=executors,
             agent_token=env.get("DARB_AGENT_TOKEN", ""),
@@ -251,4 +257,5 @@ class ApiSettings:
             tls=TlsSettings.from_env(env),
             limits=ApiLimits.from_env(env),
             metrics_addr=_text(env, "DARB_METRICS_ADDR", ""),
+            processes=processes,
         )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import signal
 import sys
 from collections.abc import Awaitable, Callable
@@ -12,6 +13,8 @@ from shared.config import ConfigError
 from shared.logs import configure
 
 Settings = TypeVar("Settings")
+# Allocations between young-generation collections (CPython's default is 700).
+GC_YOUNG_THRESHOLD = 10_000
 
 
 def stop_on_signals() -> asyncio.Event:
@@ -23,6 +26,16 @@ def stop_on_signals() -> asyncio.Event:
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
     return stop
+
+
+def settle_heap() -> None:
+    """Called once a service has started: the objects alive then (modules, ORM mappings,
+    protobuf descriptors) live as long as the process, and moving them out of the
+    collector's reach spares every later collection from scanning them again. Small
+    requests allocate a lot, so young collections also run less often."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, *gc.get_threshold()[1:])
 
 
 def run_service(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 from dataclasses import dataclass
 
@@ -37,8 +38,10 @@ from services.api.migrate import migrate
 from services.api.passwords import hash_password
 from services.api.repo import users
 from services.api.state import AppState
+from services.api.tokens import TokenCache
+from services.api.workers import start_workers, stop_workers
 from shared.config import ApiSettings
-from shared.lifecycle import stop_on_signals
+from shared.lifecycle import settle_heap, stop_on_signals
 from shared.tls import add_port
 
 log = logging.getLogger("darb.api")
@@ -53,18 +56,32 @@ STARTUP_DB_WAIT = 30.0
 
 
 @dataclass
+class JobRunner:
+    """The parts that run jobs; only the primary process has them (see ``workers``)."""
+
+    dispatcher: Dispatcher
+    client: ExecutorClient
+    agents: AgentMonitor
+    exporter: Exporter | None
+
+    async def stop(self, grace: float) -> None:
+        await self.dispatcher.drain(grace)
+        await self.agents.stop()
+        if self.exporter is not None:
+            await self.exporter.stop()
+        await self.client.close()
+
+
+@dataclass
 class ControlPlane:
     server: grpc.aio.Server
     port: int
     db: Database
     bus: EventBus
-    dispatcher: Dispatcher
-    client: ExecutorClient
-    agents: AgentMonitor
+    runner: JobRunner | None
     health: DatabaseHealth
     health_task: asyncio.Task[None]
     grace: float
-    exporter: Exporter | None
 
     def log_stats(self) -> None:
         """What a leak would grow, logged on SIGUSR1 and at shutdown (the fault tests read
@@ -73,7 +90,7 @@ class ControlPlane:
             "darb api stats: %d watch subscriptions, %d asyncio tasks, %d running jobs",
             self.bus.subscription_count,
             len(asyncio.all_tasks()),
-            self.dispatcher.running_count,
+            self.runner.dispatcher.running_count if self.runner else 0,
         )
 
     async def stop(self) -> None:
@@ -81,17 +98,17 @@ class ControlPlane:
         no job is claimed from the first step on; running jobs and RPCs get the grace,
         then the jobs still running are handed back (see ``Dispatcher.drain``)."""
         self.log_stats()
-        await self.dispatcher.stop_claiming()
+        if self.runner is not None:
+            await self.runner.dispatcher.stop_claiming()
         self.health_task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self.health_task
         await self.health.shutting_down()
-        await asyncio.gather(self.server.stop(self.grace), self.dispatcher.drain(self.grace))
-        await self.agents.stop()
-        if self.exporter is not None:
-            await self.exporter.stop()
+        stopping = [self.server.stop(self.grace)]
+        if self.runner is not None:
+            stopping.append(self.runner.stop(self.grace))
+        await asyncio.gather(*stopping)
         await self.bus.stop()
-        await self.client.close()
         await self.db.close()
 
 
@@ -119,13 +136,10 @@ async def _prepare_database(db: Database, settings: ApiSettings) -> None:
             )
 
 
-async def start(settings: ApiSettings, client: ExecutorClient | None = None) -> ControlPlane:
-    db = Database(settings.database_url)
-    await _prepare_database(db, settings)
-    bus = EventBus(db)
-    await bus.start()
-    client = client or GrpcExecutorClient(settings.agent_token, settings.tls)
-    metrics = Metrics()
+async def _start_runner(
+    settings: ApiSettings, db: Database, bus: EventBus, metrics: Metrics
+) -> JobRunner:
+    client = GrpcExecutorClient(settings.agent_token, settings.tls)
     # Before any job is claimed: a bad DARB_METRICS_ADDR (or a taken port) fails the start.
     exporter = Exporter(metrics, db) if settings.metrics_addr else None
     if exporter is not None:
@@ -145,7 +159,11 @@ async def start(settings: ApiSettings, client: ExecutorClient | None = None) -> 
         metrics=metrics,
     )
     await dispatcher.start()
-    state = AppState(settings=settings, db=db, bus=bus)
+    return JobRunner(dispatcher, client, agents, exporter)
+
+
+def _rpc_server(state: AppState, metrics: Metrics) -> tuple[grpc.aio.Server, DatabaseHealth]:
+    settings = state.settings
     server = grpc.aio.server(
         interceptors=[RpcMetrics(metrics)],
         options=[("grpc.max_receive_message_length", settings.limits.max_message_bytes)],
@@ -166,23 +184,30 @@ async def start(settings: ApiSettings, client: ExecutorClient | None = None) -> 
         ],
         server,
     )
-    database_health = DatabaseHealth(health_servicer, db, SERVICE_NAMES)
+    return server, DatabaseHealth(health_servicer, state.db, SERVICE_NAMES)
+
+
+async def start(settings: ApiSettings, *, rpc_worker: bool = False) -> ControlPlane:
+    """The primary process, or with ``rpc_worker`` one that only serves RPCs."""
+    db = Database(settings.database_url)
+    if not rpc_worker:
+        await _prepare_database(db, settings)
+    bus = EventBus(db)
+    tokens = TokenCache()
+    bus.on_user_changed(tokens.forget_user)
+    bus.on_listening(tokens.set_enabled)
+    await bus.start()
+    # A worker's RPC metrics stay in the worker: only the primary exports metrics.
+    metrics = Metrics()
+    runner = None if rpc_worker else await _start_runner(settings, db, bus, metrics)
+    state = AppState(settings=settings, db=db, bus=bus, tokens=tokens)
+    server, database_health = _rpc_server(state, metrics)
     await database_health.check(timeout=5.0)
     port = add_port(server, settings.addr, settings.tls)
     await server.start()
     health_task = asyncio.create_task(database_health.watch(interval=2.0))
     return ControlPlane(
-        server,
-        port,
-        db,
-        bus,
-        dispatcher,
-        client,
-        agents,
-        database_health,
-        health_task,
-        settings.shutdown_grace,
-        exporter,
+        server, port, db, bus, runner, database_health, health_task, settings.shutdown_grace
     )
 
 
@@ -191,10 +216,29 @@ async def serve(settings: ApiSettings) -> None:
     stop = stop_on_signals()
     plane = await start(settings)
     host = settings.addr.rsplit(":", 1)[0]
+    addr = f"{host}:{plane.port}"
+    try:
+        rpc_workers = await start_workers(settings.processes - 1, addr)
+    except BaseException:
+        await plane.stop()
+        raise
+    settle_heap()
     # The first line on stdout, which tests and scripts wait for (the agent does the same).
-    print(f"darb api listening on {host}:{plane.port}", flush=True)
-    log.info("executors: %s", ",".join(settings.executors))
+    print(f"darb api listening on {addr}", flush=True)
+    log.info(
+        "executors: %s; %d processes serve RPCs", ",".join(settings.executors), settings.processes
+    )
     asyncio.get_running_loop().add_signal_handler(signal.SIGUSR1, plane.log_stats)
     await stop.wait()
     log.info("shutting down")
+    await asyncio.gather(plane.stop(), stop_workers(rpc_workers, settings.shutdown_grace))
+
+
+async def serve_rpc_worker(settings: ApiSettings) -> None:
+    """One of the extra RPC processes (see ``workers``): no migrations, no jobs."""
+    stop = stop_on_signals()
+    plane = await start(settings, rpc_worker=True)
+    settle_heap()
+    print(f"darb api worker {os.getpid()} listening on {settings.addr}", flush=True)
+    await stop.wait()
     await plane.stop()

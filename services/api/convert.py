@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from collections.abc import Sequence
+from datetime import UTC, datetime
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from darb.v1 import common_pb2 as pb
+from darb.v1 import jobs_pb2
 from services.api import payloads
 from services.api.models import Environment, Job, User
 from services.api.repo.environments import PackageRow
@@ -64,10 +66,24 @@ def package(row: PackageRow) -> pb.Package:
     return pb.Package(name=row.name, version=row.version, build=row.build, channel=row.channel)
 
 
-def line(row: LineRow) -> pb.LogLine:
-    return pb.LogLine(
-        seq=row.seq,
-        stream=pb.LogStream.Value(f"LOG_STREAM_{row.stream.upper()}"),
-        text=row.text,
-        time=timestamp(row.time),
-    )
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+STREAMS = {"stdout": pb.LOG_STREAM_STDOUT, "stderr": pb.LOG_STREAM_STDERR}
+
+
+def watch_lines(rows: Sequence[LineRow]) -> jobs_pb2.WatchJobResponse:
+    """One WatchJob event for consecutive lines. Built in place (a message per line that
+    is then copied in costs several times more); lines read together share their time,
+    whose Timestamp is made once, with integer arithmetic."""
+    event = jobs_pb2.WatchJobResponse()
+    add = event.log_lines.lines.add
+    stamped: datetime | None = None
+    stamp = Timestamp()
+    for seq, stream, time, text in rows:
+        if time != stamped:
+            delta = time - EPOCH
+            stamped = time
+            stamp = Timestamp(
+                seconds=delta.days * 86400 + delta.seconds, nanos=delta.microseconds * 1000
+            )
+        add(seq=seq, stream=STREAMS.get(stream, 0), text=text, time=stamp)
+    return event

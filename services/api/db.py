@@ -10,18 +10,26 @@ the writers SQLite allows only one of at a time.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+import contextlib
+import time
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, Union
 
 from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DisconnectionError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, create_async_engine
 from sqlalchemy.orm import Session
 
+from services.api.direct import DirectPool, PgUnit, Query, UniqueViolation
+
 T = TypeVar("T")
 CONNECT_TIMEOUT = 10
+POOL_SIZE = 10
+# A pooled connection idle for longer is pinged before use (see ``ping_when_idle``).
+PING_AFTER_IDLE = 1.0
 
 
 class Database:
@@ -32,23 +40,71 @@ class Database:
         self.dialect = self.url.get_backend_name()
         self._async: AsyncEngine | None = None
         self._sync: Engine | None = None
+        self._reader: AsyncEngine | None = None
+        self._direct: DirectPool | None = None
         self._thread: ThreadPoolExecutor | None = None
+        # SQLite: a unit's statements hop to the one thread one by one, holding the write
+        # lock in between; nothing else may run there meanwhile, or it would wait forever.
+        self._sqlite_units = asyncio.Lock()
         if self.dialect == "sqlite":
             self._sync = sqlite_engine(url)
             self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="darb-sqlite")
         else:
-            # pre-ping replaces connections a database restart broke; the connect timeout
-            # keeps a call from hanging on a server that does not answer at all.
+            # The connect timeout keeps a call from hanging on a server that does not answer.
             self._async = create_async_engine(
-                url,
-                pool_pre_ping=True,
-                pool_size=10,
-                connect_args={"connect_timeout": CONNECT_TIMEOUT},
+                url, pool_size=POOL_SIZE, connect_args={"connect_timeout": CONNECT_TIMEOUT}
             )
+            ping_when_idle(self._async.sync_engine)
+            self._reader = self._async.execution_options(isolation_level="AUTOCOMMIT")
+            self._direct = DirectPool(self.conninfo, POOL_SIZE, CONNECT_TIMEOUT)
 
     @property
     def is_postgres(self) -> bool:
         return self.dialect == "postgresql"
+
+    @property
+    def conninfo(self) -> str:
+        """The URL for psycopg itself (LISTEN and the direct reads)."""
+        return self.url.set(drivername="postgresql").render_as_string(hide_password=False)
+
+    async def fetch_one(self, query: Query, **params: Any) -> Any:
+        """The first row of a Core query (attributes named as its columns), or None; on
+        PostgreSQL without SQLAlchemy's session (see ``direct``)."""
+        if self._direct is not None:
+            return await self._direct.fetch_one(query, params)
+        return await self.run(lambda s: s.execute(query.statement, params).first())
+
+    @contextlib.asynccontextmanager
+    async def unit(self) -> AsyncIterator[Unit]:
+        """One transaction of Core statements (``unit.execute``, ``unit.fetch_one``),
+        committed when the block ends without an exception; a unique violation raises
+        ``UniqueViolation``. On PostgreSQL pipelined through psycopg (see ``direct``)."""
+        if self._direct is not None:
+            async with self._direct.unit() as unit:
+                yield unit
+            return
+        async with self._sqlite_units:
+            session = await self._in_thread(lambda: Session(self._sync, expire_on_commit=False))
+            try:
+                await self._in_thread(session.begin)
+                yield SqliteUnit(session, self._in_thread)
+                await self._in_thread(session.commit)
+            except IntegrityError as exc:
+                raise UniqueViolation(str(exc)) from exc
+            finally:
+                await self._in_thread(session.close)
+
+    async def _in_thread(self, fn: Callable[[], T]) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._thread, fn)
+
+    async def read(self, fn: Callable[..., T], *args: Any) -> T:
+        """Like ``run`` for ``fn`` that only reads: without BEGIN and COMMIT, each of its
+        statements is its own transaction (as each already sees its own snapshot under
+        READ COMMITTED), which saves two round trips."""
+        if self._reader is None:
+            return await self.run(fn, *args)
+        async with AsyncSession(self._reader, expire_on_commit=False) as session:
+            return await session.run_sync(lambda s: fn(s, *args))
 
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
         if self._async is not None:
@@ -57,7 +113,8 @@ class Database:
                 return await session.run_sync(lambda s: fn(s, *args))
         assert self._thread is not None
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._thread, self._run_sqlite, fn, args)
+        async with self._sqlite_units:
+            return await loop.run_in_executor(self._thread, self._run_sqlite, fn, args)
 
     def _run_sqlite(self, fn: Callable[..., T], args: tuple[Any, ...]) -> T:
         with Session(self._sync, expire_on_commit=False) as session, session.begin():
@@ -82,12 +139,52 @@ class Database:
         return await asyncio.get_running_loop().run_in_executor(self._thread, call)
 
     async def close(self) -> None:
+        if self._direct is not None:
+            await self._direct.close()
         if self._async is not None:
             await self._async.dispose()
         if self._sync is not None:
             self._sync.dispose()
         if self._thread is not None:
             self._thread.shutdown(wait=True)
+
+
+Unit = Union["PgUnit", "SqliteUnit"]
+
+
+class SqliteUnit:
+    """``PgUnit``'s counterpart: each statement runs through the session in the SQLite
+    thread (not fast, but SQLite is the development default)."""
+
+    def __init__(self, session: Session, in_thread: Callable[[Callable[[], Any]], Any]) -> None:
+        self._session = session
+        self._in_thread = in_thread
+
+    async def execute(self, query: Query, **params: Any) -> None:
+        await self._in_thread(lambda: self._session.execute(query.statement, params))
+
+    async def fetch_one(self, query: Query, **params: Any) -> Any:
+        return await self._in_thread(lambda: self._session.execute(query.statement, params).first())
+
+
+def ping_when_idle(engine: Engine) -> None:
+    """Checks a pooled connection that sat idle before handing it out, so that one broken
+    by a database restart is replaced instead of failing a request. A connection in steady
+    use is not pinged: that round trip would be a third of a cheap read's cost."""
+
+    @event.listens_for(engine, "checkin")
+    def _on_checkin(_dbapi_connection: Any, record: Any) -> None:
+        record.info["idle_since"] = time.monotonic()
+
+    @event.listens_for(engine, "checkout")
+    def _on_checkout(dbapi_connection: Any, record: Any, _proxy: Any) -> None:
+        idle_since = record.info.get("idle_since")
+        if idle_since is None or time.monotonic() - idle_since < PING_AFTER_IDLE:
+            return
+        try:
+            engine.dialect.do_ping(dbapi_connection)
+        except Exception as exc:  # the pool retries with a new connection
+            raise DisconnectionError(f"idle connection is broken: {exc}") from exc
 
 
 def sqlite_engine(url: str) -> Engine:

@@ -16,22 +16,26 @@ import socket
 import time
 import uuid
 from asyncio import FIRST_COMPLETED
+from collections.abc import Coroutine
 from datetime import timedelta
+from typing import Any
 
 import grpc
+import psycopg
 from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session
 
 from services.api import payloads
 from services.api.agents import AgentMonitor, rebind
-from services.api.db import Database
-from services.api.events import EventBus
-from services.api.executor_client import AgentLine, ExecutorClient, ExecutorError
+from services.api.db import Database, Unit
+from services.api.events import JOB_CHANGED_CHANNEL, JOBS_CHANNEL, EventBus
+from services.api.executor_client import AgentLines, ExecutorClient, ExecutorError
 from services.api.logcap import LogCap
 from services.api.metrics import JobObserver, Metrics
 from services.api.models import JobStatus, utcnow
 from services.api.outcomes import AgentState, Outcome, finish
 from services.api.repo import jobs
-from services.api.repo.jobs import ClaimedJob, LineRow
+from services.api.repo.jobs import ClaimedJob, LineBatch, LineRow
 from shared.config import ApiLimits
 
 log = logging.getLogger(__name__)
@@ -48,12 +52,23 @@ SHUTDOWN = (
 FINISH_ON_SHUTDOWN = 5.0
 LEASE_EXPIRED = "the control plane running this job stopped (its lease expired)"
 # What a database outage raises: retried with a one-line warning instead of a traceback.
-DATABASE_ERRORS = (SQLAlchemyError, OSError)
+DATABASE_ERRORS = (SQLAlchemyError, psycopg.Error, OSError)
+
+
+# Lines handed to watchers but not stored yet; beyond either bound ``add`` waits.
+MAX_UNSTORED_LINES = 20_000
+MAX_UNSTORED_CHARS = 8 * 2**20
 
 
 class LineWriter:
-    """Numbers and stores a job's lines, batching whatever arrives during one commit,
-    and hands each stored batch to the event bus for live watchers."""
+    """Numbers a job's lines, hands each batch to this process's watchers at once (from
+    memory, before it is stored) and stores whatever arrived during one commit with one
+    statement, whose transaction also sends the NOTIFY for other processes.
+
+    ``add`` waits while too much is not stored yet: the dispatcher then stops reading the
+    agent's stream, and gRPC flow control holds back the agent and, through its pipe, the
+    job's process. Memory stays bounded whatever a job prints.
+    """
 
     def __init__(
         self, database: Database, bus: EventBus, job_id: str, limits: ApiLimits, metrics: Metrics
@@ -63,21 +78,45 @@ class LineWriter:
         self._job_id = job_id
         self._metrics = metrics
         self._pending: list[LineRow] = []
+        self._unstored = 0  # lines, pending or being stored
+        self._unstored_chars = 0
         self._cap = LogCap(limits)
         self._wake = asyncio.Event()
+        self._stored = asyncio.Event()
         self._closing = False
         self._task = asyncio.create_task(self._run(), name=f"darb-lines-{job_id}")
 
-    def add(self, line: AgentLine) -> None:
-        self._pending += self._cap.add(line.stream, line.time, line.text)
-        self._wake.set()
+    async def add(self, lines: AgentLines) -> None:
+        """Returns once there is room for more (see the class docstring)."""
+        cut = self._cap.cut_lines
+        rows = self._cap.extend(lines.lines)
+        # Numbered as the agent numbered them and none cut: the agent's message is these
+        # rows, and watchers can send its bytes (nearly always so within the head).
+        same = rows and rows[0].seq == lines.first_seq and len(rows) == len(lines.lines)
+        wire = lines.message if same and cut == self._cap.cut_lines else None
+        self._publish(LineBatch(rows, wire))
+        while self._unstored >= MAX_UNSTORED_LINES or self._unstored_chars >= MAX_UNSTORED_CHARS:
+            self._stored.clear()
+            await self._stored.wait()
 
     async def close(self) -> None:
         """Returns once every added line is stored."""
-        self._pending += self._cap.finish()
+        self._publish(LineBatch(self._cap.finish()))
         self._closing = True
         self._wake.set()
         await self._task
+
+    def _publish(self, rows: LineBatch) -> None:
+        if rows:
+            self._bus.publish_lines(self._job_id, rows)
+            self._pending += rows
+            self._unstored += len(rows)
+            self._unstored_chars += sum(len(row.text) for row in rows)
+            self._wake.set()
+
+    def _store(self, session: Session, batch: list[LineRow]) -> None:
+        jobs.append_lines(session, self._job_id, batch)
+        self._bus.notify_in(session, JOB_CHANGED_CHANNEL, self._job_id)
 
     async def _run(self) -> None:
         while True:
@@ -86,14 +125,17 @@ class LineWriter:
             while self._pending:
                 batch, self._pending = self._pending, []
                 try:
-                    await self._db.run(jobs.append_lines, self._job_id, batch)
+                    await self._db.run(self._store, batch)
                 except Exception:
                     log.warning("storing log lines of job %s failed; retrying", self._job_id)
                     self._pending = batch + self._pending
                     await asyncio.sleep(0.5)
                     continue
+                self._unstored -= len(batch)
+                self._unstored_chars -= sum(len(row.text) for row in batch)
+                self._stored.set()
                 self._metrics.log_lines.inc(len(batch))
-                await self._bus.job_changed(self._job_id, batch)
+                self._bus.lines_stored(self._job_id, batch[-1].seq)
             if self._closing:
                 return
 
@@ -132,6 +174,7 @@ class Dispatcher:
         self._running: dict[str, asyncio.Task[None]] = {}
         self._cancels: dict[str, asyncio.Event] = {}
         self._loop_task: asyncio.Task[None] | None = None
+        self._side_tasks: set[asyncio.Task[None]] = set()
         bus.on_cancel(self._cancel_requested)
 
     @property
@@ -159,13 +202,14 @@ class Dispatcher:
         """
         await self.stop_claiming()
         tasks = list(self._running.values())
-        if not tasks:
-            return
-        _, late = await asyncio.wait(tasks, timeout=grace)
-        for task in late:
-            task.cancel()
-        if late:  # recording the end needs the database; leases cover it if that is away
-            await asyncio.wait(late, timeout=FINISH_ON_SHUTDOWN)
+        if tasks:
+            _, late = await asyncio.wait(tasks, timeout=grace)
+            for task in late:
+                task.cancel()
+            if late:  # recording the end needs the database; leases cover it if that is away
+                await asyncio.wait(late, timeout=FINISH_ON_SHUTDOWN)
+        if self._side_tasks:
+            await asyncio.wait(set(self._side_tasks), timeout=FINISH_ON_SHUTDOWN)
 
     async def fail_expired(self) -> None:
         """Fails jobs left running by a control plane that stopped renewing their lease.
@@ -197,16 +241,17 @@ class Dispatcher:
 
     async def _claim_all(self) -> None:
         while len(self._running) < self._concurrency:
-            claimed = await self._db.run(jobs.claim_next, self.worker_id, self._lease)
+            claimed = await jobs.claim_next(self._db, self.worker_id, self._lease, self._announce)
             if claimed is None:
                 return
             self._cancels[claimed.id] = asyncio.Event()
             task = asyncio.create_task(self._run(claimed), name=f"darb-job-{claimed.id}")
             self._running[claimed.id] = task
             task.add_done_callback(lambda _t, job_id=claimed.id: self._done(job_id))
-            # Announced while the job already starts: the claim is committed, so watchers
-            # read RUNNING whichever comes first, and the agent is not kept waiting.
-            await self._bus.job_changed(claimed.id)
+            self._bus.changed_here(claimed.id)  # other processes heard the claim's NOTIFY
+
+    async def _announce(self, unit: Unit, job_id: str) -> None:
+        await self._bus.notify_in_unit(unit, JOB_CHANGED_CHANNEL, job_id)
 
     def _done(self, job_id: str) -> None:
         self._running.pop(job_id, None)
@@ -284,8 +329,8 @@ class Dispatcher:
             try:
                 async for event in self._client.run(executor, job.environment_id, job.payload):
                     heard = True
-                    if isinstance(event, AgentLine):
-                        writer.add(event)
+                    if isinstance(event, AgentLines):
+                        await writer.add(event)  # waits while storing lags behind
                         continue
                     status = JobStatus.COMPLETED if event.success else JobStatus.FAILED
                     return Outcome(status, "" if event.success else event.error, event.state)
@@ -324,17 +369,41 @@ class Dispatcher:
         delay = 0.5
         while True:
             try:
-                ended = await self._db.run(finish, job_id, outcome, expected, worker_id)
+                ended = await self._db.run(
+                    self._finish_and_announce, job_id, outcome, expected, worker_id
+                )
                 break
             except DATABASE_ERRORS as exc:
                 log.warning("recording the end of job %s failed (%s)", job_id, _describe(exc))
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
         for ended_id in ended:
-            await self._bus.job_changed(ended_id)
+            self._bus.changed_here(ended_id)
         if ended:
-            await self._bus.jobs_queued()
-            await self._observer.ended(ended)
+            self._bus.jobs_available.set()
+            # Metrics and the log line read the rows again: not on the next job's path.
+            self._background(self._observer.ended(ended))
+
+    def _finish_and_announce(
+        self,
+        session: Session,
+        job_id: str,
+        outcome: Outcome,
+        expected: JobStatus,
+        worker_id: str | None,
+    ) -> list[str]:
+        """``finish``, with the NOTIFYs for other processes sent by its commit."""
+        ended = finish(session, job_id, outcome, expected, worker_id)
+        for ended_id in ended:
+            self._bus.notify_in(session, JOB_CHANGED_CHANNEL, ended_id)
+        if ended:
+            self._bus.notify_in(session, JOBS_CHANNEL)
+        return ended
+
+    def _background(self, coroutine: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(coroutine)
+        self._side_tasks.add(task)
+        task.add_done_callback(self._side_tasks.discard)
 
 
 def agent_lost(executor: str, reason: str) -> str:

@@ -3,9 +3,11 @@
 Three kinds of event: jobs became claimable (wakes dispatchers), a job changed (its
 status, or new log lines: wakes watchers) and a cancel was requested (wakes the
 dispatcher running the job). In-process subscribers hear them at once; log lines travel
-in memory. On PostgreSQL every event is also sent with NOTIFY, and events from other
-processes arrive through LISTEN as bare "job changed" pokes that watchers answer by
-reading the table. The database stays the source of truth; events only say "look now".
+in memory, published before they are stored, and a second event says up to which seq
+they are stored (watchers that missed lines read those from the table). On PostgreSQL
+every event is also sent with NOTIFY, and events from other processes arrive through
+LISTEN as bare "job changed" pokes that watchers answer by reading the table. The
+database stays the source of truth; events only say "look now".
 """
 
 from __future__ import annotations
@@ -19,9 +21,11 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 
 import psycopg
-from sqlalchemy import text
+from sqlalchemy import bindparam, func, select, text
+from sqlalchemy.orm import Session
 
-from services.api.db import Database
+from services.api.db import Database, Unit
+from services.api.direct import Query
 from services.api.repo.jobs import LineRow
 
 log = logging.getLogger(__name__)
@@ -29,8 +33,12 @@ log = logging.getLogger(__name__)
 JOBS_CHANNEL = "darb_jobs"
 JOB_CHANGED_CHANNEL = "darb_job_changed"
 CANCEL_CHANNEL = "darb_job_cancel"
-# A watcher this far behind is told to re-read the table instead of growing memory.
-MAX_BUFFERED_BATCHES = 1000
+USER_CHANGED_CHANNEL = "darb_user_changed"
+NOTIFY = Query(select(func.pg_notify(bindparam("channel"), bindparam("payload"))))
+CHANNELS = (JOBS_CHANNEL, JOB_CHANGED_CHANNEL, CANCEL_CHANNEL, USER_CHANGED_CHANNEL)
+# A watcher this far behind is told to re-read the table instead of growing memory. The
+# batches are shared by all watchers of the job: this bounds references, not copies.
+MAX_BUFFERED_LINES = 20_000
 
 
 @dataclass(eq=False)
@@ -38,13 +46,20 @@ class Subscription:
     """What a watcher of one job has been told since it last looked."""
 
     batches: deque[list[LineRow]] = field(default_factory=deque)
+    buffered: int = 0  # lines in ``batches``
     # True when something happened that is not in ``batches``: read the database.
     stale: bool = False
     ready: asyncio.Event = field(default_factory=asyncio.Event)
+    # The highest seq known to be stored, and the seq the watcher misses (0: none); it
+    # waits on ``stored_ready``, which is set once that seq can be read from the table.
+    stored: int = 0
+    gap_at: int = 0
+    stored_ready: asyncio.Event = field(default_factory=asyncio.Event)
 
     def take(self) -> tuple[list[list[LineRow]], bool]:
         batches, stale = list(self.batches), self.stale
         self.batches.clear()
+        self.buffered = 0
         self.stale = False
         self.ready.clear()
         return batches, stale
@@ -56,6 +71,8 @@ class EventBus:
         self._origin = uuid.uuid4().hex
         self._watchers: dict[str, set[Subscription]] = {}
         self._cancel_handlers: list[Callable[[str], None]] = []
+        self._user_handlers: list[Callable[[str], None]] = []
+        self._listening_handlers: list[Callable[[bool], None]] = []
         self.jobs_available = asyncio.Event()
         self._listener: asyncio.Task[None] | None = None
 
@@ -89,6 +106,29 @@ class EventBus:
     def on_cancel(self, handler: Callable[[str], None]) -> None:
         self._cancel_handlers.append(handler)
 
+    def on_user_changed(self, handler: Callable[[str], None]) -> None:
+        """``handler(user_id)`` for a change committed in another process."""
+        self._user_handlers.append(handler)
+
+    def on_listening(self, handler: Callable[[bool], None]) -> None:
+        """``handler(True)`` once events from other processes arrive, ``False`` when they
+        may be missed (the LISTEN connection is down)."""
+        self._listening_handlers.append(handler)
+
+    async def notify_in_unit(self, unit: Unit, channel: str, key: str = "") -> None:
+        """``notify_in`` for a unit of work (see ``Database.unit``)."""
+        if self._db.is_postgres:
+            await unit.execute(NOTIFY, channel=channel, payload=f"{self._origin}:{key}")
+
+    def notify_in(self, session: Session, channel: str, key: str = "") -> None:
+        """NOTIFY as part of the caller's transaction: sent by its commit, and only then,
+        with no round trip of its own. In-process subscribers are the caller's business."""
+        if session.get_bind().dialect.name == "postgresql":
+            session.execute(
+                text("SELECT pg_notify(:channel, :payload)"),
+                {"channel": channel, "payload": f"{self._origin}:{key}"},
+            )
+
     async def jobs_queued(self) -> None:
         self.jobs_available.set()
         await self._notify(JOBS_CHANNEL, "")
@@ -98,17 +138,40 @@ class EventBus:
         self._poke(job_id, lines)
         await self._notify(JOB_CHANGED_CHANNEL, job_id)
 
+    def changed_here(self, job_id: str) -> None:
+        """``job_changed`` for a commit that sent its own NOTIFY (``notify_in``): only
+        this process's watchers are left to tell."""
+        self._poke(job_id, None)
+
+    def publish_lines(self, job_id: str, lines: list[LineRow]) -> None:
+        """Hands consecutive new lines to this process's watchers before they are stored,
+        so watching costs no database round trip; ``lines_stored`` follows."""
+        if lines and job_id in self._watchers:
+            self._poke(job_id, lines)
+
+    def lines_stored(self, job_id: str, last_seq: int) -> None:
+        """Call after the commit that stored lines up to ``last_seq`` (which also sent
+        the NOTIFY for other processes, ``notify_in``): wakes the watchers of this
+        process that wait for missed lines to be readable."""
+        for subscription in self._watchers.get(job_id, ()):
+            subscription.stored = max(subscription.stored, last_seq)
+            if subscription.gap_at and last_seq >= subscription.gap_at:
+                subscription.stored_ready.set()
+
     async def cancel_requested(self, job_id: str) -> None:
         self._cancel(job_id)
         await self._notify(CANCEL_CHANNEL, job_id)
 
     def _poke(self, job_id: str, lines: list[LineRow] | None) -> None:
         for subscription in self._watchers.get(job_id, ()):
-            if lines and len(subscription.batches) < MAX_BUFFERED_BATCHES:
+            if lines and subscription.buffered + len(lines) <= MAX_BUFFERED_LINES:
                 subscription.batches.append(lines)
+                subscription.buffered += len(lines)
             else:
                 subscription.batches.clear()
+                subscription.buffered = 0
                 subscription.stale = True
+                subscription.stored_ready.set()  # something to read from the table
             subscription.ready.set()
 
     def _cancel(self, job_id: str) -> None:
@@ -139,6 +202,13 @@ class EventBus:
             self._poke(job_id, None)
         elif channel == CANCEL_CHANNEL:
             self._cancel(job_id)
+        elif channel == USER_CHANGED_CHANNEL:
+            for handler in self._user_handlers:
+                handler(job_id)
+
+    def _set_listening(self, listening: bool) -> None:
+        for handler in self._listening_handlers:
+            handler(listening)
 
     def _everything_changed(self) -> None:
         """After a gap in listening: assume every event was missed."""
@@ -147,12 +217,13 @@ class EventBus:
             self._poke(job_id, None)
 
     async def _listen(self) -> None:
-        conninfo = self._db.url.set(drivername="postgresql").render_as_string(hide_password=False)
+        conninfo = self._db.conninfo
         while True:
             try:
                 async for notify in self._notifications(conninfo):
                     self._deliver(notify.channel, notify.payload)
             except (psycopg.Error, OSError) as exc:  # one line a second while the database is away
+                self._set_listening(False)
                 reason = str(exc).splitlines()[0] if str(exc) else ""
                 log.warning(
                     "LISTEN connection lost (%s: %s); reconnecting", type(exc).__name__, reason
@@ -161,8 +232,9 @@ class EventBus:
 
     async def _notifications(self, conninfo: str) -> AsyncIterator[psycopg.Notify]:
         async with await psycopg.AsyncConnection.connect(conninfo, autocommit=True) as conn:
-            for channel in (JOBS_CHANNEL, JOB_CHANGED_CHANNEL, CANCEL_CHANNEL):
+            for channel in CHANNELS:
                 await conn.execute(f"LISTEN {channel}")
             self._everything_changed()
+            self._set_listening(True)
             async for notify in conn.notifies():
                 yield notify

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
-from typing import Protocol
+from datetime import UTC, datetime, timedelta
+from typing import Any, Protocol
 
 import grpc
 
@@ -31,11 +31,19 @@ CHANNEL_OPTIONS = (
 )
 
 
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+# (stream, time, text) of one line, as ``LogCap.extend`` takes it.
+LineTuple = tuple[str, datetime, str]
+
+
 @dataclass(frozen=True)
-class AgentLine:
-    stream: str
-    text: str
-    time: datetime
+class AgentLines:
+    """The lines of one message of the agent, in order. ``message`` is the agent's
+    ``LogLines`` itself: its seqs are the agent's own, from ``first_seq``."""
+
+    lines: Sequence[LineTuple]
+    first_seq: int = 0
+    message: Any = None
 
 
 @dataclass(frozen=True)
@@ -59,8 +67,9 @@ class ExecutorError(Exception):
 class ExecutorClient(Protocol):
     def run(
         self, executor: str, environment_id: str, payload: payloads.Payload
-    ) -> AsyncIterator[AgentLine | AgentResult]:
-        """Streams the operation's lines and then its result; raises ExecutorError.
+    ) -> AsyncIterator[AgentLines | AgentResult]:
+        """Streams the operation's lines in batches and then its result; raises
+        ExecutorError.
 
         Closing the iterator early cancels the operation on the agent.
         """
@@ -118,19 +127,14 @@ class GrpcExecutorClient:
 
     async def run(
         self, executor: str, environment_id: str, payload: payloads.Payload
-    ) -> AsyncIterator[AgentLine | AgentResult]:
+    ) -> AsyncIterator[AgentLines | AgentResult]:
         call = self._call(self._stub(executor), environment_id, payload)
         try:
             async for message in call:
-                if message.HasField("log_line"):
-                    line = message.log_line
-                    yield AgentLine(
-                        stream=STREAM_NAMES.get(line.stream, "stdout"),
-                        text=line.text,
-                        time=line.time.ToDatetime(tzinfo=UTC)
-                        if line.HasField("time")
-                        else utcnow(),
-                    )
+                if message.HasField("log_lines"):
+                    batch = message.log_lines
+                    first = batch.lines[0].seq if batch.lines else 0
+                    yield AgentLines(_lines(batch.lines), first, batch)
                 elif message.HasField("result"):
                     yield _result(message.result)
         except grpc.aio.AioRpcError as exc:
@@ -153,6 +157,24 @@ class GrpcExecutorClient:
         for channel, _ in self._stubs.values():
             await channel.close()
         self._stubs.clear()
+
+
+def _lines(lines: Sequence[Any]) -> list[LineTuple]:
+    """``pb.LogLine``s as tuples. Lines the agent read from one chunk share one time,
+    so the datetime is built once per time, from integers."""
+    tuples: list[LineTuple] = []
+    seconds, nanos, time = -1, -1, utcnow()
+    for line in lines:
+        stamp = line.time
+        if stamp.seconds != seconds or stamp.nanos != nanos:
+            seconds, nanos = stamp.seconds, stamp.nanos
+            time = (
+                EPOCH + timedelta(seconds=seconds, microseconds=nanos // 1000)
+                if seconds or nanos
+                else utcnow()
+            )
+        tuples.append((STREAM_NAMES.get(line.stream, "stdout"), time, line.text))
+    return tuples
 
 
 def _result(result: pb.OperationResult) -> AgentResult:

@@ -17,6 +17,7 @@ never stores more than ``DARB_MAX_LOG_LINES_PER_JOB`` lines of at most
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Iterable
 from datetime import datetime
 
 from services.api.repo.jobs import LineRow
@@ -44,16 +45,39 @@ class LogCap:
     def __init__(self, limits: ApiLimits) -> None:
         self._max_lines = limits.max_log_lines_per_job
         self._max_line_bytes = limits.max_log_line_bytes
+        # A str of at most this many characters fits in max_line_bytes whatever it holds
+        # (a character takes at most 4 bytes of UTF-8), so it need not be encoded to check.
+        self._safe_chars = limits.max_log_line_bytes // 4
         room = self._max_lines - MARKER_LINES
         self._head = room // 2
         self._tail: deque[tuple[str, datetime, str]] = deque(maxlen=room - self._head)
         self._next_seq = 1
+        self.cut_lines = 0  # how many lines were cut to max_line_bytes
         self._holding = False
         self._omitted = 0
 
+    def extend(self, lines: Iterable[tuple[str, datetime, str]]) -> list[LineRow]:
+        """``add`` for many (stream, time, text) lines, with the common case (within the
+        head, a short line) inlined: this runs once per line of every job."""
+        rows: list[LineRow] = []
+        seq, head, safe = self._next_seq, self._head, self._safe_chars
+        for stream, time, text in lines:
+            if seq > head:
+                self._next_seq = seq
+                rows += self.add(stream, time, text)
+                seq = self._next_seq
+                continue
+            if len(text) > safe:
+                text = self._cut(text)
+            rows.append(LineRow(seq, stream, time, text))
+            seq += 1
+        self._next_seq = seq
+        return rows
+
     def add(self, stream: str, time: datetime, text: str) -> list[LineRow]:
         """The rows to store now for one line of output (none while the tail is held)."""
-        text = cut_line(text, self._max_line_bytes)
+        if len(text) > self._safe_chars:
+            text = self._cut(text)
         if self._next_seq <= self._head:
             return [self._row(stream, time, text)]
         rows = []
@@ -64,6 +88,11 @@ class LogCap:
             self._omitted += 1
         self._tail.append((stream, time, text))
         return rows
+
+    def _cut(self, text: str) -> str:
+        cut = cut_line(text, self._max_line_bytes)
+        self.cut_lines += cut is not text
+        return cut
 
     def finish(self) -> list[LineRow]:
         """The rows still held when the job ends: the omitted-lines marker and the tail."""

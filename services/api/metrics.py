@@ -111,18 +111,28 @@ class RpcMetrics(grpc.aio.ServerInterceptor):
 
     def __init__(self, metrics: Metrics) -> None:
         self._metrics = metrics
+        # Wrapped once per method: a handler is the same object for every call.
+        self._wrapped: dict[str, grpc.RpcMethodHandler] = {}
 
     async def intercept_service(
         self,
         continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler:
+        wrapped = self._wrapped.get(handler_call_details.method)
+        if wrapped is not None:
+            return wrapped
         handler = await continuation(handler_call_details)
+        wrapped = self._wrap(handler, handler_call_details.method)
+        if handler is not None:
+            self._wrapped[handler_call_details.method] = wrapped
+        return wrapped
+
+    def _wrap(self, handler: grpc.RpcMethodHandler | None, method: str) -> Any:
         kind = _behavior_kind(handler)
         if kind is None:
             return handler
         behavior = getattr(handler, kind)
-        method = handler_call_details.method
         if inspect.isasyncgenfunction(behavior):
             wrapped: Callable[..., Any] = self._timed_stream(behavior, method)
         elif inspect.iscoroutinefunction(behavior):

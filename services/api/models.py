@@ -10,12 +10,15 @@ from sqlalchemy import (
     JSON,
     BigInteger,
     Boolean,
+    ColumnElement,
     DateTime,
     ForeignKey,
     Index,
     Integer,
     String,
     Text,
+    literal_column,
+    or_,
     text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -74,6 +77,12 @@ class JobStatus(enum.StrEnum):
 
 
 ACTIVE_JOB_STATUSES = (JobStatus.PENDING, JobStatus.RUNNING)
+
+
+def is_active(status: ColumnElement[str]) -> ColumnElement[bool]:
+    """``status`` is pending or running, with the statuses (our own constants) written
+    into the SQL: an expanding IN list could not run on the direct psycopg path."""
+    return or_(*(status == literal_column(f"'{value}'") for value in ACTIVE_JOB_STATUSES))
 
 
 class Base(DeclarativeBase):

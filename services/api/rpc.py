@@ -22,6 +22,7 @@ from services.api.errors import ServiceError, Unauthenticated
 from services.api.models import User
 from services.api.repo import users
 from services.api.state import AppState
+from services.api.tokens import token_hash
 from shared.specs import InvalidInput
 
 log = logging.getLogger(__name__)
@@ -49,9 +50,16 @@ async def authenticate(state: AppState, context: grpc.aio.ServicerContext) -> Us
     scheme, _, token = str(header).partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         raise Unauthenticated("missing 'authorization: Bearer <token>' metadata")
-    user = await state.db.run(users.user_for_token, token.strip())
-    if user is None:
+    token = token.strip()
+    cached = state.tokens.get(token)
+    if cached is not None:
+        return cached
+    generation = state.tokens.generation
+    found = await state.db.read(users.token_owner, token_hash(token))
+    if found is None:
         raise Unauthenticated("the token is invalid or has expired; log in again")
+    user, expires_at = found
+    state.tokens.put(token, user, expires_at, generation)
     return user
 
 

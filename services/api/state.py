@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from services.api.db import Database
 from services.api.events import EventBus
+from services.api.tokens import TokenCache
 from shared.config import ApiSettings
 
 
@@ -14,3 +15,4 @@ class AppState:
     settings: ApiSettings
     db: Database
     bus: EventBus
+    tokens: TokenCache

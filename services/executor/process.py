@@ -1,7 +1,11 @@
 """Run a command in its own process group and stream its output line by line.
 
 Package managers spawn helpers of their own; a process group lets the agent kill the
-whole tree at once when the caller cancels or the operation times out.
+whole tree at once when the caller cancels or the operation times out. Pipes are read in
+chunks and every line of a chunk carries the chunk's time: a flood costs a few Python
+operations per line. Whoever consumes the lines can slow the reading down through
+``FLOW_CONTROL`` so that a child printing faster than the lines travel blocks on its
+full pipe instead of the agent buffering without bound.
 """
 
 from __future__ import annotations
@@ -11,11 +15,12 @@ import contextlib
 import os
 import shutil
 import signal
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
-from datetime import UTC, datetime
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from contextvars import ContextVar
 from enum import IntEnum
 from pathlib import Path
+from typing import NamedTuple
 
 MAX_LINE_BYTES = 64 * 1024
 READ_CHUNK = 64 * 1024
@@ -28,40 +33,69 @@ class Stream(IntEnum):
     STDERR = 2
 
 
-@dataclass(frozen=True)
-class OutputLine:
-    """One line of a child's output, stamped when the agent read it."""
+class OutputLine(NamedTuple):
+    """One line of a child's output, stamped (Unix nanoseconds, whole microseconds, as
+    the control plane's database keeps them) when the agent read it.
+
+    A tuple, not a dataclass: a flood creates hundreds of thousands of them."""
 
     stream: Stream
     text: str
-    time: datetime
+    time_ns: int
 
 
 Emit = Callable[[OutputLine], None]
+# Set by the consumer of the lines (in the task that runs the work): awaited after each
+# chunk, it returns once there is room for more, so a full consumer stops the reading.
+FLOW_CONTROL: ContextVar[Callable[[], Awaitable[None]] | None] = ContextVar(
+    "darb_flow_control", default=None
+)
+# A str of this many characters may take MAX_LINE_BYTES in UTF-8; shorter ones never do.
+_SAFE_CHARS = MAX_LINE_BYTES // 4
 
 
 def line_of(stream: Stream, text: str) -> OutputLine:
     """An output line stamped now; also used for lines the agent itself reports."""
-    return OutputLine(stream, text, datetime.now(UTC))
+    return OutputLine(stream, text, _now())
 
 
 async def _pump(reader: asyncio.StreamReader, stream: Stream, emit: Emit) -> None:
     """Split a pipe into lines as bytes arrive; overlong lines are cut, never buffered whole."""
-    pending = bytearray()
+    room = FLOW_CONTROL.get()
+    pending = b""
     while chunk := await reader.read(READ_CHUNK):
-        pending += chunk
-        while (end := pending.find(b"\n")) >= 0:
-            emit(line_of(stream, _decode(pending[:end])))
-            del pending[: end + 1]
-        if len(pending) > MAX_LINE_BYTES:
-            emit(line_of(stream, _decode(pending[:MAX_LINE_BYTES]) + " [line cut]"))
-            pending.clear()
+        now = _now()
+        data = pending + chunk if pending else chunk
+        end = data.rfind(b"\n")
+        if end >= 0:
+            # A newline byte is never part of a multi-byte UTF-8 character, so decoding
+            # the complete lines at once equals decoding each one.
+            for text in data[:end].decode("utf-8", errors="replace").split("\n"):
+                emit(OutputLine(stream, _fit(text), now))
+            data = data[end + 1 :]
+        if len(data) > MAX_LINE_BYTES:
+            emit(OutputLine(stream, _decode(data[:MAX_LINE_BYTES]) + " [line cut]", now))
+            data = b""
+        pending = data
+        if room is not None:
+            await room()
     if pending:
         emit(line_of(stream, _decode(pending)))
 
 
-def _decode(raw: bytes | bytearray) -> str:
-    return bytes(raw[:MAX_LINE_BYTES]).decode("utf-8", errors="replace").rstrip("\r")
+def _now() -> int:
+    return time.time_ns() // 1000 * 1000
+
+
+def _fit(text: str) -> str:
+    """The line without trailing CRs, cut to MAX_LINE_BYTES like ``_decode``."""
+    if len(text) > _SAFE_CHARS:
+        return _decode(text.encode("utf-8", errors="replace"))
+    return text.rstrip("\r")
+
+
+def _decode(raw: bytes) -> str:
+    return raw[:MAX_LINE_BYTES].decode("utf-8", errors="replace").rstrip("\r")
 
 
 def die_with_parent(argv: Sequence[str]) -> list[str]:

@@ -3,6 +3,8 @@
 Every mutating call follows one path (``_operate``): refuse bad input before the stream
 starts, take the environment's slot, repair what an earlier interrupted operation left,
 stream the engine's lines as they come, and end with one result read back from disk.
+Lines travel in ``LogLines`` batches: whatever the work printed since the last message
+was sent, so a lone line goes out at once and a flood takes few messages.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import logging
 import shutil
 import time
 import tomllib
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from types import TracebackType
 from typing import Any
 
@@ -37,7 +39,7 @@ from services.executor.packages import (
     locked_packages,
     read_state,
 )
-from services.executor.process import Emit, OutputLine, Stream, line_of
+from services.executor.process import FLOW_CONTROL, Emit, OutputLine, Stream, line_of
 from services.executor.workspace import DataLayout, Workspace, is_environment_id
 from shared.config import ExecutorSettings
 from shared.logs import clip, headline, key_values
@@ -48,6 +50,14 @@ from shared.version import __version__
 log = logging.getLogger(__name__)
 ResponseType = Callable[..., Any]
 MAX_CHANNELS_PER_REQUEST = 32
+# One message carries at most this many lines and characters (at most 4 UTF-8 bytes
+# each: 1 MiB, well under gRPC's 4 MiB message limit).
+MAX_BATCH_LINES = 4096
+MAX_BATCH_CHARS = 256 * 1024
+# Lines waiting to be sent; beyond this the pipes are no longer read (see _Outbox).
+MAX_BUFFERED_LINES = 8 * MAX_BATCH_LINES
+MAX_BUFFERED_CHARS = 8 * MAX_BATCH_CHARS
+NANOS = 1_000_000_000
 
 
 class ExecutorServicer(executor_pb2_grpc.ExecutorServiceServicer):
@@ -265,6 +275,46 @@ async def _recover(workspace: Workspace, engine: Engine, emit: Emit) -> str | No
     return await engine.run(Operation("restore", workspace), emit)
 
 
+class _Outbox:
+    """Lines the work has emitted and the stream has not sent yet.
+
+    Bounded: past ``MAX_BUFFERED_*`` the pipe readers wait (``FLOW_CONTROL``), so when the
+    control plane reads slowly gRPC flow control reaches back to the child's pipe.
+    """
+
+    def __init__(self) -> None:
+        self.lines: list[OutputLine] = []
+        self._chars = 0
+        self._closed = False
+        self._ready = asyncio.Event()
+        self._drained = asyncio.Event()
+
+    def put(self, line: OutputLine) -> None:
+        self.lines.append(line)
+        self._chars += len(line.text)
+        self._ready.set()
+
+    def close(self) -> None:
+        self._closed = True
+        self._ready.set()
+
+    async def room(self) -> None:
+        while len(self.lines) >= MAX_BUFFERED_LINES or self._chars >= MAX_BUFFERED_CHARS:
+            self._drained.clear()
+            await self._drained.wait()
+
+    async def take(self) -> list[OutputLine] | None:
+        """Everything emitted so far (waiting for at least one line); None once closed."""
+        while not self.lines:
+            if self._closed:
+                return None
+            await self._ready.wait()
+            self._ready.clear()
+        lines, self.lines, self._chars = self.lines, [], 0
+        self._drained.set()
+        return lines
+
+
 class _LineStream:
     """Numbers lines across the phases of one operation and builds the response messages."""
 
@@ -280,19 +330,22 @@ class _LineStream:
         work: Callable[[Callable[[OutputLine], None]], Any],
         timeout: float | None = None,
     ) -> AsyncIterator[Any]:
-        """Run ``work(emit)`` in a task and yield its lines as they arrive; sets ``error``."""
-        queue: asyncio.Queue[OutputLine | None] = asyncio.Queue()
+        """Run ``work(emit)`` in a task and yield its lines in batches as they arrive;
+        sets ``error``."""
+        outbox = _Outbox()
 
         async def produce() -> str | None:
+            FLOW_CONTROL.set(outbox.room)  # seen by the pipe readers the work starts
             try:
-                return await work(queue.put_nowait)
+                return await work(outbox.put)
             finally:
-                queue.put_nowait(None)
+                outbox.close()
 
         task = asyncio.ensure_future(asyncio.wait_for(produce(), timeout))
         try:
-            while (line := await queue.get()) is not None:
-                yield self._line(line)
+            while (lines := await outbox.take()) is not None:
+                for message in self._messages(lines):
+                    yield message
             self.error = await task
         except TimeoutError:
             self.timed_out = True
@@ -303,13 +356,26 @@ class _LineStream:
                 with contextlib.suppress(asyncio.CancelledError, TimeoutError):
                     await task
 
-    def _line(self, line: OutputLine) -> Any:
-        self._seq += 1
-        time = Timestamp()
-        time.FromDatetime(line.time)
-        return self._response_type(
-            log_line=pb.LogLine(seq=self._seq, stream=int(line.stream), text=line.text, time=time)
-        )
+    def _messages(self, lines: list[OutputLine]) -> Iterator[Any]:
+        """``lines`` numbered, in messages of at most ``MAX_BATCH_*``. Lines read from one
+        chunk share their time, so its Timestamp is built once."""
+        message, add, count, chars = None, None, 0, 0
+        stamped, stamp = -1, Timestamp()
+        for stream, text, time_ns in lines:
+            if add is None:
+                message = self._response_type()
+                add = message.log_lines.lines.add
+            if time_ns != stamped:
+                stamped, stamp = time_ns, Timestamp(seconds=time_ns // NANOS, nanos=time_ns % NANOS)
+            self._seq += 1
+            add(seq=self._seq, stream=stream, text=text, time=stamp)
+            count += 1
+            chars += len(text)
+            if count >= MAX_BATCH_LINES or chars >= MAX_BATCH_CHARS:
+                yield message
+                message, add, count, chars = None, None, 0, 0
+        if message is not None:
+            yield message
 
     def result(self, error: str | None, state: EnvironmentState) -> Any:
         self.reported = error or ""

@@ -6,7 +6,7 @@ import os
 import signal
 import subprocess
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -64,6 +64,13 @@ class ApiProcess:
         request = users_pb2.CreateUserRequest(username=username, password="password-1", admin=admin)
         creator.call(creator.users.CreateUser, request)
         return self.login(username, "password-1")
+
+
+def watched_lines(events: Iterable[Any]) -> Iterator[common_pb2.LogLine]:
+    """The log lines of a WatchJob stream, one by one, out of their batches."""
+    for event in events:
+        if event.HasField("log_lines"):
+            yield from event.log_lines.lines
 
 
 def api_env(

@@ -5,20 +5,19 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
 from sqlalchemy import create_engine, select
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.dialects import sqlite
 from sqlalchemy.orm import Session
 
 from darb.v1 import common_pb2
 from services.api import payloads
 from services.api.db import Database, sqlite_engine
 from services.api.migrate import migrate
-from services.api.models import Job, JobStatus
+from services.api.models import Environment, EnvironmentStatus, Job, JobStatus
 from services.api.outcomes import Outcome, finish
 from services.api.repo import environments, jobs, users
 from tests.api.control_plane import ApiProcess
@@ -56,34 +55,45 @@ def _seed(session: Session) -> None:
         jobs.submit(session, environment, payloads.InstallPayload(["b"]))
 
 
+async def _silent(_unit: object, _job_id: str) -> None:
+    """No NOTIFY: nothing listens in this test."""
+
+
 def test_concurrent_claimers_take_each_job_once(sync_url: str) -> None:
-    # The same engines the service uses: BEGIN IMMEDIATE on SQLite, psycopg on PostgreSQL.
+    # The service's own path: each claimer has its own Database (so its own connections),
+    # as separate control planes would.
     engine = sqlite_engine(sync_url) if sync_url.startswith("sqlite") else create_engine(sync_url)
     with Session(engine) as session, session.begin():
         _seed(session)
 
-    def claim_all(worker: int) -> list[str]:
-        claimed = []
-        while True:
-            with Session(engine) as session, session.begin():
-                job = jobs.claim_next(session, f"w{worker}", timedelta(seconds=30))
-            if job is None:
-                return claimed
-            claimed.append(job.id)
+    async def claim_all(worker: int) -> list[str]:
+        database, claimed = Database(sync_url), []
+        try:
+            lease = timedelta(seconds=30)
+            while job := await jobs.claim_next(database, f"w{worker}", lease, _silent):
+                claimed.append(job.id)
+        finally:
+            await database.close()
+        return claimed
+
+    async def claimers() -> list[list[str]]:
+        return await asyncio.gather(*(claim_all(worker) for worker in range(CLAIMERS)))
 
     def round_of_claims() -> list[str]:
-        with ThreadPoolExecutor(CLAIMERS) as pool:
-            claimed = [job for batch in pool.map(claim_all, range(CLAIMERS)) for job in batch]
+        claimed = [job for batch in asyncio.run(claimers()) for job in batch]
         assert len(claimed) == len(set(claimed))
         return claimed
 
     first = round_of_claims()
     with Session(engine) as session:
         rows = session.scalars(select(Job).where(Job.id.in_(first))).all()
+        environment_rows = session.scalars(select(Environment)).all()
     # Only the head of each environment's queue ran: one job per environment.
     assert len(first) == ENVIRONMENTS
     assert len({row.environment_id for row in rows}) == ENVIRONMENTS
     assert all(row.type == "CREATE_ENVIRONMENT" for row in rows)
+    assert all(row.status == JobStatus.RUNNING and row.lease_expires_at for row in rows)
+    assert all(row.status == EnvironmentStatus.CREATING for row in environment_rows)
     for job_id in first:
         with Session(engine) as session, session.begin():
             finish(session, job_id, Outcome(JobStatus.COMPLETED), JobStatus.RUNNING)
@@ -93,8 +103,8 @@ def test_concurrent_claimers_take_each_job_once(sync_url: str) -> None:
 
 
 def test_claim_query_locks_on_postgresql_only() -> None:
-    pg = str(jobs.claim_query("postgresql").compile(dialect=postgresql.dialect()))
-    lite = str(jobs.claim_query("sqlite").compile(dialect=sqlite.dialect()))
+    pg = jobs.CLAIM.postgres_sql
+    lite = str(jobs.CLAIM.statement.compile(dialect=sqlite.dialect()))
     assert "FOR UPDATE OF jobs SKIP LOCKED" in pg
     assert "FOR UPDATE" not in lite
 

@@ -43,7 +43,7 @@ def test_postgres_restart_loses_nothing(
     """A fast shutdown of the database (every session ended) while one job runs and two
     are queued: health goes NOT_SERVING, the running job's lines and end are kept until
     the database is back, health returns to SERVING, and every job completes, including
-    one submitted after the restart."""
+    those submitted after the restart."""
     agent = agent_factory()
     api = api_factory(postgres.url(), executors=agent.addr, DARB_WORKER_CONCURRENCY="1")
     client = api.new_user()
@@ -60,6 +60,10 @@ def test_postgres_restart_loses_nothing(
     time.sleep(OUTAGE)  # the install goes on; its lines and its end wait for the database
     postgres.start()
     wait_until(lambda: health(api) == health_pb2.HealthCheckResponse.SERVING, SLACK, "SERVING")
+    # The direct psycopg path (GetEnvironment, creates) replaces its broken connections
+    # before use: the first calls after the restart succeed.
+    assert client.get_env(busy_env).id == busy_env
+    queued.append(client.create("after-restart", ["acme-tool"]).job)
 
     finished = client.wait(running.id, timeout=SLACK)
     assert finished.status == common_pb2.JOB_STATUS_COMPLETED, finished.error

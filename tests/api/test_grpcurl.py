@@ -72,7 +72,7 @@ def test_seed_flow_end_to_end_with_grpcurl(api):
     )[0]
     environment_id = created["environment"]["id"]
     watched = grpcurl(api, "darb.v1.JobService/WatchJob", {"id": created["job"]["id"]}, token)
-    lines = [m["line"] for m in watched if "line" in m]
+    lines = [line for m in watched if "logLines" in m for line in m["logLines"]["lines"]]
     assert [int(line["seq"]) for line in lines] == list(range(1, len(lines) + 1))
     assert watched[-1]["job"]["status"] == "JOB_STATUS_COMPLETED"
 

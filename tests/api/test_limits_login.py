@@ -93,6 +93,7 @@ def test_tokens_expire(api_factory: Callable[..., ApiProcess], fresh_db: str) ->
 
 def test_a_disabled_user_is_locked_out_at_once(api: ApiProcess) -> None:
     admin, user = api.admin(), api.new_user()
+    assert _me(user)().user.id == user.user.id  # the token is now cached
     assert _update(admin, user.user.id, disabled=True).disabled
     code, _ = _refusal(_me(user))
     assert code == UNAUTHENTICATED
@@ -104,6 +105,38 @@ def test_a_disabled_user_is_locked_out_at_once(api: ApiProcess) -> None:
     assert not _update(admin, user.user.id, disabled=False).disabled
     assert _refusal(_me(user))[0] == UNAUTHENTICATED
     assert api.login(user.user.username, PASSWORD).user.id == user.user.id
+
+
+def _refused_within(call: Callable[[], Any], seconds: float) -> grpc.StatusCode:
+    """The status of the first refusal of ``call`` within ``seconds``, polling."""
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            call()
+        except grpc.RpcError as error:
+            return error.code()
+        assert time.monotonic() < deadline, "still accepted"
+        time.sleep(0.02)
+
+
+def test_a_change_in_one_control_plane_reaches_the_others_token_cache(
+    api_factory: Callable[..., ApiProcess], fresh_db: str
+) -> None:
+    """Tokens are cached per process for 5 s; a change made through another process drops
+    them there within a NOTIFY's delay, far sooner."""
+    first, second = api_factory(fresh_db), api_factory(fresh_db)
+    admin = first.admin()
+    user = first.new_user(admin=True)
+    on_second = second.client()
+    on_second.token, on_second.user = user.token, user.user
+    listing = users_pb2.ListUsersRequest()
+    assert on_second.call(on_second.users.ListUsers, listing).users  # cached as an admin
+    _update(admin, user.user.id, admin=False)
+    listed = lambda: on_second.call(on_second.users.ListUsers, listing)  # noqa: E731
+    assert _refused_within(listed, 1.0) == grpc.StatusCode.PERMISSION_DENIED
+    assert _me(on_second)().user.id == user.user.id  # cached again, as a plain user
+    _update(admin, user.user.id, disabled=True)
+    assert _refused_within(_me(on_second), 1.0) == UNAUTHENTICATED
 
 
 def test_a_new_password_ends_the_old_sessions(api: ApiProcess) -> None:

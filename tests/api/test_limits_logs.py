@@ -12,7 +12,7 @@ from darb.v1 import common_pb2
 from services.api.logcap import LogCap, cut_line
 from services.api.repo.jobs import LineRow
 from shared.config import ApiLimits
-from tests.api.control_plane import ApiProcess
+from tests.api.control_plane import ApiProcess, watched_lines
 from tests.support.postgres import fresh_database
 
 NOW = datetime(2024, 1, 1, tzinfo=UTC)
@@ -74,10 +74,9 @@ def test_a_job_stores_and_serves_at_most_the_cap(capped_api: ApiProcess) -> None
     client = capped_api.new_user()
     created = client.create("capped", ["acme-core", "acme-utils"])
     seqs, texts = [], []
-    for event in client.watch(created.job.id):
-        if event.HasField("line"):
-            seqs.append(event.line.seq)
-            texts.append(event.line.text)
+    for line in watched_lines(client.watch(created.job.id)):
+        seqs.append(line.seq)
+        texts.append(line.text)
     job = client.get_job(created.job.id)
     assert job.status == common_pb2.JOB_STATUS_COMPLETED, job.error
     assert seqs == list(range(1, len(seqs) + 1)) and len(seqs) <= 10
@@ -86,5 +85,5 @@ def test_a_job_stores_and_serves_at_most_the_cap(capped_api: ApiProcess) -> None
     assert all(len(text.encode()) <= 80 for text in output)
     assert any("lines omitted (DARB_MAX_LOG_LINES_PER_JOB=10)" in text for text in texts)
     # A second watcher, reading only from the database, sees exactly the same lines.
-    again = [event.line.text for event in client.watch(created.job.id) if event.HasField("line")]
+    again = [line.text for line in watched_lines(client.watch(created.job.id))]
     assert again == texts

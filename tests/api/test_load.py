@@ -32,7 +32,7 @@ from darb.v1 import (
     jobs_pb2_grpc,
     users_pb2,
 )
-from tests.api.control_plane import TERMINAL, ApiProcess, Client
+from tests.api.control_plane import TERMINAL, ApiProcess, Client, watched_lines
 from tests.api.faults import rss_kib, stats, wait_until
 from tests.support.postgres import fresh_database
 
@@ -296,7 +296,7 @@ async def watch_events(
 def log_fault(events: list[jobs_pb2.WatchJobResponse]) -> str:
     """What is wrong with a stream watched from after_seq=0: the seqs must run 1, 2, 3...
     and the last event must be the terminal job. Empty when nothing is."""
-    seqs = [event.line.seq for event in events if event.HasField("line")]
+    seqs = [line.seq for line in watched_lines(events)]
     if seqs != list(range(1, len(seqs) + 1)):
         return f"seqs not contiguous from 1: {seqs[:20]}"
     if not events or not events[-1].HasField("job") or events[-1].job.status not in TERMINAL:
@@ -409,7 +409,7 @@ def stored_log_faults(api: ApiProcess, sample: list[tuple[str, str]]) -> list[st
         for token, job_id in sample:
             client = Client(channel, token=token)
             events = list(client.watch(job_id, timeout=CALL_TIMEOUT))
-            text = "\n".join(event.line.text for event in events if event.HasField("line"))
+            text = "\n".join(line.text for line in watched_lines(events))
             same = text == client.get_job(job_id).logs
             if fault := log_fault(events) or ("" if same else "differs from GetJob's logs"):
                 faults.append(f"stored log of {job_id}: {fault}")

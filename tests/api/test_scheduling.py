@@ -77,8 +77,8 @@ def _seqs(client: Client, job_id: str, after_seq: int = 0) -> tuple[list[int], l
     """Line seqs of a watch, and the job statuses it reported, in order."""
     seqs, statuses = [], []
     for event in client.watch(job_id, after_seq=after_seq):
-        if event.HasField("line"):
-            seqs.append(event.line.seq)
+        if event.HasField("log_lines"):
+            seqs += [line.seq for line in event.log_lines.lines]
         else:
             statuses.append(event.job.status)
     return seqs, statuses

@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 import time
 import uuid
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import grpc
 from rattler import PrefixRecord
@@ -35,6 +37,12 @@ class Outcome:
         return {package.name: package.version for package in self.result.packages}
 
 
+def stream_lines(stream: Iterable[Any]) -> Iterator[pb.LogLine]:
+    """The log lines of an operation stream, one by one, out of their batches."""
+    for message in stream:
+        yield from message.log_lines.lines
+
+
 def new_id() -> str:
     return str(uuid.uuid4())
 
@@ -47,9 +55,10 @@ def call(agent: AgentProcess, method: str, timeout: float = 120, **fields: objec
     lines: list[pb.LogLine] = []
     results: list[pb.OperationResult] = []
     for message in stream:
-        if message.WhichOneof("event") == "log_line":
+        if message.WhichOneof("event") == "log_lines":
             assert not results, "a log line came after the result"
-            lines.append(message.log_line)
+            assert message.log_lines.lines, "a batch of lines is never empty"
+            lines.extend(message.log_lines.lines)
         else:
             results.append(message.result)
     assert len(results) == 1, "every stream ends with exactly one result"

@@ -11,7 +11,14 @@ import grpc
 import pytest
 
 from darb.executor.v1 import executor_pb2 as pb
-from tests.executor.helpers import call, call_when_idle, create, prefix_versions, workspace_dir
+from tests.executor.helpers import (
+    call,
+    call_when_idle,
+    create,
+    prefix_versions,
+    stream_lines,
+    workspace_dir,
+)
 from tests.support.agent import start_agent
 
 PID_LINE = re.compile(r"started \(pid (\d+)\)")
@@ -45,8 +52,8 @@ def start_big_install(agent, environment_id):
     request = pb.InstallPackagesRequest(environment_id=environment_id, packages=["acme-big"])
     stream = agent.stub().InstallPackages(request, metadata=agent.metadata, timeout=120)
     pid, seen = None, []
-    for message in stream:
-        text = message.log_line.text
+    for line in stream_lines(stream):
+        text = line.text
         seen.append(text)
         if match := PID_LINE.search(text):
             pid = int(match.group(1))

@@ -20,7 +20,7 @@ import pytest
 
 from darb.executor.v1 import executor_pb2 as pb
 from services.executor.engines import SECRET_VARIABLES
-from tests.executor.helpers import call, create, new_id
+from tests.executor.helpers import call, create, new_id, stream_lines
 from tests.executor.test_agent_lifecycle import wait_until
 from tests.support.agent import start_agent
 
@@ -224,7 +224,7 @@ def test_a_cancelled_operation_says_so(agent_factory, cli_env):
     environment_id, _ = create(agent, "acme-core")
     request = pb.InstallPackagesRequest(environment_id=environment_id, packages=["acme-slow"])
     stream = agent.stub().InstallPackages(request, metadata=agent.metadata, timeout=120)
-    next(message for message in stream if "started (pid" in message.log_line.text)
+    next(line for line in stream_lines(stream) if "started (pid" in line.text)
     stream.cancel()
     assert wait_until(lambda: ended(agent.log_text(), environment_id, "install"), timeout=30)
     assert outcome_of(agent, environment_id, "install") == "cancelled"

@@ -22,7 +22,7 @@ import pytest
 from darb.executor.v1 import executor_pb2 as pb
 from services.executor.engines import BuiltinEngine, Operation, PixiCliEngine
 from services.executor.workspace import DataLayout
-from tests.executor.helpers import call, create, new_id, workspace_dir
+from tests.executor.helpers import call, create, new_id, stream_lines, workspace_dir
 from tests.executor.test_agent_lifecycle import PID_LINE, group_members, wait_until
 
 FAKE_PIXI = textwrap.dedent(
@@ -146,10 +146,10 @@ def test_cancel_kills_pixi_and_its_children_and_restores(agent_factory, fake_pix
     request = pb.InstallPackagesRequest(environment_id=environment_id, packages=["acme-slow"])
     stream = agent.stub().InstallPackages(request, metadata=agent.metadata, timeout=60)
     pid = None
-    for message in stream:
-        if match := PID_LINE.search(message.log_line.text):
+    for line in stream_lines(stream):
+        if match := PID_LINE.search(line.text):
             pid = int(match.group(1))
-        if message.log_line.text == "err 2":
+        if line.text == "err 2":
             break
     assert pid and wait_until(lambda: len(group_members(pid)) >= 2, 5), "pixi and its sleep"
     started = time.monotonic()

@@ -10,7 +10,9 @@ from sqlalchemy.orm import Session
 from darb.v1 import environments_pb2 as pb
 from darb.v1 import environments_pb2_grpc as pb_grpc
 from services.api import convert, paging, payloads
+from services.api.direct import UniqueViolation
 from services.api.errors import FailedPrecondition, InvalidArgument, ResourceExhausted
+from services.api.events import JOBS_CHANNEL, EventBus
 from services.api.ids import parse_id
 from services.api.models import Environment, EnvironmentStatus, Job, User
 from services.api.repo import environments, jobs, quotas
@@ -51,24 +53,29 @@ def _package_names(names: list[str]) -> list[str]:
     return validated
 
 
-def _create(
-    session: Session,
-    caller: User,
-    payload: payloads.CreatePayload,
-    executor: str,
-    limits: ApiLimits,
+async def _create(
+    state: AppState, caller: User, payload: payloads.CreatePayload, executor: str
 ) -> tuple[Environment, Job]:
-    quotas.lock_owner(session, caller.id)
-    quotas.check_environments(session, caller.id, limits.max_environments_per_user)
-    quotas.check_active_jobs(session, caller.id, limits.max_active_jobs_per_user)
-    environment = environments.create(
-        session, caller, payload.name, "pixi", payload.channels, executor
-    )
-    return environment, jobs.submit(session, environment, payload)
+    """The environment's row and its create job, in one transaction that also checks the
+    quotas (before the name's uniqueness) and wakes the dispatchers."""
+    environment = environments.new(caller.id, payload.name, "pixi", payload.channels, executor)
+    job = jobs.new(environment.id, caller.id, payload)
+    try:
+        async with state.db.unit() as unit:
+            await unit.execute(quotas.LOCK_OWNER, owner=caller.id)
+            counts = await unit.fetch_one(quotas.NEW_ENVIRONMENT_COUNTS, owner=caller.id)
+            quotas.refuse_new_environment(counts, state.settings.limits)
+            await unit.execute(environments.NEW.query, **environments.NEW.params(environment))
+            await unit.execute(jobs.NEW.query, **jobs.NEW.params(job))
+            await state.bus.notify_in_unit(unit, JOBS_CHANNEL)
+    except UniqueViolation as exc:
+        raise environments.already_exists(payload.name) from exc
+    return environment, job
 
 
 def _submit(
     session: Session,
+    bus: EventBus,
     caller: User,
     environment_id: str,
     payload: payloads.Payload,
@@ -92,7 +99,9 @@ def _submit(
     else:
         quotas.lock_owner(session, environment.owner_id)
         quotas.check_active_jobs(session, environment.owner_id, limits.max_active_jobs_per_user)
-    return jobs.submit(session, environment, payload)
+    job = jobs.submit(session, environment, payload)
+    bus.notify_in(session, JOBS_CHANNEL)
+    return job
 
 
 def _export(session: Session, caller: User, environment_id: str) -> Environment:
@@ -115,8 +124,9 @@ class EnvironmentService(pb_grpc.EnvironmentServiceServicer):
 
     async def _queue(self, caller: User, environment_id: str, payload: payloads.Payload) -> Job:
         limits = self.state.settings.limits
-        job = await self.state.db.run(_submit, caller, environment_id, payload, limits)
-        await self.state.bus.jobs_queued()
+        bus = self.state.bus
+        job = await self.state.db.run(_submit, bus, caller, environment_id, payload, limits)
+        bus.jobs_available.set()  # other processes heard the commit's NOTIFY
         return job
 
     @unary()
@@ -135,10 +145,8 @@ class EnvironmentService(pb_grpc.EnvironmentServiceServicer):
         specs = parse_specs(packages, settings.channels)
         payload = payloads.CreatePayload(name, channels, [spec.text for spec in specs])
         executor = random.choice(settings.executors)
-        environment, job = await self.state.db.run(
-            _create, caller, payload, executor, settings.limits
-        )
-        await self.state.bus.jobs_queued()
+        environment, job = await _create(self.state, caller, payload, executor)
+        self.state.bus.jobs_available.set()  # other processes heard the commit's NOTIFY
         return pb.CreateEnvironmentResponse(
             environment=convert.environment(environment), job=convert.job(job)
         )
@@ -148,7 +156,11 @@ class EnvironmentService(pb_grpc.EnvironmentServiceServicer):
         self, request: pb.GetEnvironmentRequest, caller: User
     ) -> pb.GetEnvironmentResponse:
         environment_id = parse_id(request.id, "id")
-        row = await self.state.db.run(environments.get_visible, caller, environment_id)
+        row = await self.state.db.fetch_one(
+            environments.VISIBLE, id=environment_id, owner=caller.id, admin=caller.is_admin
+        )
+        if row is None:
+            raise environments.not_found(environment_id)
         return pb.GetEnvironmentResponse(environment=convert.environment(row))
 
     @unary()
@@ -158,7 +170,7 @@ class EnvironmentService(pb_grpc.EnvironmentServiceServicer):
         size = paging.page_size(request.page_size)
         after = paging.decode(request.page_token, (str, str)) or ["", ""]
         key = (after[0], after[1])
-        rows = await self.state.db.run(environments.page, caller, key, size + 1)
+        rows = await self.state.db.read(environments.page, caller, key, size + 1)
         token = paging.encode([rows[size - 1].name, rows[size - 1].id]) if len(rows) > size else ""
         return pb.ListEnvironmentsResponse(
             environments=[convert.environment(row) for row in rows[:size]], next_page_token=token
@@ -199,7 +211,7 @@ class EnvironmentService(pb_grpc.EnvironmentServiceServicer):
         self, request: pb.ListPackagesRequest, caller: User
     ) -> pb.ListPackagesResponse:
         environment_id = parse_id(request.environment_id, "environment_id")
-        rows = await self.state.db.run(_packages, caller, environment_id)
+        rows = await self.state.db.read(_packages, caller, environment_id)
         return pb.ListPackagesResponse(packages=[convert.package(row) for row in rows])
 
     @unary()
@@ -207,5 +219,5 @@ class EnvironmentService(pb_grpc.EnvironmentServiceServicer):
         self, request: pb.ExportEnvironmentRequest, caller: User
     ) -> pb.ExportEnvironmentResponse:
         environment_id = parse_id(request.id, "id")
-        row = await self.state.db.run(_export, caller, environment_id)
+        row = await self.state.db.read(_export, caller, environment_id)
         return pb.ExportEnvironmentResponse(manifest=row.manifest, lockfile=row.lockfile)

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Iterator
 
 from sqlalchemy.orm import Session
 
@@ -17,9 +18,19 @@ from services.api.ids import parse_id
 from services.api.models import Job, JobStatus, User
 from services.api.outcomes import Outcome, finish
 from services.api.repo import environments, jobs
-from services.api.repo.jobs import LineRow
+from services.api.repo.jobs import LineBatch, LineRow
 from services.api.rpc import streaming, unary
 from services.api.state import AppState
+
+# A watcher reads at most this many lines from the table at a time, so joining a long
+# job late, or falling behind, costs bounded memory.
+PAGE_LINES = 5000
+# One WatchJob event carries at most this many lines and characters (with lines of at
+# most DARB_MAX_LOG_LINE_BYTES, well under gRPC's 4 MiB message limit).
+EVENT_LINES = 4096
+EVENT_CHARS = 512 * 1024
+# Events of this many recent batches are kept, so that all watchers of a job share one.
+CACHED_BATCHES = 32
 
 
 def _with_logs(session: Session, caller: User, job_id: str) -> tuple[Job, str]:
@@ -28,9 +39,22 @@ def _with_logs(session: Session, caller: User, job_id: str) -> tuple[Job, str]:
 
 
 def _snapshot(session: Session, job_id: str, after_seq: int) -> tuple[Job, list[LineRow]]:
-    """The job and its lines after ``after_seq``, read together: once the job is seen
-    terminal, every one of its lines is in the list (they are stored before it ends)."""
-    return jobs.get(session, job_id), jobs.lines_after(session, job_id, after_seq)
+    """The job and its next lines after ``after_seq``, read in that order: once the job
+    is seen terminal, every one of its lines is stored (they are stored before it ends),
+    so a page shorter than ``PAGE_LINES`` holds all that are left."""
+    return jobs.get(session, job_id), jobs.lines_after(session, job_id, after_seq, PAGE_LINES)
+
+
+def _chunks(rows: list[LineRow]) -> Iterator[list[LineRow]]:
+    """``rows`` in runs of at most ``EVENT_LINES`` lines and ``EVENT_CHARS`` characters."""
+    start, chars = 0, 0
+    for index, row in enumerate(rows):
+        chars += len(row.text)
+        if index - start >= EVENT_LINES or (chars > EVENT_CHARS and index > start):
+            yield rows[start:index]
+            start, chars = index, len(row.text)
+    if start < len(rows):
+        yield rows[start:] if start else rows
 
 
 def _list(
@@ -48,6 +72,24 @@ def _flag_cancel(session: Session, caller: User, job_id: str) -> None:
 class JobService(pb_grpc.JobServiceServicer):
     def __init__(self, state: AppState) -> None:
         self.state = state
+        self._events: OrderedDict[tuple[str, int, int], list[pb.WatchJobResponse]] = OrderedDict()
+
+    def _line_events(self, job_id: str, rows: list[LineRow]) -> list[pb.WatchJobResponse]:
+        """The events for consecutive lines, built once for every watcher that sends the
+        same lines (a line's content never changes once it has its seq)."""
+        key = (job_id, rows[0].seq, rows[-1].seq)
+        events = self._events.get(key)
+        if events is None:
+            if isinstance(rows, LineBatch) and rows.wire is not None:  # the agent's bytes
+                event = pb.WatchJobResponse()
+                event.log_lines.MergeFromString(rows.wire.SerializeToString())
+                events = [event]
+            else:
+                events = [convert.watch_lines(chunk) for chunk in _chunks(rows)]
+            self._events[key] = events
+            if len(self._events) > CACHED_BATCHES:
+                self._events.popitem(last=False)
+        return events
 
     @unary()
     async def GetJob(self, request: pb.GetJobRequest, caller: User) -> pb.GetJobResponse:
@@ -72,40 +114,64 @@ class JobService(pb_grpc.JobServiceServicer):
     async def WatchJob(
         self, request: pb.WatchJobRequest, caller: User
     ) -> AsyncIterator[pb.WatchJobResponse]:
+        """Lines come from memory as the dispatcher publishes them (before they are
+        stored) and from the table for what the watcher missed: lines published before
+        it subscribed, or while it was too far behind. Batches are sent only when they
+        continue the last seq sent, so every line goes out once and in order."""
         if request.after_seq < 0:
             raise InvalidArgument("after_seq must not be negative")
         job_id = parse_id(request.id, "id")
-        db = self.state.db
+        db, poll = self.state.db, self.state.settings.poll_interval
         await db.run(jobs.get_visible, caller, job_id)
-        # Subscribe before the first read: whatever is stored after it is also announced.
+        # Subscribe before the first read: whatever is published after it is also announced.
         with self.state.bus.watch(job_id) as subscription:
             job, lines = await db.run(_snapshot, job_id, request.after_seq)
+            read_all = len(lines) < PAGE_LINES
             status = job.status
             last_seq = request.after_seq
             yield pb.WatchJobResponse(job=convert.job(job))
+            batches, sent = [lines], False
             while True:
-                sent_lines = False
-                for line in lines:
-                    if line.seq == last_seq + 1:
-                        last_seq, sent_lines = line.seq, True
-                        yield pb.WatchJobResponse(line=convert.line(line))
+                held: list[list[LineRow]] = []  # batches past a gap
+                for index, batch in enumerate(batches):
+                    if not batch or batch[-1].seq <= last_seq:
+                        continue
+                    start = last_seq + 1 - batch[0].seq
+                    if start < 0:
+                        held = batches[index:]
+                        break
+                    for event in self._line_events(job_id, batch[start:] if start else batch):
+                        yield event
+                    last_seq, sent = batch[-1].seq, True
+                # The terminal status goes last: only once every line has been read.
                 terminal = JobStatus(job.status).terminal
-                if job.status != status or (terminal and sent_lines):
-                    status = job.status  # the terminal status is always the last message
+                ended = terminal and read_all
+                if (ended and (sent or job.status != status)) or (
+                    not terminal and job.status != status
+                ):
+                    status, sent = job.status, False
                     yield pb.WatchJobResponse(job=convert.job(job))
-                if terminal:
+                if ended:
                     return
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(
-                        subscription.ready.wait(), self.state.settings.poll_interval
-                    )
-                batches, stale = subscription.take()
-                lines = [line for batch in batches for line in batch if line.seq > last_seq]
-                contiguous = all(
-                    line.seq == last_seq + offset for offset, line in enumerate(lines, 1)
-                )
-                if stale or not batches or not contiguous:
+                if held and read_all:  # missed lines: wait until they can be read
+                    subscription.gap_at = last_seq + 1
+                    if subscription.stored <= last_seq:
+                        subscription.stored_ready.clear()
+                        with contextlib.suppress(TimeoutError):
+                            await asyncio.wait_for(subscription.stored_ready.wait(), poll)
+                    subscription.gap_at = 0
+                    taken, stale = [], True
+                elif read_all:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(subscription.ready.wait(), poll)
+                    taken, stale = subscription.take()
+                else:  # the last read filled a page: read on
+                    taken, stale = [], True
+                batches = held + taken
+                if stale or not batches:
                     job, lines = await db.run(_snapshot, job_id, last_seq)
+                    read_all = len(lines) < PAGE_LINES
+                    batches.insert(0, lines)
 
     @unary()
     async def CancelJob(self, request: pb.CancelJobRequest, caller: User) -> pb.CancelJobResponse:

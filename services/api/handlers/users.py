@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from sqlalchemy.orm import Session
 
 from darb.v1 import users_pb2 as pb
 from darb.v1 import users_pb2_grpc as pb_grpc
 from services.api import convert, paging
 from services.api.errors import FailedPrecondition, InvalidArgument, PermissionDenied
+from services.api.events import USER_CHANGED_CHANNEL
 from services.api.ids import parse_id
 from services.api.models import User
 from services.api.passwords import hash_password
@@ -15,6 +20,7 @@ from services.api.repo import users
 from services.api.rpc import unary
 from services.api.state import AppState
 
+T = TypeVar("T")
 USERNAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 MIN_PASSWORD = 8
 
@@ -41,6 +47,21 @@ def _refuse_self_lockout(caller: User, user_id: str, demote: bool) -> None:
 class UserService(pb_grpc.UserServiceServicer):
     def __init__(self, state: AppState) -> None:
         self.state = state
+
+    async def _change(self, change: Callable[..., T], user_id: str, *args: Any) -> T:
+        """Runs ``change`` and drops the user's cached tokens: here once it committed, and
+        in other processes by a NOTIFY that the same commit sends."""
+        bus = self.state.bus
+
+        def change_and_announce(session: Session) -> T:
+            result = change(session, user_id, *args)
+            bus.notify_in(session, USER_CHANGED_CHANNEL, user_id)
+            return result
+
+        try:
+            return await self.state.db.run(change_and_announce)
+        finally:
+            self.state.tokens.forget_user(user_id)
 
     @unary()
     async def GetCurrentUser(
@@ -84,7 +105,7 @@ class UserService(pb_grpc.UserServiceServicer):
         password_hash = None
         if request.HasField("password"):
             password_hash = await hash_password(_check_password(request.password))
-        user = await self.state.db.run(users.update, user_id, password_hash, admin, disabled)
+        user = await self._change(users.update, user_id, password_hash, admin, disabled)
         return pb.UpdateUserResponse(user=convert.user(user))
 
     @unary()
@@ -94,5 +115,5 @@ class UserService(pb_grpc.UserServiceServicer):
         _require_admin(caller)
         user_id = parse_id(request.id, "id")
         _refuse_self_lockout(caller, user_id, demote=True)
-        await self.state.db.run(users.delete_user, user_id)
+        await self._change(users.delete_user, user_id)
         return pb.DeleteUserResponse()

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
-from sqlalchemy import delete, select
+from sqlalchemy import Boolean, ColumnElement, and_, bindparam, delete, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from services.api.direct import Query
 from services.api.errors import AlreadyExists, NotFound
 from services.api.ids import new_id
 from services.api.models import Environment, EnvironmentStatus, InstalledPackage, User, utcnow
+from services.api.repo.rows import NewRow
 
 
 @dataclass(frozen=True)
@@ -21,35 +24,62 @@ class PackageRow:
     channel: str
 
 
+def _visible(environment_id: Any, owner_id: Any, admin: Any) -> ColumnElement[bool]:
+    """A live environment the caller owns (or any, for admins)."""
+    return and_(
+        Environment.id == environment_id,
+        Environment.deleted_at.is_(None),
+        or_(admin, Environment.owner_id == owner_id),
+    )
+
+
+# What convert.environment reads: not the manifest and lock, which can be large.
+SUMMARY_COLUMNS = (
+    *("id", "owner_id", "name", "package_manager", "channels"),
+    *("status", "error", "created_at", "updated_at"),
+)
+# For the direct path (see services/api/direct.py); parameters: id, owner, admin.
+VISIBLE = Query(
+    select(*(Environment.__table__.c[name] for name in SUMMARY_COLUMNS)).where(
+        _visible(bindparam("id"), bindparam("owner"), bindparam("admin", type_=Boolean))
+    )
+)
+
+
+def not_found(environment_id: str) -> NotFound:
+    return NotFound(f"environment {environment_id} not found")
+
+
 def get_visible(
     session: Session, caller: User, environment_id: str, for_update: bool = False
 ) -> Environment:
     """A live environment the caller owns (or any, for admins); NotFound otherwise."""
-    query = select(Environment).where(
-        Environment.id == environment_id, Environment.deleted_at.is_(None)
-    )
-    if not caller.is_admin:
-        query = query.where(Environment.owner_id == caller.id)
+    query = select(Environment).where(_visible(environment_id, caller.id, caller.is_admin))
     if for_update:
         query = query.with_for_update()
     environment = session.scalars(query).one_or_none()
     if environment is None:
-        raise NotFound(f"environment {environment_id} not found")
+        raise not_found(environment_id)
     return environment
 
 
-def create(
-    session: Session,
-    owner: User,
-    name: str,
-    package_manager: str,
-    channels: list[str],
-    executor: str,
+NEW = NewRow(
+    Environment,
+    (
+        *("id", "owner_id", "name", "package_manager", "channels", "executor", "status"),
+        *("error", "manifest", "lockfile", "created_at", "updated_at"),
+    ),
+)
+
+
+def new(
+    owner_id: str, name: str, package_manager: str, channels: list[str], executor: str
 ) -> Environment:
+    """A PENDING environment not yet stored (``NEW`` inserts it)."""
     now = utcnow()
-    environment = Environment(
+    return Environment(
         id=new_id(),
-        owner_id=owner.id,
+        owner_id=owner_id,
         name=name,
         package_manager=package_manager,
         channels=channels,
@@ -61,11 +91,25 @@ def create(
         created_at=now,
         updated_at=now,
     )
-    try:
-        with session.begin_nested():
-            session.add(environment)
+
+
+def already_exists(name: str) -> AlreadyExists:
+    return AlreadyExists(f"you already have an environment named {name!r}")
+
+
+def create(
+    session: Session,
+    owner: User,
+    name: str,
+    package_manager: str,
+    channels: list[str],
+    executor: str,
+) -> Environment:
+    environment = new(owner.id, name, package_manager, channels, executor)
+    try:  # no savepoint: the caller's transaction ends with the error anyway
+        NEW.insert(session, environment)
     except IntegrityError as exc:
-        raise AlreadyExists(f"you already have an environment named {name!r}") from exc
+        raise already_exists(name) from exc
     return environment
 
 

@@ -2,29 +2,39 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any, NamedTuple
 
-from sqlalchemy import Select, exists, select, update
+import psycopg
+from sqlalchemy import ScalarSelect, bindparam, case, exists, insert, select, update
 from sqlalchemy.orm import Session, aliased
+from sqlalchemy.util import await_only
 
 from services.api import payloads
+from services.api.direct import Query
 from services.api.errors import FailedPrecondition, NotFound
 from services.api.ids import new_id
 from services.api.models import (
-    ACTIVE_JOB_STATUSES,
     Environment,
     EnvironmentStatus,
     Job,
     JobLogLine,
     JobStatus,
     User,
+    is_active,
     utcnow,
 )
+from services.api.repo.rows import NewRow
+
+if TYPE_CHECKING:
+    from services.api.db import Database, Unit
 
 
-@dataclass(frozen=True)
-class LineRow:
+class LineRow(NamedTuple):
+    """One stored log line; a tuple because a flood makes hundreds of thousands."""
+
     seq: int
     stream: str
     time: datetime
@@ -43,11 +53,21 @@ class ClaimedJob:
     payload: payloads.Payload
 
 
-def submit(session: Session, environment: Environment, payload: payloads.Payload) -> Job:
-    job = Job(
+NEW = NewRow(
+    Job,
+    (
+        *("id", "environment_id", "owner_id", "type", "status", "payload", "error"),
+        *("cancel_requested", "created_at"),
+    ),
+)
+
+
+def new(environment_id: str, owner_id: str, payload: payloads.Payload) -> Job:
+    """A PENDING job not yet stored (``NEW`` inserts it)."""
+    return Job(
         id=new_id(),
-        environment_id=environment.id,
-        owner_id=environment.owner_id,
+        environment_id=environment_id,
+        owner_id=owner_id,
         type=payloads.job_type_of(payload),
         status=JobStatus.PENDING,
         payload=payloads.dump(payload),
@@ -55,56 +75,87 @@ def submit(session: Session, environment: Environment, payload: payloads.Payload
         cancel_requested=False,
         created_at=utcnow(),
     )
-    session.add(job)
-    session.flush()
+
+
+def submit(session: Session, environment: Environment, payload: payloads.Payload) -> Job:
+    job = new(environment.id, environment.owner_id, payload)
+    NEW.insert(session, job)
     return job
 
 
-def lock_for_claim(query: Select[tuple[Job]], dialect: str) -> Select[tuple[Job]]:
-    """The one place where the claim differs by database.
+def _claimable() -> ScalarSelect[int]:
+    """The seq of the oldest pending job that is first in its environment's queue.
 
     PostgreSQL: concurrent dispatchers skip rows another one has locked. SQLite has no
-    row locks; every transaction there starts with ``BEGIN IMMEDIATE`` (see db.py), which
-    holds the database's single write lock from the claim's read to its commit.
+    row locks (its compiler leaves FOR UPDATE out); every transaction there starts with
+    ``BEGIN IMMEDIATE`` (see db.py), which holds the database's single write lock from the
+    claim to its commit.
     """
-    if dialect == "postgresql":
-        return query.with_for_update(skip_locked=True, of=Job)
-    return query
-
-
-def claim_query(dialect: str) -> Select[tuple[Job]]:
-    """The oldest pending job that is first in its environment's queue."""
     earlier = aliased(Job)
     blocked = exists().where(
         earlier.environment_id == Job.environment_id,
         earlier.seq < Job.seq,
-        earlier.status.in_(ACTIVE_JOB_STATUSES),
+        is_active(earlier.status),
     )
-    query = select(Job).where(Job.status == JobStatus.PENDING, ~blocked)
-    return lock_for_claim(query.order_by(Job.seq).limit(1), dialect)
+    query = select(Job.seq).where(Job.status == JobStatus.PENDING, ~blocked)
+    query = query.order_by(Job.seq).limit(1).with_for_update(skip_locked=True, of=Job)
+    return query.scalar_subquery()
 
 
-def claim_next(session: Session, worker_id: str, lease: timedelta) -> ClaimedJob | None:
-    job = session.scalars(claim_query(session.get_bind().dialect.name)).first()
-    if job is None:
-        return None
+# For a unit of work (see Database.unit); parameters: worker, now, lease_until.
+CLAIM = Query(
+    update(Job)
+    .where(Job.seq == _claimable())
+    .values(
+        status=JobStatus.RUNNING,
+        claimed_by=bindparam("worker"),
+        started_at=bindparam("now"),
+        lease_expires_at=bindparam("lease_until"),
+    )
+    .returning(Job.id, Job.type, Job.payload, Job.environment_id)
+)
+# Parameters: environment_id, now. A PENDING environment's first job is its create.
+START_ENVIRONMENT = Query(
+    update(Environment)
+    .where(Environment.id == bindparam("environment_id"))
+    .values(
+        status=case(
+            (Environment.status == EnvironmentStatus.PENDING, EnvironmentStatus.CREATING),
+            else_=Environment.status,
+        ),
+        updated_at=case(
+            (Environment.status == EnvironmentStatus.PENDING, bindparam("now")),
+            else_=Environment.updated_at,
+        ),
+    )
+    .returning(Environment.name, Environment.executor)
+)
+
+
+async def claim_next(
+    database: Database,
+    worker_id: str,
+    lease: timedelta,
+    announce: Callable[[Unit, str], Awaitable[None]],
+) -> ClaimedJob | None:
+    """Marks the next claimable job RUNNING under ``worker_id``'s lease, in one
+    transaction of two statements (see ``CLAIM``) and ``announce(unit, job_id)``."""
     now = utcnow()
-    job.status = JobStatus.RUNNING
-    job.claimed_by = worker_id
-    job.started_at = now
-    job.lease_expires_at = now + lease
-    environment = session.get_one(Environment, job.environment_id, with_for_update=True)
-    payload = payloads.load(job.type, job.payload)
-    if environment.status == EnvironmentStatus.PENDING:
-        environment.status = EnvironmentStatus.CREATING
-        environment.updated_at = now
+    async with database.unit() as unit:
+        job = await unit.fetch_one(CLAIM, worker=worker_id, now=now, lease_until=now + lease)
+        if job is None:
+            return None
+        environment = await unit.fetch_one(
+            START_ENVIRONMENT, environment_id=job.environment_id, now=now
+        )
+        await announce(unit, job.id)
     return ClaimedJob(
         id=job.id,
         type=job.type,
-        environment_id=environment.id,
+        environment_id=job.environment_id,
         environment_name=environment.name,
         executor=environment.executor,
-        payload=payload,
+        payload=payloads.load(job.type, job.payload),
     )
 
 
@@ -162,21 +213,77 @@ def expired(session: Session, now: datetime) -> list[str]:
     return list(session.scalars(query))
 
 
+class LineBatch(list[LineRow]):
+    """Consecutive lines as the dispatcher publishes them to watchers. ``wire``, when
+    set, is a protobuf message that serializes to exactly these lines as a ``LogLines``
+    (the agent's own message: same seqs, streams, texts and times), so a WatchJob event
+    is made by re-reading its bytes instead of building it line by line."""
+
+    __slots__ = ("wire",)
+
+    def __init__(self, rows: list[LineRow], wire: Any = None) -> None:
+        super().__init__(rows)
+        self.wire = wire
+
+
+# COPY's text format: these characters of a value are written as escapes.
+_COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
+_COPY_LINES = "COPY job_log_lines (job_id, seq, stream, time, text) FROM STDIN"
+
+
 def append_lines(session: Session, job_id: str, lines: list[LineRow]) -> None:
-    session.add_all(
-        JobLogLine(job_id=job_id, seq=line.seq, stream=line.stream, time=line.time, text=line.text)
-        for line in lines
-    )
+    """Stores consecutive lines in one statement: COPY on PostgreSQL, executemany on
+    SQLite. Never one ORM object per line: a job may print 100,000 lines a second."""
+    if not lines:
+        return
+    connection = session.connection()
+    if connection.dialect.name != "postgresql":
+        columns = ("seq", "stream", "time", "text")
+        rows = [dict(zip(columns, line, strict=True), job_id=job_id) for line in lines]
+        connection.execute(insert(JobLogLine), rows)
+        return
+    raw = connection.connection.driver_connection
+    data = _copy_data(job_id, lines)
+    if isinstance(raw, psycopg.AsyncConnection):  # the service's engine
+        await_only(_copy_lines(raw, data))
+        return
+    with raw.cursor() as cursor, cursor.copy(_COPY_LINES) as copy:  # a synchronous engine
+        copy.write(data)
 
 
-def lines_after(session: Session, job_id: str, after_seq: int) -> list[LineRow]:
+def _copy_data(job_id: str, lines: list[LineRow]) -> bytes:
+    """The lines in COPY's text format. Lines read together share their time, so its
+    text is made once per time, not once per line."""
+    texts = [line.text for line in lines]
+    joined = "".join(texts)
+    if any(char in joined for char in "\\\t\n\r"):
+        texts = [text.translate(_COPY_ESCAPES) for text in texts]
+    out, stamped, stamp = [], None, ""
+    for line, text in zip(lines, texts, strict=True):
+        if line.time != stamped:
+            stamped, stamp = line.time, line.time.isoformat()
+        out.append(f"{job_id}\t{line.seq}\t{line.stream}\t{stamp}\t{text}\n")
+    return "".join(out).encode("utf-8", errors="replace")
+
+
+async def _copy_lines(connection: Any, data: bytes) -> None:
+    async with connection.cursor() as cursor, cursor.copy(_COPY_LINES) as copy:
+        await copy.write(data)
+
+
+def lines_after(
+    session: Session, job_id: str, after_seq: int, limit: int | None = None
+) -> list[LineRow]:
+    """Lines with seq > ``after_seq`` in order, at most ``limit`` of them."""
     query = (
-        select(JobLogLine)
+        select(JobLogLine.seq, JobLogLine.stream, JobLogLine.time, JobLogLine.text)
         .where(JobLogLine.job_id == job_id, JobLogLine.seq > after_seq)
         .order_by(JobLogLine.seq)
+        .limit(limit)
     )
-    return [LineRow(row.seq, row.stream, row.time, row.text) for row in session.scalars(query)]
+    return [LineRow(*row) for row in session.execute(query)]
 
 
 def log_text(session: Session, job_id: str) -> str:
-    return "\n".join(line.text for line in lines_after(session, job_id, 0))
+    query = select(JobLogLine.text).where(JobLogLine.job_id == job_id).order_by(JobLogLine.seq)
+    return "\n".join(session.scalars(query))

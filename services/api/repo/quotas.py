@@ -6,24 +6,61 @@ that only one of them fits (SQLite needs no lock: its transactions are serialize
 
 from __future__ import annotations
 
-from sqlalchemy import func, select
+from typing import Any
+
+from sqlalchemy import ScalarSelect, Select, bindparam, func, select
 from sqlalchemy.orm import Session
 
+from services.api.direct import Query
 from services.api.errors import ResourceExhausted
-from services.api.models import ACTIVE_JOB_STATUSES, Environment, Job, User
+from services.api.models import Environment, Job, User, is_active
+from shared.config import ApiLimits
+
+
+def _lock_owner(owner_id: Any) -> Select[tuple[str]]:
+    # FOR NO KEY UPDATE: logins of the owner (inserting tokens that point at it) go on.
+    return select(User.id).where(User.id == owner_id).with_for_update(key_share=True)
+
+
+def _active_jobs(owner_id: Any) -> ScalarSelect[int]:
+    query = select(func.count()).where(Job.owner_id == owner_id, is_active(Job.status))
+    return query.scalar_subquery()
+
+
+def _live_environments(owner_id: Any) -> ScalarSelect[int]:
+    query = select(func.count()).where(
+        Environment.owner_id == owner_id, Environment.deleted_at.is_(None)
+    )
+    return query.scalar_subquery()
+
+
+# For a unit of work (see Database.unit); parameter: owner. Lock first, then count.
+LOCK_OWNER = Query(_lock_owner(bindparam("owner")))
+NEW_ENVIRONMENT_COUNTS = Query(
+    select(
+        _live_environments(bindparam("owner")).label("environments"),
+        _active_jobs(bindparam("owner")).label("active_jobs"),
+    )
+)
 
 
 def lock_owner(session: Session, owner_id: str) -> None:
-    # NO KEY UPDATE: logins of the owner (which insert tokens pointing at the row) go on.
-    session.get(User, owner_id, with_for_update={"key_share": True}, populate_existing=True)
+    session.execute(_lock_owner(owner_id))
+
+
+def refuse_new_environment(counts: Any, limits: ApiLimits) -> None:
+    """Raises unless a new environment and its create job fit the owner's quotas;
+    ``counts`` is the row of ``NEW_ENVIRONMENT_COUNTS``."""
+    _refuse_environment(counts.environments, limits.max_environments_per_user)
+    _refuse_job(counts.active_jobs, limits.max_active_jobs_per_user)
 
 
 def check_active_jobs(session: Session, owner_id: str, limit: int) -> None:
     """Refuses a new job when the owner already has ``limit`` pending or running ones."""
-    query = select(func.count()).where(
-        Job.owner_id == owner_id, Job.status.in_(ACTIVE_JOB_STATUSES)
-    )
-    active = session.scalar(query) or 0
+    _refuse_job(session.scalar(select(_active_jobs(owner_id))) or 0, limit)
+
+
+def _refuse_job(active: int, limit: int) -> None:
     if active >= limit:
         raise ResourceExhausted(
             f"you have {active} pending or running jobs, the limit "
@@ -31,12 +68,7 @@ def check_active_jobs(session: Session, owner_id: str, limit: int) -> None:
         )
 
 
-def check_environments(session: Session, owner_id: str, limit: int) -> None:
-    """Refuses a new environment when the owner already has ``limit`` live ones."""
-    query = select(func.count()).where(
-        Environment.owner_id == owner_id, Environment.deleted_at.is_(None)
-    )
-    live = session.scalar(query) or 0
+def _refuse_environment(live: int, limit: int) -> None:
     if live >= limit:
         raise ResourceExhausted(
             f"you have {live} environments, the limit (DARB_MAX_ENVIRONMENTS_PER_USER) "

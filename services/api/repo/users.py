@@ -3,7 +3,6 @@ every request looks its token up together with the user."""
 
 from __future__ import annotations
 
-import hashlib
 import secrets
 import uuid
 from datetime import datetime, timedelta
@@ -14,10 +13,7 @@ from sqlalchemy.orm import Session
 
 from services.api.errors import AlreadyExists, FailedPrecondition, NotFound
 from services.api.models import ApiToken, Environment, Job, User, utcnow
-
-
-def _token_hash(token: str) -> str:
-    return hashlib.sha256(token.encode()).hexdigest()
+from services.api.tokens import token_hash
 
 
 def by_username(session: Session, username: str) -> User | None:
@@ -62,24 +58,26 @@ def issue_token(session: Session, user_id: str, ttl: timedelta) -> tuple[str, da
     expires_at = now + ttl
     session.add(
         ApiToken(
-            token_hash=_token_hash(token), user_id=user_id, created_at=now, expires_at=expires_at
+            token_hash=token_hash(token), user_id=user_id, created_at=now, expires_at=expires_at
         )
     )
     session.execute(delete(ApiToken).where(ApiToken.expires_at < now))
     return token, expires_at
 
 
-def user_for_token(session: Session, token: str) -> User | None:
+def token_owner(session: Session, hashed_token: str) -> tuple[User, datetime] | None:
+    """The enabled user a live token belongs to, and when the token expires."""
     query = (
-        select(User)
+        select(User, ApiToken.expires_at)
         .join(ApiToken, ApiToken.user_id == User.id)
         .where(
-            ApiToken.token_hash == _token_hash(token),
+            ApiToken.token_hash == hashed_token,
             ApiToken.expires_at > utcnow(),
             User.disabled.is_(False),
         )
     )
-    return session.scalars(query).one_or_none()
+    row = session.execute(query).one_or_none()
+    return None if row is None else (row[0], row[1])
 
 
 def get(session: Session, user_id: str, for_update: bool = False) -> User:

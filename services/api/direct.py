@@ -1,0 +1,146 @@
+"""The hottest RPCs' SQL on PostgreSQL straight through psycopg.
+
+SQLAlchemy's asyncio session costs about a millisecond of CPU per statement here,
+several times the query itself: a GetEnvironment was mostly that, and a create (six
+statements) several milliseconds. The statements stay SQLAlchemy Core, compiled once
+for PostgreSQL, so each is written once; on SQLite ``Database`` runs them through a
+session as usual. A ``PgUnit`` sends its statements in psycopg's pipeline mode: they
+travel together and only a read that is needed before going on waits for the server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator
+from functools import cached_property
+from typing import Any
+
+import psycopg
+import psycopg.errors
+from psycopg.rows import namedtuple_row
+from psycopg.types.json import Json
+from sqlalchemy import JSON, Compiled, Executable
+from sqlalchemy.dialects.postgresql.psycopg import PGDialectAsync_psycopg
+
+# A connection idle for longer is pinged before use, as the SQLAlchemy pool's are.
+PING_AFTER_IDLE = 1.0
+_DIALECT = PGDialectAsync_psycopg()
+
+
+class UniqueViolation(Exception):
+    """A unit's INSERT hit a unique constraint (the transaction was rolled back)."""
+
+
+class Query:
+    """A Core statement with named ``bindparam``s, run without the ORM."""
+
+    def __init__(self, statement: Executable) -> None:
+        self.statement = statement
+
+    @cached_property
+    def _compiled(self) -> Compiled:
+        return self.statement.compile(dialect=_DIALECT)
+
+    @cached_property
+    def postgres_sql(self) -> str:
+        if "POSTCOMPILE" in str(self._compiled):
+            raise ValueError("expanding parameters (IN over a list) are not supported here")
+        return str(self._compiled)
+
+    @cached_property
+    def _json_params(self) -> frozenset[str]:
+        binds = self._compiled.binds.items()  # type: ignore[attr-defined]
+        return frozenset(name for name, bind in binds if isinstance(bind.type, JSON))
+
+    @cached_property
+    def _own_params(self) -> dict[str, Any]:
+        """Values written into the statement itself (``Job.status == "PENDING"``)."""
+        return {name: value for name, value in self._compiled.params.items() if value is not None}
+
+    def postgres_params(self, params: dict[str, Any]) -> dict[str, Any]:
+        """``params`` as psycopg takes them: with the statement's own values, and JSON
+        columns' values wrapped (SQLAlchemy's bind processing, which would do that, is
+        skipped)."""
+        merged = {**self._own_params, **params} if self._own_params else params
+        if not self._json_params:
+            return merged
+        return {
+            name: Json(value) if name in self._json_params else value
+            for name, value in merged.items()
+        }
+
+
+class PgUnit:
+    """Statements of one transaction on one connection, pipelined."""
+
+    def __init__(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        self._conn = conn
+
+    async def execute(self, query: Query, **params: Any) -> None:
+        await self._conn.execute(query.postgres_sql, query.postgres_params(params))
+
+    async def fetch_one(self, query: Query, **params: Any) -> Any:
+        cursor = await self._conn.execute(query.postgres_sql, query.postgres_params(params))
+        return await cursor.fetchone()
+
+
+class DirectPool:
+    """Up to ``size`` autocommit connections; reads wait for a free one."""
+
+    def __init__(self, conninfo: str, size: int, connect_timeout: int) -> None:
+        self._conninfo = conninfo
+        self._connect_timeout = connect_timeout
+        self._slots = asyncio.Semaphore(size)
+        self._idle: list[tuple[psycopg.AsyncConnection[Any], float]] = []
+
+    async def fetch_one(self, query: Query, params: dict[str, Any]) -> Any:
+        """The first row (a named tuple) or None."""
+        async with self._connection() as conn:
+            cursor = await conn.execute(query.postgres_sql, query.postgres_params(params))
+            return await cursor.fetchone()
+
+    @contextlib.asynccontextmanager
+    async def unit(self) -> AsyncIterator[PgUnit]:
+        """A transaction, committed when the block ends without an exception."""
+        async with self._connection() as conn:
+            try:
+                async with conn.pipeline(), conn.transaction():
+                    yield PgUnit(conn)
+            except psycopg.errors.UniqueViolation as exc:
+                raise UniqueViolation(str(exc)) from exc
+
+    @contextlib.asynccontextmanager
+    async def _connection(self) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
+        async with self._slots:
+            conn = await self._take()
+            try:
+                yield conn
+            finally:
+                if conn.broken or conn.closed:
+                    await conn.close()
+                else:
+                    self._idle.append((conn, time.monotonic()))
+
+    async def _take(self) -> psycopg.AsyncConnection[Any]:
+        while self._idle:
+            conn, idle_since = self._idle.pop()
+            if time.monotonic() - idle_since < PING_AFTER_IDLE:
+                return conn
+            try:
+                await conn.execute("SELECT 1")
+                return conn
+            except psycopg.Error:  # broken by a database restart: use another one
+                await conn.close()
+        return await psycopg.AsyncConnection.connect(
+            self._conninfo,
+            autocommit=True,
+            row_factory=namedtuple_row,
+            connect_timeout=self._connect_timeout,
+        )
+
+    async def close(self) -> None:
+        idle, self._idle = self._idle, []
+        for conn, _ in idle:
+            await conn.close()

@@ -1,0 +1,65 @@
+"""Log lines are stored in one statement per batch (COPY on PostgreSQL, executemany on
+SQLite) and read back exactly, page by page, whatever characters they hold."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from sqlalchemy.orm import Session
+
+from services.api import payloads
+from services.api.db import Database
+from services.api.migrate import migrate
+from services.api.repo import environments, jobs, users
+from services.api.repo.jobs import LineRow
+from tests.support.postgres import fresh_database
+
+AWKWARD = ["tab\there", "back\\slash \\N", "cr\rinside", "new\nline", "ünïcode 🙂", "", "\\."]
+
+
+@pytest.fixture(params=["postgresql", "sqlite"])
+def url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'lines.db'}"
+        return
+    with fresh_database() as database_url:
+        yield database_url
+
+
+def _job(session: Session) -> str:
+    owner = users.create(session, "owner", "x", admin=False)
+    environment = environments.create(session, owner, "env", "pixi", ["c"], "agent")
+    return jobs.submit(session, environment, payloads.CreatePayload("env", ["c"], ["a"])).id
+
+
+def test_lines_round_trip_in_batches_and_pages(url: str) -> None:
+    start = datetime(2024, 5, 6, 7, 8, 9, 123456, tzinfo=UTC)
+    rows = [
+        LineRow(
+            seq,
+            "stderr" if seq % 3 == 0 else "stdout",
+            start + timedelta(microseconds=seq // 100),  # lines read together share a time
+            AWKWARD[seq % len(AWKWARD)] + f" {seq}",
+        )
+        for seq in range(1, 2501)
+    ]
+
+    async def scenario() -> None:
+        database = Database(url)
+        try:
+            await migrate(database)
+            job_id = await database.run(_job)
+            await database.run(jobs.append_lines, job_id, rows[:1000])
+            await database.run(jobs.append_lines, job_id, rows[1000:])
+            assert await database.run(jobs.lines_after, job_id, 0) == rows
+            assert await database.run(jobs.lines_after, job_id, 1200, 100) == rows[1200:1300]
+            text = await database.run(jobs.log_text, job_id)
+            assert text == "\n".join(row.text for row in rows)
+        finally:
+            await database.close()
+
+    asyncio.run(scenario())
