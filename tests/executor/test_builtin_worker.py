@@ -18,6 +18,7 @@ import jsonschema
 import pytest
 import rattler
 
+from services.executor.builtin_worker import link_config
 from services.executor.workspace import Workspace
 from tests.support.channel import PREFIX_PLACEHOLDER
 from tests.support.kit import PIXI_SCHEMA as SCHEMA
@@ -340,3 +341,28 @@ def test_delete_renames_into_trash_then_removes(data: Data) -> None:
     assert "removing acme-core 2.0 h0_0" in outcome.stdout.splitlines()
     assert not data.workspace(environment_id).root.exists()
     assert list((data.root / "trash").iterdir()) == []
+
+
+def test_a_warm_create_installs_what_a_cold_one_did(data: Data) -> None:
+    """The second create finds every package in the cache and only links: same packages,
+    same files, regular files shared with the cache, prefix-patched ones its own."""
+    specs = ("acme-extras", "acme-tool")
+    cold, warm = (data.workspace(data.create(*specs)) for _ in range(2))
+    assert locked(warm) == locked(cold) == installed(warm.prefix) == installed(cold.prefix)
+    files = [
+        {str(p.relative_to(ws.prefix)) for p in ws.prefix.rglob("*") if p.is_file()}
+        for ws in (cold, warm)
+    ]
+    assert files[0] == files[1]
+    version = "share/acme-core/VERSION"
+    assert (warm.prefix / version).stat().st_ino == (cold.prefix / version).stat().st_ino
+    tool = (warm.prefix / "bin" / "acme-tool").read_text()
+    assert f"# installed in {warm.prefix}\n" in tool
+    assert sorted(p.name for p in warm.root.iterdir()) == [".pixi", "pixi.lock", "pixi.toml"]
+
+
+def test_link_config_vouches_for_symlinks_only_after_making_one(tmp_path: Path) -> None:
+    config = link_config(tmp_path)
+    assert config is not None and config.allow_symbolic_links is True
+    assert list(tmp_path.iterdir()) == [], "the probe is removed"
+    assert link_config(tmp_path / "missing") is None, "rattler is left to find out itself"
