@@ -54,6 +54,9 @@ run: proto
 demo: proto
 	$(PY) scripts/demo.py
 
-# Prints the benchmark table and writes it to docs/benchmarks.md.
+# Prints the benchmark table and writes it to docs/benchmarks.md. h2load (Debian's
+# nghttp2-client) generates the GetEnvironment load; without it a Python client does.
 bench: proto
+	command -v h2load >/dev/null || apt-get install -y -q nghttp2-client \
+		|| echo "h2load could not be installed: GetEnvironment uses the Python client"
 	$(PY) -m benchmarks

@@ -29,6 +29,8 @@ from tests.support.postgres import SERVER_URL
 
 STACKS = ("api", "builtin", "logs", "two-agents")
 DOC = Path(__file__).resolve().parents[1] / "docs" / "benchmarks.md"
+# Earlier runs, kept by hand; appended to DOC.
+HISTORY = Path(__file__).resolve().parent / "history.md"
 
 
 def postgres_version() -> str:
@@ -77,7 +79,10 @@ def document(rows: list[Row], notes: list[str], minutes: float) -> str:
         "## How each figure is measured\n\n"
         "- **agent only** rows: benchmarks/executor_bench.py, a create sent straight to one\n"
         f"  agent vs py-rattler alone, {executor_bench.ROUNDS} rounds that alternate the two"
-        " (medians; the added time is the median of the paired differences).\n" + api_bench.METHOD
+        " (medians; the added time is the median of the paired differences).\n"
+        + api_bench.METHOD
+        + "\n"
+        + HISTORY.read_text()
     )
 
 

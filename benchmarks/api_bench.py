@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import resource
 import shutil
 import time
 import uuid
@@ -23,12 +24,14 @@ from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import grpc
+from google.protobuf.message import Message
 
-from benchmarks import executor_bench, standin
+from benchmarks import executor_bench, h2load, standin
 from benchmarks.stack import (
     WORKER_CONCURRENCY,
     AioAgent,
@@ -50,6 +53,7 @@ from benchmarks.stats import (
 from darb.executor.v1 import executor_pb2 as agent_pb
 from darb.v1 import common_pb2, environments_pb2, jobs_pb2
 from tests.support.channel import many_packages_channel
+from tests.support.processes import launch, stop
 
 PACKAGES = 100
 SMALL_SPEC = "pkg-000"  # one package: a job whose run is as short as the agent allows
@@ -66,16 +70,29 @@ METHOD = """\
   same specs from the same local channel in a child process (imports excluded), both
   with a cold package cache (the agent's `pkgs/` emptied); rounds interleaved, medians.
 - **warm package cache**: the same create through the control plane with every package
-  already in the agent's cache, over the cold create above (medians).
+  already in the agent's cache, over the cold create above (medians). The agent-only
+  warm rows do the same straight to an agent, for the 100 tiny packages (whose cold create
+  is mostly per-package linking work that a warm create repeats) and, in rounds of their
+  own, for those 100 plus acme-big (one ~80 MB file: a cold create that extracts a
+  real-sized package). Every measured run of these rows and of end-to-end overhead starts
+  after a 1.5 s pause, as a lone request would: the agent starts its spare workers once
+  it has been idle for 0.5 s, and they must not run beside the measured run.
 - **log throughput / latency**: lines come from a stand-in `pixi` (benchmarks/standin.py)
   run by the agent's real `cli` engine; each line carries the time it was printed. One
   WatchJob client subscribes before the first line. Throughput: the stand-in's lines
   over (last line received - first line printed). Latency: received - printed, for a job
   printing 2,000 lines at 1,000 lines/s.
-- **GetEnvironment / CreateEnvironment**: 16 clients (16 users, 16 HTTP/2 connections)
-  as asyncio tasks in one client process that shares the 2 cores with the servers; each
-  calls back to back. Rate = successful calls / wall time. Creates queue real jobs, which
-  this stack's dispatcher cannot run (no agent listens), so no job runs meanwhile.
+- **GetEnvironment / CreateEnvironment**: the control plane runs with
+  `DARB_API_PROCESSES` = the number of cores, as docker-compose.yml runs it.
+  GetEnvironment: h2load (benchmarks/h2load.py) over 16 HTTP/2 connections, one call in
+  flight on each, one user reading one environment; a warm-up of 2,000 calls, then about
+  8 s of calls. Every answer is checked: the response bytes must be exactly one expected
+  message per call (an error carries none). A Python client would spend about as much
+  CPU per call as the server, on the same 2 cores. CreateEnvironment needs a new name per
+  call, which h2load cannot vary: 16 clients (16 users, 16 HTTP/2 connections) as
+  asyncio tasks in one client process, each calling back to back. Rate = successful
+  calls / wall time. Creates queue real jobs, which this stack's dispatcher cannot run
+  (no agent listens), so no job runs meanwhile.
 - **ListEnvironments**: first page (default size) for a user whose 10,000 environments
   were inserted with SQL into the benchmark's own database (then `ANALYZE`); one client,
   sequential calls.
@@ -147,10 +164,12 @@ async def follow(
     call = client.jobs.WatchJob(request, metadata=client.metadata, timeout=timeout)
     try:
         async for event in call:
-            if event.HasField("line"):
-                _count_line(followed, event.line)
-                if on_line is not None:
-                    on_line(time.time(), event.line)
+            if event.HasField("log_lines"):
+                now = time.time()
+                for line in event.log_lines.lines:
+                    _count_line(followed, line)
+                    if on_line is not None:
+                        on_line(now, line)
             else:
                 if followed.job is None and on_subscribed is not None:
                     on_subscribed()
@@ -234,19 +253,25 @@ async def create_overhead(
     stack: Stack, token: str, channel: str, specs: list[str], report: Report, rounds: int = 3
 ) -> None:
     """A 100-package create through control plane + agent vs py-rattler alone, cold and
-    warm cache, interleaved so that drifting background load hits both sides alike."""
+    warm cache, interleaved so that drifting background load hits both sides alike. Each
+    measured run starts after a pause, as a lone request would: the spare workers the
+    agent starts once idle are ready and not starting beside it."""
     client = AioClient(stack.api.addr, token)
     scratch = stack.scratch / "rattler-alone"
     scratch.mkdir(exist_ok=True)
     await _run_create(client, "overhead-warmup", specs)  # the agent's first-run costs
     alone, cold, warm = [], [], []
+    pause = executor_bench.SETTLE_SECONDS
     for n in range(rounds):
+        await asyncio.sleep(pause)
         alone.append(
             await asyncio.to_thread(executor_bench.rattler_seconds, channel, specs, scratch)
         )
         _empty_cache(stack)
+        await asyncio.sleep(pause)
         cold.append(await _run_create(client, f"overhead-cold-{n}", specs))
     for n in range(rounds):
+        await asyncio.sleep(pause)
         warm.append(await _run_create(client, f"overhead-warm-{n}", specs))
     await client.close()
     alone_s, cold_s, warm_s = (percentile(x, 50) for x in (alone, cold, warm))
@@ -457,6 +482,61 @@ async def create_load(
 
 async def get_environment_rps(
     stack: Stack, clients: list[AioClient], report: Report, seconds: float = 8
+) -> None:
+    """With h2load (see benchmarks/h2load.py) when installed, else the Python client."""
+    if h2load.H2LOAD is None:
+        await _get_environment_rps_python(stack, clients, report, seconds)
+        return
+    client = clients[0]
+    job = await create_environment(client, "get-target", [SMALL_SPEC])
+    request = environments_pb2.GetEnvironmentRequest(id=job.environment_id)
+    expected = await client.envs.GetEnvironment(request, metadata=client.metadata)
+    token = client.metadata[0][1].removeprefix("Bearer ")
+    url = f"http://{stack.api.addr}/darb.v1.EnvironmentService/GetEnvironment"
+    load = partial(h2load.run, url, request, token, len(clients), scratch=stack.scratch)
+    warm_up = await asyncio.to_thread(load, calls=2_000)  # connections, pools, caches
+    calls = max(2_000, round(warm_up.rate * seconds))
+    children_before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    with CpuMeter(stack.api_pid) as meter:
+        result = await asyncio.to_thread(load, calls=calls)
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    h2load_cpu = children.ru_utime + children.ru_stime
+    h2load_cpu -= children_before.ru_utime + children_before.ru_stime
+    ok = result.all_succeeded(expected)
+    p99 = percentile(result.latencies, 99)
+    report.rows += [
+        Row(f"GetEnvironment, {len(clients)} clients (RPS)", f"{result.rate:,.0f}", "≥ 3,000",
+            result.rate >= 3000 and ok),
+        Row(f"GetEnvironment, {len(clients)} clients, p50 / p99 (ms)",
+            f"{ms(percentile(result.latencies, 50))} / {ms(p99)}", "p99 ≤ 20", p99 <= 0.020),
+    ]  # fmt: skip
+    ceiling = await asyncio.to_thread(bare_grpc_rate, url, request, len(clients), calls, stack)
+    report.rows.append(
+        Row("  grpcio's own ceiling: a handler that returns a fixed message, one process (RPS)",
+            f"{ceiling:,.0f}"),
+    )  # fmt: skip
+    report.notes.append(
+        f"GetEnvironment: h2load, {len(clients)} connections with one call in flight each, one"
+        f" user reading one environment; {calls:,} calls at {result.rate:,.0f}/s,"
+        f" {'every answer the expected message' if ok else 'SOME ANSWERS WERE ERRORS'};"
+        f" control plane ({stack.processes} processes) used {meter.server_cores:.2f} cores,"
+        f" h2load {h2load_cpu * result.rate / calls:.2f}"
+    )
+
+
+def bare_grpc_rate(url: str, request: Message, clients: int, calls: int, stack: Stack) -> float:
+    """The same load on benchmarks/bare_grpc.py: what grpcio alone costs per call."""
+    process, addr = launch("benchmarks.bare_grpc", dict(os.environ), stack.scratch / "bare.log")
+    try:
+        bare_url = url.replace(stack.api.addr, addr)
+        h2load.run(bare_url, request, "none", clients, 2_000, stack.scratch)  # warm-up
+        return h2load.run(bare_url, request, "none", clients, calls, stack.scratch).rate
+    finally:
+        stop(process)
+
+
+async def _get_environment_rps_python(
+    stack: Stack, clients: list[AioClient], report: Report, seconds: float
 ) -> None:
     environment_ids = [
         (await create_environment(client, "get-target", [SMALL_SPEC])).environment_id
@@ -705,12 +785,16 @@ def logs_agent_env(scratch: Path) -> dict[str, str]:
     }
 
 
+# One RPC process per core, as docker-compose.yml runs the control plane.
+API_PROCESSES = {"DARB_API_PROCESSES": str(os.cpu_count() or 1)}
+
+
 def main(scratch: Path, sizes: Sizes = Sizes(), only: set[str] | None = None) -> Report:
     """Runs every figure (or the stacks named in ``only``), one stack after another."""
     report = Report()
     channel, specs = many_packages_channel(scratch / "channel", PACKAGES)
     plans: list[tuple[str, dict[str, Any], Callable[[Stack], Awaitable[None]]]] = [
-        ("api", {"agents": 0, "executors": unused_address()},
+        ("api", {"agents": 0, "executors": unused_address(), "api_settings": API_PROCESSES},
          lambda stack: api_figures(stack, channel, sizes, report)),
         ("builtin", {"agents": 1},
          lambda stack: builtin_figures(stack, channel, specs, sizes, report)),

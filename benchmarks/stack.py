@@ -48,6 +48,7 @@ class Stack:
     api: ApiProcess
     agents: list[AgentProcess]
     scratch: Path
+    processes: int = 1  # DARB_API_PROCESSES
 
     @property
     def api_pid(self) -> int:
@@ -88,6 +89,7 @@ def running_stack(
     agents: int = 1,
     agent_env: dict[str, str] | None = None,
     executors: str | None = None,
+    api_settings: dict[str, str] | None = None,
 ) -> Iterator[Stack]:
     """Starts PostgreSQL database, ``agents`` agents and a control plane; stops all after.
 
@@ -101,11 +103,16 @@ def running_stack(
             for index in range(agents)
         ]
         targets = executors or ",".join(agent.addr for agent in started)
-        settings = {**GENEROUS_LIMITS, "DARB_WORKER_CONCURRENCY": str(WORKER_CONCURRENCY)}
+        settings = {
+            **GENEROUS_LIMITS,
+            "DARB_WORKER_CONCURRENCY": str(WORKER_CONCURRENCY),
+            **(api_settings or {}),
+        }
         env = api_env(database_url, scratch / "api", targets, AGENT_TOKEN, channel_url, **settings)
         api = start_api(env, scratch / "api.log")
         cleanup.callback(api.stop)
-        yield Stack(database_url, api, started, scratch)
+        processes = int(settings.get("DARB_API_PROCESSES", "1"))
+        yield Stack(database_url, api, started, scratch, processes)
 
 
 def _agent(data_dir: Path, channel_url: str, extra: dict[str, str] | None) -> AgentProcess:
