@@ -290,7 +290,7 @@ class Dispatcher:
             ),
         }
         try:
-            await self._observer.started(job, executor)  # metrics and log, beside the operation
+            self._observer.started(job, executor)  # metrics and log
             done, _ = await asyncio.wait(
                 {operation, *enders}, timeout=self._job_timeout, return_when=FIRST_COMPLETED
             )
@@ -349,7 +349,10 @@ class Dispatcher:
                 return Outcome(JobStatus.FAILED, f"executor: {exc.message}")
 
     async def _heartbeat(self, job_id: str, cancel: asyncio.Event) -> None:
+        """Renews the lease (the claim set the first) and notices cancels another
+        process flagged in the row, should its NOTIFY have been lost."""
         while True:
+            await asyncio.sleep(self._lease.total_seconds() / 3)
             try:
                 state = await self._db.run(jobs.heartbeat, job_id, self.worker_id, self._lease)
             except DATABASE_ERRORS as exc:  # the database is away; the next beat tries again
@@ -359,7 +362,6 @@ class Dispatcher:
             else:
                 if state is None or state:
                     cancel.set()
-            await asyncio.sleep(self._lease.total_seconds() / 3)
 
     async def _finish(
         self, job_id: str, outcome: Outcome, expected: JobStatus, worker_id: str | None

@@ -212,16 +212,11 @@ class JobObserver:
         self._db = database
         self._metrics = metrics
 
-    async def started(self, job: ClaimedJob, agent: str) -> None:
+    def started(self, job: ClaimedJob, agent: str) -> None:
         fields = {"job_id": job.id, "environment_id": job.environment_id}
         fields |= {"type": TYPE_LABELS[JobType(job.type)], "agent": agent}
-        try:
-            waited = await self._db.run(_queued_seconds, job.id)
-        except Exception as exc:
-            log.warning("reading the start of job %s failed (%s)", job.id, type(exc).__name__)
-        else:
-            self._metrics.dispatch_latency.observe(waited)
-            fields["waited"] = f"{waited:.3f}s"
+        self._metrics.dispatch_latency.observe(job.queued_seconds)
+        fields["waited"] = f"{job.queued_seconds:.3f}s"
         if specs := ",".join(payloads.packages_of(job.payload)):
             fields["specs"] = clip(specs)
         log.info("job started %s", key_values(**fields))
@@ -247,14 +242,6 @@ class JobObserver:
         if job.error:
             fields["error"] = clip(headline(job.error))
         log.info("job ended %s", key_values(**fields))
-
-
-def _queued_seconds(session: Session, job_id: str) -> float:
-    """From submission to claim, both stamped in the database row."""
-    created_at, started_at = session.execute(
-        select(Job.created_at, Job.started_at).where(Job.id == job_id)
-    ).one()
-    return max((started_at - created_at).total_seconds(), 0.0)
 
 
 def _ended_jobs(session: Session, job_ids: list[str]) -> list[EndedJob]:

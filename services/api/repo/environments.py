@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
-from sqlalchemy import Boolean, ColumnElement, and_, bindparam, delete, or_, select
+from sqlalchemy import Boolean, ColumnElement, and_, bindparam, delete, insert, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -141,13 +141,6 @@ def replace_packages(session: Session, environment_id: str, rows: list[PackageRo
     session.execute(
         delete(InstalledPackage).where(InstalledPackage.environment_id == environment_id)
     )
-    session.add_all(
-        InstalledPackage(
-            environment_id=environment_id,
-            name=row.name,
-            version=row.version,
-            build=row.build,
-            channel=row.channel,
-        )
-        for row in rows
-    )
+    if rows:  # one executemany, not the ORM's unit of work over a row object each
+        values = [{"environment_id": environment_id, **asdict(row)} for row in rows]
+        session.execute(insert(InstalledPackage), values)

@@ -51,6 +51,7 @@ class ClaimedJob:
     environment_name: str
     executor: str
     payload: payloads.Payload
+    queued_seconds: float  # from submission to this claim
 
 
 NEW = NewRow(
@@ -112,7 +113,7 @@ CLAIM = Query(
         started_at=bindparam("now"),
         lease_expires_at=bindparam("lease_until"),
     )
-    .returning(Job.id, Job.type, Job.payload, Job.environment_id)
+    .returning(Job.id, Job.type, Job.payload, Job.environment_id, Job.created_at)
 )
 # Parameters: environment_id, now. A PENDING environment's first job is its create.
 START_ENVIRONMENT = Query(
@@ -156,6 +157,7 @@ async def claim_next(
         environment_name=environment.name,
         executor=environment.executor,
         payload=payloads.load(job.type, job.payload),
+        queued_seconds=max((now - job.created_at).total_seconds(), 0.0),
     )
 
 
