@@ -225,7 +225,9 @@ async def dispatch_latency(stack: Stack, token: str, report: Report, samples: in
         claimed, started = await _dispatch_sample(client, f"dispatch-{n}")
         claim.append(claimed)
         dispatch.append(started)
-        await asyncio.sleep(0.2)  # let the agent's next spare worker finish starting
+        # An idle stack: the agent refills its spare workers 0.5 s after an operation,
+        # and starting one takes a few tenths of a second.
+        await asyncio.sleep(1.0)
     await client.close()
     p50, p99 = percentile(dispatch, 50), percentile(dispatch, 99)
     report.rows += [
@@ -732,7 +734,7 @@ class Sizes:
     """How much work each figure does; ``QUICK`` checks the harness in a minute."""
 
     dispatch_samples: int = 40
-    overhead_rounds: int = 3
+    overhead_rounds: int = 5
     log_lines: int = 200_000
     watchers: int = 1_000
     watched_lines: int = 500

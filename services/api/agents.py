@@ -29,6 +29,11 @@ log = logging.getLogger(__name__)
 # Probes run at least this often, so that a short lease is noticed in time.
 MAX_PROBE_INTERVAL = 5.0
 MIN_PROBE_TIMEOUT = 1.0
+# A new environment goes to an agent that answered this recently without a probe of its
+# own: on a busy system the last job's result is as fresh as a probe, which would add a
+# round trip to every create. A create that then finds the agent gone is moved (see
+# Dispatcher._supervise).
+RECENT_ANSWER = 2.0
 
 
 class AgentMonitor:
@@ -61,11 +66,24 @@ class AgentMonitor:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
 
-    async def choose_for_new_environment(self, current: str) -> str:
-        """``current`` if it answers a probe now, else a random configured agent that
-        answered its last one; ``current`` when none does (the job then waits for it until
-        the lease says it is lost). Probing now, not trusting the last periodic probe,
-        keeps an agent that died a moment ago from getting new environments."""
+    def heard_from(self, addr: str) -> None:
+        """``addr`` just answered (a job's result): alive as of now."""
+        self._last_ok[addr] = time.monotonic()
+        self._up[addr] = True
+
+    def refused(self, addr: str) -> None:
+        """``addr`` refused a connection: not to be trusted without a new probe."""
+        self._up[addr] = False
+
+    async def choose_for_new_environment(self, current: str, trust_recent: bool) -> str:
+        """``current`` if it answered within ``RECENT_ANSWER`` (when ``trust_recent``) or
+        answers a probe now, else a random configured agent that answered its last one;
+        ``current`` when none does (the job then waits for it until the lease says it is
+        lost). Not trusting the last periodic probe keeps an agent that died a moment ago
+        from getting new environments."""
+        answered = time.monotonic() - self._last_ok.get(current, -RECENT_ANSWER)
+        if trust_recent and self._up.get(current) and answered < RECENT_ANSWER:
+            return current
         if await self._probe(current):
             return current
         healthy = [addr for addr in self._configured if addr != current and self._up[addr]]

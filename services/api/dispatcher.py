@@ -27,7 +27,7 @@ from sqlalchemy.orm import Session
 
 from services.api import payloads
 from services.api.agents import AgentMonitor, rebind
-from services.api.db import Database, Unit
+from services.api.db import Database
 from services.api.events import JOB_CHANGED_CHANNEL, JOBS_CHANNEL, EventBus
 from services.api.executor_client import AgentLines, ExecutorClient, ExecutorError
 from services.api.logcap import LogCap
@@ -51,6 +51,8 @@ SHUTDOWN = (
 # After the grace, how long a stopping control plane still waits to record handed-back jobs.
 FINISH_ON_SHUTDOWN = 5.0
 LEASE_EXPIRED = "the control plane running this job stopped (its lease expired)"
+# A create's agent refused the connection before anything ran: place it again.
+REFUSED = Outcome(JobStatus.FAILED, "the executor agent refused the connection")
 # What a database outage raises: retried with a one-line warning instead of a traceback.
 DATABASE_ERRORS = (SQLAlchemyError, psycopg.Error, OSError)
 
@@ -241,7 +243,9 @@ class Dispatcher:
 
     async def _claim_all(self) -> None:
         while len(self._running) < self._concurrency:
-            claimed = await jobs.claim_next(self._db, self.worker_id, self._lease, self._announce)
+            claimed = await jobs.claim_next(
+                self._db, self.worker_id, self._lease, self._bus.notify_target(JOB_CHANGED_CHANNEL)
+            )
             if claimed is None:
                 return
             self._cancels[claimed.id] = asyncio.Event()
@@ -249,9 +253,6 @@ class Dispatcher:
             self._running[claimed.id] = task
             task.add_done_callback(lambda _t, job_id=claimed.id: self._done(job_id))
             self._bus.changed_here(claimed.id)  # other processes heard the claim's NOTIFY
-
-    async def _announce(self, unit: Unit, job_id: str) -> None:
-        await self._bus.notify_in_unit(unit, JOB_CHANGED_CHANNEL, job_id)
 
     def _done(self, job_id: str) -> None:
         self._running.pop(job_id, None)
@@ -277,10 +278,23 @@ class Dispatcher:
             await self._finish(job.id, outcome, JobStatus.RUNNING, self.worker_id)
 
     async def _supervise(self, job: ClaimedJob, writer: LineWriter) -> Outcome:
+        """Runs the operation on its agent. A create goes to an agent that answered
+        recently without probing it first; if that agent refuses the connection before
+        anything ran, the create is placed again with a probe (see ``_executor_for``)."""
+        executor = await self._executor_for(job, trust_recent=True)
+        outcome = await self._supervise_on(job, writer, executor, may_move=True)
+        if outcome is REFUSED:
+            self._agents.refused(executor)
+            executor = await self._executor_for(job, trust_recent=False)
+            outcome = await self._supervise_on(job, writer, executor, may_move=False)
+        return outcome
+
+    async def _supervise_on(
+        self, job: ClaimedJob, writer: LineWriter, executor: str, may_move: bool
+    ) -> Outcome:
         """Runs the operation until it ends or something ends it first; leaving this
         function (also by cancellation) always stops the operation on the agent."""
-        executor = await self._executor_for(job)
-        operation = asyncio.create_task(self._execute(job, executor, writer))
+        operation = asyncio.create_task(self._execute(job, executor, writer, may_move))
         enders = {
             asyncio.create_task(self._cancels[job.id].wait()): Outcome(
                 JobStatus.CANCELLED, CANCELLED_BY_REQUEST
@@ -304,11 +318,11 @@ class Dispatcher:
                 await _stop(ender)
             await _stop(operation)
 
-    async def _executor_for(self, job: ClaimedJob) -> str:
+    async def _executor_for(self, job: ClaimedJob, trust_recent: bool) -> str:
         """The agent that has (or, for a create, will have) the environment."""
         if not isinstance(job.payload, payloads.CreatePayload):
             return job.executor
-        executor = await self._agents.choose_for_new_environment(job.executor)
+        executor = await self._agents.choose_for_new_environment(job.executor, trust_recent)
         if executor != job.executor:
             log.info(
                 "environment %s goes to %s: %s does not answer",
@@ -317,11 +331,14 @@ class Dispatcher:
             await self._db.run(rebind, job.environment_id, executor)
         return executor
 
-    async def _execute(self, job: ClaimedJob, executor: str, writer: LineWriter) -> Outcome:
+    async def _execute(
+        self, job: ClaimedJob, executor: str, writer: LineWriter, may_move: bool
+    ) -> Outcome:
         """One operation on the agent. ``ABORTED`` (busy with the environment, e.g. still
         rolling back an operation of a control plane that died) is retried for
-        ``RETRY_WINDOW``; ``UNAVAILABLE`` before the agent sent anything is retried until
-        the agent watchdog in ``_supervise`` declares the agent lost."""
+        ``RETRY_WINDOW``; ``UNAVAILABLE`` before the agent sent anything is ``REFUSED``
+        when ``may_move``, else retried until the agent watchdog in ``_supervise_on``
+        declares the agent lost."""
         deadline = time.monotonic() + RETRY_WINDOW
         delay = 0.2
         while True:
@@ -332,12 +349,15 @@ class Dispatcher:
                     if isinstance(event, AgentLines):
                         await writer.add(event)  # waits while storing lags behind
                         continue
+                    self._agents.heard_from(executor)
                     status = JobStatus.COMPLETED if event.success else JobStatus.FAILED
                     return Outcome(status, "" if event.success else event.error, event.state)
                 return Outcome(JobStatus.FAILED, "the executor ended without a result")
             except ExecutorError as exc:
                 if exc.code == grpc.StatusCode.UNAVAILABLE and heard:
                     return Outcome(JobStatus.FAILED, agent_lost(executor, exc.message))
+                if exc.code == grpc.StatusCode.UNAVAILABLE and may_move:
+                    return REFUSED
                 waiting = exc.code == grpc.StatusCode.UNAVAILABLE or time.monotonic() < deadline
                 if exc.retryable and not heard and waiting:
                     await asyncio.sleep(delay)

@@ -115,6 +115,11 @@ class EventBus:
         may be missed (the LISTEN connection is down)."""
         self._listening_handlers.append(handler)
 
+    def notify_target(self, channel: str) -> tuple[str, str]:
+        """``channel`` and the payload prefix for a NOTIFY that SQL sends itself (the
+        key follows the prefix)."""
+        return channel, f"{self._origin}:"
+
     async def notify_in_unit(self, unit: Unit, channel: str, key: str = "") -> None:
         """``notify_in`` for a unit of work (see ``Database.unit``)."""
         if self._db.is_postgres:

@@ -55,10 +55,6 @@ def _seed(session: Session) -> None:
         jobs.submit(session, environment, payloads.InstallPayload(["b"]))
 
 
-async def _silent(_unit: object, _job_id: str) -> None:
-    """No NOTIFY: nothing listens in this test."""
-
-
 def test_concurrent_claimers_take_each_job_once(sync_url: str) -> None:
     # The service's own path: each claimer has its own Database (so its own connections),
     # as separate control planes would.
@@ -70,7 +66,8 @@ def test_concurrent_claimers_take_each_job_once(sync_url: str) -> None:
         database, claimed = Database(sync_url), []
         try:
             lease = timedelta(seconds=30)
-            while job := await jobs.claim_next(database, f"w{worker}", lease, _silent):
+            notify = ("darb_test_claims", "test:")  # nobody listens
+            while job := await jobs.claim_next(database, f"w{worker}", lease, notify):
                 claimed.append(job.id)
         finally:
             await database.close()
@@ -103,7 +100,7 @@ def test_concurrent_claimers_take_each_job_once(sync_url: str) -> None:
 
 
 def test_claim_query_locks_on_postgresql_only() -> None:
-    pg = jobs.CLAIM.postgres_sql
+    pg = jobs.CLAIM_IN_ONE_STATEMENT.postgres_sql
     lite = str(jobs.CLAIM.statement.compile(dialect=sqlite.dialect()))
     assert "FOR UPDATE OF jobs SKIP LOCKED" in pg
     assert "FOR UPDATE" not in lite

@@ -58,13 +58,16 @@ async def _create(
 ) -> tuple[Environment, Job]:
     """The environment's row and its create job, in one transaction that also checks the
     quotas (before the name's uniqueness) and wakes the dispatchers."""
-    environment = environments.new(caller.id, payload.name, "pixi", payload.channels, executor)
-    job = jobs.new(environment.id, caller.id, payload)
     try:
         async with state.db.unit() as unit:
             await unit.execute(quotas.LOCK_OWNER, owner=caller.id)
             counts = await unit.fetch_one(quotas.NEW_ENVIRONMENT_COUNTS, owner=caller.id)
             quotas.refuse_new_environment(counts, state.settings.limits)
+            # Stamped now, just before the commit: created_at is when the job was queued.
+            environment = environments.new(
+                caller.id, payload.name, "pixi", payload.channels, executor
+            )
+            job = jobs.new(environment.id, caller.id, payload)
             await unit.execute(environments.NEW.query, **environments.NEW.params(environment))
             await unit.execute(jobs.NEW.query, **jobs.NEW.params(job))
             await state.bus.notify_in_unit(unit, JOBS_CHANNEL)

@@ -2,13 +2,23 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import psycopg
-from sqlalchemy import ScalarSelect, bindparam, case, exists, insert, select, update
+from sqlalchemy import (
+    ScalarSelect,
+    Select,
+    Update,
+    bindparam,
+    case,
+    exists,
+    func,
+    insert,
+    select,
+    update,
+)
 from sqlalchemy.orm import Session, aliased
 from sqlalchemy.util import await_only
 
@@ -29,7 +39,7 @@ from services.api.models import (
 from services.api.repo.rows import NewRow
 
 if TYPE_CHECKING:
-    from services.api.db import Database, Unit
+    from services.api.db import Database
 
 
 class LineRow(NamedTuple):
@@ -103,59 +113,82 @@ def _claimable() -> ScalarSelect[int]:
     return query.scalar_subquery()
 
 
-# For a unit of work (see Database.unit); parameters: worker, now, lease_until.
-CLAIM = Query(
-    update(Job)
-    .where(Job.seq == _claimable())
-    .values(
-        status=JobStatus.RUNNING,
-        claimed_by=bindparam("worker"),
-        started_at=bindparam("now"),
-        lease_expires_at=bindparam("lease_until"),
+def _claim() -> Update:
+    """Marks the job of ``_claimable`` RUNNING; parameters: worker, now, lease_until."""
+    return (
+        update(Job)
+        .where(Job.seq == _claimable())
+        .values(
+            status=JobStatus.RUNNING,
+            claimed_by=bindparam("worker"),
+            started_at=bindparam("now"),
+            lease_expires_at=bindparam("lease_until"),
+        )
+        .returning(Job.id, Job.type, Job.payload, Job.environment_id, Job.created_at)
     )
-    .returning(Job.id, Job.type, Job.payload, Job.environment_id, Job.created_at)
-)
-# Parameters: environment_id, now. A PENDING environment's first job is its create.
-START_ENVIRONMENT = Query(
-    update(Environment)
-    .where(Environment.id == bindparam("environment_id"))
-    .values(
-        status=case(
-            (Environment.status == EnvironmentStatus.PENDING, EnvironmentStatus.CREATING),
-            else_=Environment.status,
-        ),
-        updated_at=case(
-            (Environment.status == EnvironmentStatus.PENDING, bindparam("now")),
-            else_=Environment.updated_at,
-        ),
+
+
+def _start_environment(environment_id: Any) -> Update:
+    """A PENDING environment's first job is its create: it is CREATING from now on."""
+    pending = Environment.status == EnvironmentStatus.PENDING
+    return (
+        update(Environment)
+        .where(Environment.id == environment_id)
+        .values(
+            status=case((pending, EnvironmentStatus.CREATING), else_=Environment.status),
+            updated_at=case((pending, bindparam("now")), else_=Environment.updated_at),
+        )
+        .returning(Environment.id, Environment.name, Environment.executor)
     )
-    .returning(Environment.name, Environment.executor)
-)
+
+
+def _claim_in_one_statement() -> Select[Any]:
+    """PostgreSQL: the claim, the environment's update and the NOTIFY (parameters
+    channel, origin) as one statement, so one round trip with no BEGIN or COMMIT."""
+    claimed = _claim().cte("claimed")
+    started = _start_environment(claimed.c.environment_id).cte("started")
+    notify = func.pg_notify(bindparam("channel"), bindparam("origin") + claimed.c.id)
+    return select(
+        *(claimed.c.id, claimed.c.type, claimed.c.payload, claimed.c.environment_id),
+        *(claimed.c.created_at, started.c.name, started.c.executor, notify),
+    ).join_from(claimed, started, started.c.id == claimed.c.environment_id)
+
+
+CLAIM = Query(_claim())
+START_ENVIRONMENT = Query(_start_environment(bindparam("environment_id")))
+CLAIM_IN_ONE_STATEMENT = Query(_claim_in_one_statement())
 
 
 async def claim_next(
-    database: Database,
-    worker_id: str,
-    lease: timedelta,
-    announce: Callable[[Unit, str], Awaitable[None]],
+    database: Database, worker_id: str, lease: timedelta, notify: tuple[str, str]
 ) -> ClaimedJob | None:
-    """Marks the next claimable job RUNNING under ``worker_id``'s lease, in one
-    transaction of two statements (see ``CLAIM``) and ``announce(unit, job_id)``."""
+    """Marks the next claimable job RUNNING under ``worker_id``'s lease and, on
+    PostgreSQL, sends NOTIFY on ``notify`` = (channel, payload prefix) with its id."""
     now = utcnow()
-    async with database.unit() as unit:
-        job = await unit.fetch_one(CLAIM, worker=worker_id, now=now, lease_until=now + lease)
+    params = {"worker": worker_id, "now": now, "lease_until": now + lease}
+    if database.is_postgres:
+        channel, origin = notify
+        job = await database.fetch_one(
+            CLAIM_IN_ONE_STATEMENT, channel=channel, origin=origin, **params
+        )
         if job is None:
             return None
-        environment = await unit.fetch_one(
-            START_ENVIRONMENT, environment_id=job.environment_id, now=now
-        )
-        await announce(unit, job.id)
+        name, executor = job.name, job.executor
+    else:  # SQLite: no data-modifying CTEs; the unit holds its write lock throughout
+        async with database.unit() as unit:
+            job = await unit.fetch_one(CLAIM, **params)
+            if job is None:
+                return None
+            started = await unit.fetch_one(
+                START_ENVIRONMENT, environment_id=job.environment_id, now=now
+            )
+        name, executor = started.name, started.executor
     return ClaimedJob(
         id=job.id,
         type=job.type,
         environment_id=job.environment_id,
-        environment_name=environment.name,
-        executor=environment.executor,
+        environment_name=name,
+        executor=executor,
         payload=payloads.load(job.type, job.payload),
         queued_seconds=max((now - job.created_at).total_seconds(), 0.0),
     )
