@@ -15,7 +15,7 @@ from services.executor.engines import BuiltinEngine, Engine, PixiCliEngine, avai
 from services.executor.servicer import ExecutorServicer
 from services.executor.workspace import DataLayout
 from shared.config import ExecutorSettings
-from shared.lifecycle import stop_on_signals
+from shared.lifecycle import settle_heap, stop_on_signals
 from shared.tls import add_port
 
 log = logging.getLogger(__name__)
@@ -64,6 +64,7 @@ async def serve(settings: ExecutorSettings) -> None:
     await server.start()
     for name in ("", SERVICE_NAME):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    settle_heap()
     # Tests and scripts read this line to learn the port when DARB_EXECUTOR_ADDR ends in :0.
     print(f"darb executor listening on {host}:{port}", flush=True)
     log.info(
