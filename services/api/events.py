@@ -138,9 +138,10 @@ class EventBus:
         self.jobs_available.set()
         await self._notify(JOBS_CHANNEL, "")
 
-    async def job_changed(self, job_id: str, lines: list[LineRow] | None = None) -> None:
-        """Call after the commit that stored the change."""
-        self._poke(job_id, lines)
+    async def job_changed(self, job_id: str) -> None:
+        """Call after the commit that stored the change (when it sent no NOTIFY itself;
+        else ``changed_here``)."""
+        self._poke(job_id, None)
         await self._notify(JOB_CHANGED_CHANNEL, job_id)
 
     def changed_here(self, job_id: str) -> None:
