@@ -14,6 +14,7 @@ from darb.executor.v1 import executor_pb2
 from darb.v1 import common_pb2
 from tests.api.control_plane import ApiProcess, Client
 from tests.support.agent import AgentProcess
+from tests.support.processes import live_processes
 
 ENGINE_LINE = re.compile(r"darb: builtin engine \((\w+)\) started \(pid (\d+)\)")
 STATS = re.compile(r"darb api stats: (\d+) watch subscriptions, (\d+) asyncio tasks")
@@ -41,21 +42,9 @@ def install_engine_pid(client: Client, job_id: str) -> int:
     return found[-1]
 
 
-def group_members(pgid: int) -> list[str]:
-    """The live (non-zombie) processes in the process group ``pgid``, as "pid state"."""
-    members = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if fields[0] != "Z" and int(fields[2]) == pgid:
-            members.append(f"{stat.parent.name} {fields[0]}")
-    return members
-
-
 def group_alive(pgid: int) -> bool:
-    members = group_members(pgid)
+    processes = live_processes().items()
+    members = [f"{pid} {state}" for pid, (state, group) in processes if group == pgid]
     if members:
         print(f"process group {pgid}: {members}")
     return bool(members)

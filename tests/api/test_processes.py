@@ -15,6 +15,7 @@ import pytest
 from darb.v1 import common_pb2, users_pb2
 from tests.api.control_plane import ApiProcess, Client
 from tests.support.agent import AgentProcess
+from tests.support.processes import live_processes
 
 CONNECTIONS = 12
 
@@ -27,15 +28,6 @@ def _children(pid: int) -> list[int]:
 def _python_processes(pid: int) -> list[int]:
     """The control plane and its RPC workers (``setpriv`` execs into Python)."""
     return [pid, *_children(pid)]
-
-
-def _alive(pid: int) -> bool:
-    """Running, not gone nor a zombie nobody reaped yet."""
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except FileNotFoundError:
-        return False
-    return state != "Z"
 
 
 def _socket_inodes(pid: int) -> set[str]:
@@ -112,7 +104,7 @@ def test_workers_stop_with_the_primary(
     api.process.send_signal(signal.SIGKILL)
     api.process.wait(timeout=10)
     deadline = time.monotonic() + 20
-    while any(_alive(pid) for pid in workers):
+    while live_processes().keys() & set(workers):
         assert time.monotonic() < deadline, "RPC workers outlived the primary"
         time.sleep(0.1)
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import re
 import threading
 import time
-from pathlib import Path
 
 import grpc
 import pytest
@@ -20,21 +19,9 @@ from tests.executor.helpers import (
     workspace_dir,
 )
 from tests.support.agent import start_agent
+from tests.support.processes import group_members
 
 PID_LINE = re.compile(r"started \(pid (\d+)\)")
-
-
-def group_members(pgid: int) -> list[int]:
-    """Live processes whose process group is ``pgid``."""
-    members = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[2]) == pgid and fields[0] != "Z":
-            members.append(int(stat.parent.name))
-    return members
 
 
 def wait_until(predicate, timeout: float, interval: float = 0.02) -> bool:

@@ -23,7 +23,8 @@ from darb.executor.v1 import executor_pb2 as pb
 from services.executor.engines import BuiltinEngine, Operation, PixiCliEngine
 from services.executor.workspace import DataLayout
 from tests.executor.helpers import call, create, new_id, stream_lines, workspace_dir
-from tests.executor.test_agent_lifecycle import PID_LINE, group_members, wait_until
+from tests.executor.test_agent_lifecycle import PID_LINE, wait_until
+from tests.support.processes import group_members
 
 FAKE_PIXI = textwrap.dedent(
     """\

@@ -45,3 +45,21 @@ def stop(process: subprocess.Popen[str], sig: int = signal.SIGTERM, timeout: flo
     except subprocess.TimeoutExpired:
         process.kill()
         return process.wait()
+
+
+def live_processes() -> dict[int, tuple[str, int]]:
+    """pid -> (state, process group) of every process that is not a zombie, from /proc."""
+    found = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:  # ended while we looked
+            continue
+        if fields[0] != "Z":
+            found[int(stat.parent.name)] = (fields[0], int(fields[2]))
+    return found
+
+
+def group_members(pgid: int) -> list[int]:
+    """The live processes of the process group ``pgid``."""
+    return [pid for pid, (_, group) in live_processes().items() if group == pgid]
