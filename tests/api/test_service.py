@@ -114,8 +114,14 @@ def test_migrations_match_the_models(tmp_path: Path) -> None:
     asyncio.run(migrate(database))
     asyncio.run(database.close())
     engine = create_engine(url)
-    with engine.connect() as conn:
-        diff = compare_metadata(MigrationContext.configure(conn), Base.metadata)
+    try:
+        with engine.connect() as conn:
+            diff = compare_metadata(MigrationContext.configure(conn), Base.metadata)
+    finally:
+        # Closed now: a pooled SQLite connection closed whenever the engine is collected
+        # touches schema.db-wal/-shm during some later test (seen in the agent's
+        # containment check, which watches the shared temp root).
+        engine.dispose()
     assert diff == []
     assert str(CLAIM.statement)  # the seam compiles against the migrated schema
 
