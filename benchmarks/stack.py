@@ -22,7 +22,7 @@ from darb.executor.v1 import executor_pb2_grpc
 from darb.v1 import environments_pb2_grpc, jobs_pb2_grpc, users_pb2
 from tests.api.control_plane import ApiProcess, api_env, start_api
 from tests.support.agent import AgentProcess, start_agent
-from tests.support.postgres import fresh_database
+from tests.support.postgres import fresh_database, libpq_url
 
 AGENT_TOKEN = "bench-agent-token"
 USER_PASSWORD = "bench-password-1"
@@ -56,8 +56,7 @@ class Stack:
 
     def sql(self) -> psycopg.Connection:
         """A direct connection to the stack's database, for setup and for reading timings."""
-        conninfo = self.database_url.replace("postgresql+psycopg://", "postgresql://")
-        return psycopg.connect(conninfo, autocommit=True)
+        return psycopg.connect(libpq_url(self.database_url), autocommit=True)
 
     def new_users(self, count: int) -> list[tuple[str, str]]:
         """``count`` fresh accounts, each as its id and a login token."""

@@ -195,7 +195,8 @@ class Job(Base):
 class JobLogLine(Base):
     __tablename__ = "job_log_lines"
 
-    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True)
+    # No foreign key: PostgreSQL would check it once per stored line (migration 0003).
+    job_id: Mapped[str] = mapped_column(String(36), primary_key=True)
     seq: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
     stream: Mapped[str] = mapped_column(String(8))
     time: Mapped[datetime] = mapped_column(UtcDateTime)

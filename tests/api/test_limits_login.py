@@ -9,11 +9,12 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import grpc
+import psycopg
 import pytest
 
 from darb.v1 import auth_pb2, common_pb2, environments_pb2, users_pb2
 from tests.api.control_plane import ApiProcess, Client
-from tests.support.postgres import fresh_database
+from tests.support.postgres import fresh_database, libpq_url
 
 UNAUTHENTICATED = grpc.StatusCode.UNAUTHENTICATED
 PASSWORD = "password-1"
@@ -170,10 +171,17 @@ def test_admins_cannot_lock_themselves_out(api: ApiProcess) -> None:
     assert _me(admin)().user.admin
 
 
-def test_deleting_a_user(api: ApiProcess) -> None:
+def _stored_lines(database_url: str, job_id: str) -> int:
+    with psycopg.connect(libpq_url(database_url)) as conn:
+        query = "SELECT count(*) FROM job_log_lines WHERE job_id = %s"
+        return conn.execute(query, (job_id,)).fetchone()[0]
+
+
+def test_deleting_a_user(api: ApiProcess, database_url: str) -> None:
     admin, user = api.admin(), api.new_user()
     created = user.create("doomed", ["acme-core"])
     assert user.wait(created.job.id).status == common_pb2.JOB_STATUS_COMPLETED
+    assert _stored_lines(database_url, created.job.id) > 0
     delete_user = users_pb2.DeleteUserRequest(id=user.user.id)
     code, details = _refusal(lambda: admin.call(admin.users.DeleteUser, delete_user))
     assert code == grpc.StatusCode.FAILED_PRECONDITION and "1 environments" in details
@@ -185,6 +193,7 @@ def test_deleting_a_user(api: ApiProcess) -> None:
     assert _refusal(_me(user))[0] == UNAUTHENTICATED
     assert _refusal(_login(api, user.user.username, PASSWORD))[0] == UNAUTHENTICATED
     assert _refusal(lambda: admin.get_job(created.job.id))[0] == grpc.StatusCode.NOT_FOUND
+    assert _stored_lines(database_url, created.job.id) == 0  # no key cascades (0003)
     code, _ = _refusal(lambda: admin.call(admin.users.DeleteUser, delete_user))
     assert code == grpc.StatusCode.NOT_FOUND
     # The name is free again.

@@ -17,8 +17,13 @@ from psycopg import sql
 SERVER_URL = os.environ.get("DARB_TEST_POSTGRES", "postgresql+psycopg://postgres@127.0.0.1:5432/")
 
 
+def libpq_url(url: str) -> str:
+    """A SQLAlchemy ``postgresql+psycopg://`` URL as psycopg itself takes it."""
+    return url.replace("postgresql+psycopg://", "postgresql://")
+
+
 def _admin_conninfo() -> str:
-    return SERVER_URL.replace("postgresql+psycopg://", "postgresql://").rstrip("/") + "/postgres"
+    return libpq_url(SERVER_URL).rstrip("/") + "/postgres"
 
 
 @contextlib.contextmanager

@@ -12,7 +12,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from services.api.errors import AlreadyExists, FailedPrecondition, NotFound
-from services.api.models import ApiToken, Environment, Job, User, utcnow
+from services.api.models import ApiToken, Environment, Job, JobLogLine, User, utcnow
 from services.api.tokens import token_hash
 
 
@@ -129,6 +129,8 @@ def delete_user(session: Session, user_id: str) -> None:
             "or disable the user"
         )
     revoke_tokens(session, user_id)
+    jobs_of_user = select(Job.id).where(Job.owner_id == user_id)
+    session.execute(delete(JobLogLine).where(JobLogLine.job_id.in_(jobs_of_user)))
     session.execute(delete(Job).where(Job.owner_id == user_id))
     session.execute(delete(Environment).where(Environment.owner_id == user_id))
     session.delete(user)
