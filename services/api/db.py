@@ -17,6 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar, Union
 
+import psycopg
 from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DisconnectionError, IntegrityError
@@ -93,6 +94,15 @@ class Database:
                 raise UniqueViolation(str(exc)) from exc
             finally:
                 await self._in_thread(session.close)
+
+    @contextlib.asynccontextmanager
+    async def transaction(self) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
+        """PostgreSQL only: a psycopg connection in a transaction, committed when the
+        block ends without an exception, for what a unit cannot send (COPY)."""
+        if self._direct is None:
+            raise RuntimeError("Database.transaction needs PostgreSQL")
+        async with self._direct.transaction() as conn:
+            yield conn
 
     async def _in_thread(self, fn: Callable[[], T]) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._thread, fn)

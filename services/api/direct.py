@@ -112,6 +112,12 @@ class DirectPool:
                 raise UniqueViolation(str(exc)) from exc
 
     @contextlib.asynccontextmanager
+    async def transaction(self) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
+        """A connection in a transaction, not pipelined (COPY cannot be)."""
+        async with self._connection() as conn, conn.transaction():
+            yield conn
+
+    @contextlib.asynccontextmanager
     async def _connection(self) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
         async with self._slots:
             conn = await self._take()

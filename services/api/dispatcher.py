@@ -86,6 +86,8 @@ class LineWriter:
         self._wake = asyncio.Event()
         self._stored = asyncio.Event()
         self._closing = False
+        channel, prefix = bus.notify_target(JOB_CHANGED_CHANNEL)
+        self._notify = (channel, prefix + job_id)
         self._task = asyncio.create_task(self._run(), name=f"darb-lines-{job_id}")
 
     async def add(self, lines: AgentLines) -> None:
@@ -116,10 +118,6 @@ class LineWriter:
             self._unstored_chars += sum(len(row.text) for row in rows)
             self._wake.set()
 
-    def _store(self, session: Session, batch: list[LineRow]) -> None:
-        jobs.append_lines(session, self._job_id, batch)
-        self._bus.notify_in(session, JOB_CHANGED_CHANNEL, self._job_id)
-
     async def _run(self) -> None:
         while True:
             await self._wake.wait()
@@ -127,7 +125,7 @@ class LineWriter:
             while self._pending:
                 batch, self._pending = self._pending, []
                 try:
-                    await self._db.run(self._store, batch)
+                    await jobs.store_lines(self._db, self._job_id, batch, self._notify)
                 except Exception:
                     log.warning("storing log lines of job %s failed; retrying", self._job_id)
                     self._pending = batch + self._pending
@@ -174,6 +172,10 @@ class Dispatcher:
         self._observer = JobObserver(database, metrics)
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._running: dict[str, asyncio.Task[None]] = {}
+        # Jobs whose operation is on an agent: ``concurrency`` bounds these. A job whose
+        # operation has ended leaves at once, so the next claim overlaps its bookkeeping
+        # (storing the last lines, recording the end) instead of waiting for it.
+        self._on_agent: set[str] = set()
         self._cancels: dict[str, asyncio.Event] = {}
         self._loop_task: asyncio.Task[None] | None = None
         self._side_tasks: set[asyncio.Task[None]] = set()
@@ -242,7 +244,7 @@ class Dispatcher:
                 await asyncio.wait_for(self._bus.jobs_available.wait(), self._poll_interval)
 
     async def _claim_all(self) -> None:
-        while len(self._running) < self._concurrency:
+        while len(self._on_agent) < self._concurrency:
             claimed = await jobs.claim_next(
                 self._db, self.worker_id, self._lease, self._bus.notify_target(JOB_CHANGED_CHANNEL)
             )
@@ -251,10 +253,17 @@ class Dispatcher:
             self._cancels[claimed.id] = asyncio.Event()
             task = asyncio.create_task(self._run(claimed), name=f"darb-job-{claimed.id}")
             self._running[claimed.id] = task
+            self._on_agent.add(claimed.id)
             task.add_done_callback(lambda _t, job_id=claimed.id: self._done(job_id))
             self._bus.changed_here(claimed.id)  # other processes heard the claim's NOTIFY
 
+    def _off_agent(self, job_id: str) -> None:
+        if job_id in self._on_agent:
+            self._on_agent.discard(job_id)
+            self._bus.jobs_available.set()
+
     def _done(self, job_id: str) -> None:
+        self._off_agent(job_id)
         self._running.pop(job_id, None)
         self._cancels.pop(job_id, None)
         self._bus.jobs_available.set()
@@ -273,6 +282,7 @@ class Dispatcher:
             log.exception("job %s failed in the control plane", job.id)
             outcome = Outcome(JobStatus.FAILED, "internal error in the control plane")
         finally:
+            self._off_agent(job.id)
             await _stop(heartbeat)
             await writer.close()
             await self._finish(job.id, outcome, JobStatus.RUNNING, self.worker_id)

@@ -1,5 +1,6 @@
-"""Log lines are stored in one statement per batch (COPY on PostgreSQL, executemany on
-SQLite) and read back exactly, page by page, whatever characters they hold."""
+"""Log lines are stored in one statement per batch (on PostgreSQL an INSERT from arrays
+for a few lines and COPY for many, each with its NOTIFY; executemany on SQLite) and read
+back exactly, page by page, whatever characters they hold."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import psycopg
 import pytest
 from sqlalchemy.orm import Session
 
@@ -16,7 +18,7 @@ from services.api.db import Database
 from services.api.migrate import migrate
 from services.api.repo import environments, jobs, users
 from services.api.repo.jobs import LineRow
-from tests.support.postgres import fresh_database
+from tests.support.postgres import fresh_database, libpq_url
 
 AWKWARD = ["tab\there", "back\\slash \\N", "cr\rinside", "new\nline", "ünïcode 🙂", "", "\\."]
 
@@ -36,6 +38,15 @@ def _job(session: Session) -> str:
     return jobs.submit(session, environment, payloads.CreatePayload("env", ["c"], ["a"])).id
 
 
+CHANNEL = "darb_test_lines"
+
+
+def _notifications(listener: psycopg.Connection | None) -> list[str]:
+    if listener is None:
+        return []
+    return [notify.payload for notify in listener.notifies(timeout=1, stop_after=1)]
+
+
 def test_lines_round_trip_in_batches_and_pages(url: str) -> None:
     start = datetime(2024, 5, 6, 7, 8, 9, 123456, tzinfo=UTC)
     rows = [
@@ -48,13 +59,21 @@ def test_lines_round_trip_in_batches_and_pages(url: str) -> None:
         for seq in range(1, 2501)
     ]
 
+    listener = None
+    if url.startswith("postgresql"):
+        listener = psycopg.connect(libpq_url(url), autocommit=True)
+        listener.execute(f"LISTEN {CHANNEL}")
+
     async def scenario() -> None:
         database = Database(url)
         try:
             await migrate(database)
             job_id = await database.run(_job)
-            await database.run(jobs.append_lines, job_id, rows[:1000])
-            await database.run(jobs.append_lines, job_id, rows[1000:])
+            few = jobs.COPY_FROM_LINES - 1  # stored by the INSERT, the rest by COPY
+            for batch in (rows[:few], rows[few:]):
+                await jobs.store_lines(database, job_id, batch, (CHANNEL, f"stored {len(batch)}"))
+                expected = [f"stored {len(batch)}"] if database.is_postgres else []
+                assert _notifications(listener) == expected
             assert await database.run(jobs.lines_after, job_id, 0) == rows
             assert await database.run(jobs.lines_after, job_id, 1200, 100) == rows[1200:1300]
             text = await database.run(jobs.log_text, job_id)
@@ -62,4 +81,8 @@ def test_lines_round_trip_in_batches_and_pages(url: str) -> None:
         finally:
             await database.close()
 
-    asyncio.run(scenario())
+    try:
+        asyncio.run(scenario())
+    finally:
+        if listener is not None:
+            listener.close()

@@ -6,7 +6,6 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-import psycopg
 from sqlalchemy import (
     ScalarSelect,
     Select,
@@ -17,10 +16,10 @@ from sqlalchemy import (
     func,
     insert,
     select,
+    text,
     update,
 )
 from sqlalchemy.orm import Session, aliased
-from sqlalchemy.util import await_only
 
 from services.api import payloads
 from services.api.direct import Query
@@ -266,24 +265,55 @@ _COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\
 _COPY_LINES = "COPY job_log_lines (job_id, seq, stream, time, text) FROM STDIN"
 
 
-def append_lines(session: Session, job_id: str, lines: list[LineRow]) -> None:
-    """Stores consecutive lines in one statement: COPY on PostgreSQL, executemany on
-    SQLite. Never one ORM object per line: a job may print 100,000 lines a second."""
+# A job's usual trickle of lines: stored, with the NOTIFY, by one statement in one round
+# trip (its own transaction). A flood goes through COPY, which costs less per line.
+INSERT_LINES_AND_NOTIFY = Query(
+    text(
+        "WITH stored AS (INSERT INTO job_log_lines (job_id, seq, stream, time, text)"
+        " SELECT :job_id, * FROM unnest(CAST(:seqs AS BIGINT[]), CAST(:streams AS VARCHAR[]),"
+        " CAST(:times AS TIMESTAMPTZ[]), CAST(:texts AS TEXT[])))"
+        " SELECT pg_notify(:channel, :payload)"
+    )
+)
+COPY_FROM_LINES = 500
+
+
+async def store_lines(
+    database: Database, job_id: str, lines: list[LineRow], notify: tuple[str, str]
+) -> None:
+    """Stores consecutive lines in one statement; on PostgreSQL the same commit sends
+    NOTIFY ``notify`` = (channel, payload). Never one ORM object per line: a job may
+    print 100,000 lines a second."""
     if not lines:
         return
-    connection = session.connection()
-    if connection.dialect.name != "postgresql":
-        columns = ("seq", "stream", "time", "text")
-        rows = [dict(zip(columns, line, strict=True), job_id=job_id) for line in lines]
-        connection.execute(insert(JobLogLine), rows)
+    if not database.is_postgres:
+        await database.run(append_lines, job_id, lines)
         return
-    raw = connection.connection.driver_connection
-    data = _copy_data(job_id, lines)
-    if isinstance(raw, psycopg.AsyncConnection):  # the service's engine
-        await_only(_copy_lines(raw, data))
+    channel, payload = notify
+    if len(lines) < COPY_FROM_LINES:
+        seqs, streams, times, texts = zip(*lines, strict=True)
+        await database.fetch_one(
+            INSERT_LINES_AND_NOTIFY,
+            job_id=job_id,
+            seqs=list(seqs),
+            streams=list(streams),
+            times=list(times),
+            texts=list(texts),
+            channel=channel,
+            payload=payload,
+        )
         return
-    with raw.cursor() as cursor, cursor.copy(_COPY_LINES) as copy:  # a synchronous engine
-        copy.write(data)
+    async with database.transaction() as conn:
+        async with conn.cursor() as cursor, cursor.copy(_COPY_LINES) as copy:
+            await copy.write(_copy_data(job_id, lines))
+        await conn.execute("SELECT pg_notify(%s, %s)", (channel, payload))
+
+
+def append_lines(session: Session, job_id: str, lines: list[LineRow]) -> None:
+    """``store_lines`` for a session (SQLite): one executemany."""
+    columns = ("seq", "stream", "time", "text")
+    rows = [dict(zip(columns, line, strict=True), job_id=job_id) for line in lines]
+    session.execute(insert(JobLogLine), rows)
 
 
 def _copy_data(job_id: str, lines: list[LineRow]) -> bytes:
@@ -292,18 +322,13 @@ def _copy_data(job_id: str, lines: list[LineRow]) -> bytes:
     texts = [line.text for line in lines]
     joined = "".join(texts)
     if any(char in joined for char in "\\\t\n\r"):
-        texts = [text.translate(_COPY_ESCAPES) for text in texts]
+        texts = [line_text.translate(_COPY_ESCAPES) for line_text in texts]
     out, stamped, stamp = [], None, ""
-    for line, text in zip(lines, texts, strict=True):
+    for line, line_text in zip(lines, texts, strict=True):
         if line.time != stamped:
             stamped, stamp = line.time, line.time.isoformat()
-        out.append(f"{job_id}\t{line.seq}\t{line.stream}\t{stamp}\t{text}\n")
+        out.append(f"{job_id}\t{line.seq}\t{line.stream}\t{stamp}\t{line_text}\n")
     return "".join(out).encode("utf-8", errors="replace")
-
-
-async def _copy_lines(connection: Any, data: bytes) -> None:
-    async with connection.cursor() as cursor, cursor.copy(_COPY_LINES) as copy:
-        await copy.write(data)
 
 
 def lines_after(
