@@ -7,7 +7,8 @@ tool is a stand-in; the agent, the control plane, PostgreSQL and the watchers ar
 
 Specs are ``name-value`` words: ``lines-N`` prints N lines, ``pace-R`` at R lines per
 second (as fast as it can without it), ``gate-T`` first waits for the file
-``$BENCH_GATE_DIR/T`` so the watchers are subscribed before the first line. Each line is
+``$BENCH_GATE_DIR/T`` so the watchers are subscribed before the first line, ``raw-HEX``
+prints those bytes as one line (for tests of awkward output). Each line is
 ``bench <i> <unix time when printed> <padding>``, so a watcher can time the whole path.
 """
 
@@ -40,6 +41,8 @@ if args[0] == "init":
         manifest.write("[workspace]\\nname = 'bench'\\n\\n[dependencies]\\n")
     sys.exit(0)
 options = dict(spec.rsplit("-", 1) for spec in args[args.index("--") + 1:])
+if "raw" in options:
+    write_all(bytes.fromhex(options["raw"]) + b"\\n")
 if "gate" in options:
     wait_for(os.path.join(os.environ["{gate_dir}"], options["gate"]))
 total, pace = int(options.get("lines", "0")), float(options.get("pace", "0"))

@@ -70,7 +70,7 @@ async def _pump(reader: asyncio.StreamReader, stream: Stream, emit: Emit) -> Non
         if end >= 0:
             # A newline byte is never part of a multi-byte UTF-8 character, so decoding
             # the complete lines at once equals decoding each one.
-            for text in data[:end].decode("utf-8", errors="replace").split("\n"):
+            for text in _text(data[:end]).split("\n"):
                 emit(OutputLine(stream, _fit(text), now))
             data = data[end + 1 :]
         if len(data) > MAX_LINE_BYTES:
@@ -95,7 +95,14 @@ def _fit(text: str) -> str:
 
 
 def _decode(raw: bytes) -> str:
-    return raw[:MAX_LINE_BYTES].decode("utf-8", errors="replace").rstrip("\r")
+    return _text(raw[:MAX_LINE_BYTES]).rstrip("\r")
+
+
+def _text(raw: bytes) -> str:
+    """Output as text: bytes that are not UTF-8, and NUL (which no PostgreSQL text can
+    hold), become U+FFFD, so the lines watchers see are the lines stored."""
+    text = raw.decode("utf-8", errors="replace")
+    return text.replace("\0", "\ufffd") if "\0" in text else text
 
 
 def die_with_parent(argv: Sequence[str]) -> list[str]:

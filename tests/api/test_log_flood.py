@@ -18,7 +18,7 @@ from benchmarks import standin
 from benchmarks.api_bench import logs_agent_env
 from darb.executor.v1 import executor_pb2 as pb
 from darb.v1 import common_pb2
-from tests.api.control_plane import TERMINAL, ApiProcess
+from tests.api.control_plane import TERMINAL, ApiProcess, watched_lines
 from tests.api.faults import rss_kib
 from tests.executor.helpers import new_id
 from tests.executor.test_agent_lifecycle import PID_LINE
@@ -119,3 +119,20 @@ def test_every_watcher_of_a_flood_gets_every_line_once_also_when_joining_late(
         assert [line.seq for line in lines] == list(range(first_seq, len(stored) + 1)), key
         assert [line.text for line in lines] == stored[first_seq - 1 :], key
         assert isinstance(events[-1], common_pb2.Job) and events[-1].status in TERMINAL, key
+
+
+def test_a_line_with_nul_and_bytes_that_are_not_utf8_is_served_and_stored_alike(
+    api_factory: Callable[..., ApiProcess], own_database: str, flood_agent: AgentProcess
+) -> None:
+    """PostgreSQL text cannot hold NUL: the line would never be stored, and the job never
+    end. The agent writes U+FFFD for it, as for bytes that are not UTF-8."""
+    api = api_factory(own_database, executors=flood_agent.addr)
+    client = api.new_user()
+    printed = "before\0after \xff end".encode("latin-1")
+    job = client.create("awkward", [f"raw-{printed.hex()}"]).job
+    watched = [line.text for line in watched_lines(client.watch(job.id, timeout=60))]
+    final = client.get_job(job.id)
+    assert final.status == common_pb2.JOB_STATUS_COMPLETED, final.error
+    expected = "before\ufffdafter \ufffd end"
+    assert expected in watched
+    assert expected in final.logs.split("\n")

@@ -289,6 +289,8 @@ async def store_lines(
     if not database.is_postgres:
         await database.run(append_lines, job_id, lines)
         return
+    if "\0" in "".join(line.text for line in lines):  # the agent replaces NUL; in case
+        lines = [line._replace(text=line.text.replace("\0", "\ufffd")) for line in lines]
     channel, payload = notify
     if len(lines) < COPY_FROM_LINES:
         seqs, streams, times, texts = zip(*lines, strict=True)
