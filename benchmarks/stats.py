@@ -79,28 +79,40 @@ class LoadResult:
 
 
 async def run_load(
-    call: Callable[[int, int], Awaitable[object]], clients: int, seconds: float, max_calls: int
+    call: Callable[[int, int], Awaitable[object]],
+    clients: int,
+    seconds: float,
+    max_calls: int,
+    rate: float | None = None,
 ) -> LoadResult:
-    """``clients`` tasks call ``call(client, n)`` back to back until the time or count runs out.
+    """``clients`` tasks call ``call(client, n)`` until the time or count runs out: back to
+    back (a closed loop, the most the stack serves), or with ``rate`` on a schedule of
+    ``rate`` calls per second in all (an open loop: a call waits only for its client's
+    previous one, so latency is measured at that load, not at saturation).
 
     The tasks share one event loop in this process: a thread per client would spend the
     client's share of the two cores on the GIL instead of on requests.
     """
     result = LoadResult()
     numbers = itertools.count()
-    deadline = time.perf_counter() + seconds
+    started = time.perf_counter()
+    deadline = started + seconds
+    interval = clients / rate if rate else 0.0
 
     async def client(index: int) -> None:
+        due = started + index * interval / clients  # clients spread over one interval
         while time.perf_counter() < deadline and (n := next(numbers)) < max_calls:
-            started = time.perf_counter()
+            if interval:
+                await asyncio.sleep(max(0.0, due - time.perf_counter()))
+                due += interval
+            sent = time.perf_counter()
             try:
                 await call(index, n)
             except grpc.aio.AioRpcError as exc:
                 result.errors.append(f"{exc.code().name}: {exc.details()}")
                 continue
-            result.latencies.append(time.perf_counter() - started)
+            result.latencies.append(time.perf_counter() - sent)
 
-    started = time.perf_counter()
     await asyncio.gather(*(client(index) for index in range(clients)))
     result.elapsed = time.perf_counter() - started
     return result
