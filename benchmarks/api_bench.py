@@ -92,8 +92,11 @@ METHOD = """\
   CPU per call as the server, on the same 2 cores. CreateEnvironment needs a new name per
   call, which h2load cannot vary: 16 clients (16 users, 16 HTTP/2 connections) as
   asyncio tasks in one client process, each calling back to back. Rate = successful
-  calls / wall time. Creates queue real jobs, which this stack's dispatcher cannot run
-  (no agent listens), so no job runs meanwhile.
+  calls / wall time. Its p50 target is taken in a second run in which the same 16
+  clients send 500 creates/s in all on a fixed schedule: with each client waiting for
+  its answer, back to back, the mean latency is 16 / throughput (Little's law), so a
+  p50 of 10 ms there would need about 1,600 creates/s. Creates queue real jobs, which
+  this stack's dispatcher cannot run (no agent listens), so no job runs meanwhile.
 - **ListEnvironments**: first page (default size) for a user whose 10,000 environments
   were inserted with SQL into the benchmark's own database (then `ANALYZE`); one client,
   sequential calls.
@@ -106,7 +109,9 @@ METHOD = """\
   jobs/s from the first job's `created_at` to the last `completed_at`. Agent-only: the
   same creates on the same agents (the environment→agent assignment the control plane
   chose), sent directly, as many at a time as the control plane runs (its
-  `DARB_WORKER_CONCURRENCY`).
+  `DARB_WORKER_CONCURRENCY`). Three rounds, each through the control plane and then
+  straight to the agents; the ratio is of the two medians (one run of either side varies
+  by 10-20 % here).
 """
 
 
