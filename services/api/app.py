@@ -8,6 +8,7 @@ import logging
 import os
 import signal
 from dataclasses import dataclass
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -24,6 +25,7 @@ from darb.v1 import (
     users_pb2_grpc,
 )
 from services.api.agents import AgentMonitor
+from services.api.caches import NotifiedCache
 from services.api.db import Database
 from services.api.dispatcher import Dispatcher
 from services.api.events import EventBus
@@ -53,6 +55,9 @@ SERVICE_NAMES = [
     jobs_pb2.DESCRIPTOR.services_by_name["JobService"].full_name,
 ]
 STARTUP_DB_WAIT = 30.0
+# GetEnvironment answers: the TTL only bounds how long a lost notification goes unseen.
+ENVIRONMENT_TTL = 5.0
+ENVIRONMENT_ENTRIES = 10_000
 
 
 @dataclass
@@ -187,6 +192,22 @@ def _rpc_server(state: AppState, metrics: Metrics) -> tuple[grpc.aio.Server, Dat
     return server, DatabaseHealth(health_servicer, state.db, SERVICE_NAMES)
 
 
+def _environment_cache(bus: EventBus) -> NotifiedCache[str, Any]:
+    """GetEnvironment's answers. An environment's entry goes as soon as its row changes:
+    at once for this process's own commits, by the trigger's NOTIFY for any other."""
+    cache: NotifiedCache[str, Any] = NotifiedCache(ENVIRONMENT_TTL, ENVIRONMENT_ENTRIES)
+
+    def changed(environment_id: str | None) -> None:
+        if environment_id is None:
+            cache.clear()
+        else:
+            cache.forget(environment_id)
+
+    bus.on_environment_changed(changed)
+    bus.on_listening(cache.set_enabled)
+    return cache
+
+
 async def start(settings: ApiSettings, *, rpc_worker: bool = False) -> ControlPlane:
     """The primary process, or with ``rpc_worker`` one that only serves RPCs."""
     db = Database(settings.database_url)
@@ -196,11 +217,12 @@ async def start(settings: ApiSettings, *, rpc_worker: bool = False) -> ControlPl
     tokens = TokenCache()
     bus.on_user_changed(tokens.forget_user)
     bus.on_listening(tokens.set_enabled)
+    environments = _environment_cache(bus)
     await bus.start()
     # A worker's RPC metrics stay in the worker: only the primary exports metrics.
     metrics = Metrics()
     runner = None if rpc_worker else await _start_runner(settings, db, bus, metrics)
-    state = AppState(settings=settings, db=db, bus=bus, tokens=tokens)
+    state = AppState(settings, db, bus, tokens, environments)
     server, database_health = _rpc_server(state, metrics)
     await database_health.check(timeout=5.0)
     port = add_port(server, settings.addr, settings.tls)

@@ -255,6 +255,7 @@ class Dispatcher:
             self._running[claimed.id] = task
             self._on_agent.add(claimed.id)
             task.add_done_callback(lambda _t, job_id=claimed.id: self._done(job_id))
+            self._bus.environment_changed_here(claimed.environment_id)
             self._bus.changed_here(claimed.id)  # other processes heard the claim's NOTIFY
 
     def _off_agent(self, job_id: str) -> None:
@@ -285,7 +286,9 @@ class Dispatcher:
             self._off_agent(job.id)
             await _stop(heartbeat)
             await writer.close()
-            await self._finish(job.id, outcome, JobStatus.RUNNING, self.worker_id)
+            await self._finish(
+                job.id, outcome, JobStatus.RUNNING, self.worker_id, job.environment_id
+            )
 
     async def _supervise(self, job: ClaimedJob, writer: LineWriter) -> Outcome:
         """Runs the operation on its agent. A create goes to an agent that answered
@@ -394,7 +397,12 @@ class Dispatcher:
                     cancel.set()
 
     async def _finish(
-        self, job_id: str, outcome: Outcome, expected: JobStatus, worker_id: str | None
+        self,
+        job_id: str,
+        outcome: Outcome,
+        expected: JobStatus,
+        worker_id: str | None,
+        environment_id: str | None = None,
     ) -> None:
         """Records the end, retrying while the database is away: a job that ran must not
         be left to the lease sweep, which would replace its real outcome."""
@@ -409,6 +417,8 @@ class Dispatcher:
                 log.warning("recording the end of job %s failed (%s)", job_id, _describe(exc))
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
+        if ended:
+            self._bus.environment_changed_here(environment_id)  # None: not known here
         for ended_id in ended:
             self._bus.changed_here(ended_id)
         if ended:

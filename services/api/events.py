@@ -7,7 +7,9 @@ in memory, published before they are stored, and a second event says up to which
 they are stored (watchers that missed lines read those from the table). On PostgreSQL
 every event is also sent with NOTIFY, and events from other processes arrive through
 LISTEN as bare "job changed" pokes that watchers answer by reading the table. The
-database stays the source of truth; events only say "look now".
+database stays the source of truth; events only say "look now". Two more say that a
+cached copy is out of date: a user changed (the token cache) and an environment's row
+changed (the GetEnvironment cache; sent by a trigger, see migration 0004).
 """
 
 from __future__ import annotations
@@ -34,8 +36,17 @@ JOBS_CHANNEL = "darb_jobs"
 JOB_CHANGED_CHANNEL = "darb_job_changed"
 CANCEL_CHANNEL = "darb_job_cancel"
 USER_CHANGED_CHANNEL = "darb_user_changed"
+# Sent by a trigger on every UPDATE or DELETE of an environment row (migration 0004),
+# whatever made it; the payload is the environment's id.
+ENVIRONMENT_CHANGED_CHANNEL = "darb_environment_changed"
 NOTIFY = Query(select(func.pg_notify(bindparam("channel"), bindparam("payload"))))
-CHANNELS = (JOBS_CHANNEL, JOB_CHANGED_CHANNEL, CANCEL_CHANNEL, USER_CHANGED_CHANNEL)
+CHANNELS = (
+    JOBS_CHANNEL,
+    JOB_CHANGED_CHANNEL,
+    CANCEL_CHANNEL,
+    USER_CHANGED_CHANNEL,
+    ENVIRONMENT_CHANGED_CHANNEL,
+)
 # A watcher this far behind is told to re-read the table instead of growing memory. The
 # batches are shared by all watchers of the job: this bounds references, not copies.
 MAX_BUFFERED_LINES = 20_000
@@ -72,6 +83,7 @@ class EventBus:
         self._watchers: dict[str, set[Subscription]] = {}
         self._cancel_handlers: list[Callable[[str], None]] = []
         self._user_handlers: list[Callable[[str], None]] = []
+        self._environment_handlers: list[Callable[[str | None], None]] = []
         self._listening_handlers: list[Callable[[bool], None]] = []
         self.jobs_available = asyncio.Event()
         self._listener: asyncio.Task[None] | None = None
@@ -109,6 +121,18 @@ class EventBus:
     def on_user_changed(self, handler: Callable[[str], None]) -> None:
         """``handler(user_id)`` for a change committed in another process."""
         self._user_handlers.append(handler)
+
+    def on_environment_changed(self, handler: Callable[[str | None], None]) -> None:
+        """``handler(environment_id)`` for a change to an environment's row, committed
+        here or in another process; ``handler(None)`` when which one is not known."""
+        self._environment_handlers.append(handler)
+
+    def environment_changed_here(self, environment_id: str | None) -> None:
+        """Call after a commit of this process that may have changed the environment
+        (None: some environment), before answering: its trigger's NOTIFY arrives a
+        moment later, and this process's next read must not be older than its write."""
+        for handler in self._environment_handlers:
+            handler(environment_id)
 
     def on_listening(self, handler: Callable[[bool], None]) -> None:
         """``handler(True)`` once events from other processes arrive, ``False`` when they
@@ -199,6 +223,9 @@ class EventBus:
             log.warning("could not send NOTIFY on %s", channel, exc_info=True)
 
     def _deliver(self, channel: str, payload: str) -> None:
+        if channel == ENVIRONMENT_CHANGED_CHANNEL:  # from the trigger: any process
+            self.environment_changed_here(payload)
+            return
         origin, _, job_id = payload.partition(":")
         if origin == self._origin:
             return

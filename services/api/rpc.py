@@ -51,7 +51,7 @@ async def authenticate(state: AppState, context: grpc.aio.ServicerContext) -> Us
     if scheme.lower() != "bearer" or not token.strip():
         raise Unauthenticated("missing 'authorization: Bearer <token>' metadata")
     token = token.strip()
-    cached = state.tokens.get(token)
+    cached = state.tokens.user(token)
     if cached is not None:
         return cached
     generation = state.tokens.generation
@@ -59,7 +59,7 @@ async def authenticate(state: AppState, context: grpc.aio.ServicerContext) -> Us
     if found is None:
         raise Unauthenticated("the token is invalid or has expired; log in again")
     user, expires_at = found
-    state.tokens.put(token, user, expires_at, generation)
+    state.tokens.put(token, (user, expires_at), generation)
     return user
 
 

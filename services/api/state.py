@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from darb.v1 import environments_pb2
+from services.api.caches import NotifiedCache
 from services.api.db import Database
 from services.api.events import EventBus
 from services.api.tokens import TokenCache
@@ -16,3 +18,5 @@ class AppState:
     db: Database
     bus: EventBus
     tokens: TokenCache
+    # GetEnvironment's answers by environment id, with the owner's id.
+    environments: NotifiedCache[str, tuple[str, environments_pb2.GetEnvironmentResponse]]

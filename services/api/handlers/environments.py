@@ -129,6 +129,7 @@ class EnvironmentService(pb_grpc.EnvironmentServiceServicer):
         limits = self.state.settings.limits
         bus = self.state.bus
         job = await self.state.db.run(_submit, bus, caller, environment_id, payload, limits)
+        bus.environment_changed_here(environment_id)  # a delete marked it DELETING
         bus.jobs_available.set()  # other processes heard the commit's NOTIFY
         return job
 
@@ -159,12 +160,19 @@ class EnvironmentService(pb_grpc.EnvironmentServiceServicer):
         self, request: pb.GetEnvironmentRequest, caller: User
     ) -> pb.GetEnvironmentResponse:
         environment_id = parse_id(request.id, "id")
+        cache = self.state.environments
+        cached = cache.get(environment_id)
+        if cached is not None and (cached[0] == caller.id or caller.is_admin):
+            return cached[1]
+        generation = cache.generation
         row = await self.state.db.fetch_one(
             environments.VISIBLE, id=environment_id, owner=caller.id, admin=caller.is_admin
         )
         if row is None:
             raise environments.not_found(environment_id)
-        return pb.GetEnvironmentResponse(environment=convert.environment(row))
+        response = pb.GetEnvironmentResponse(environment=convert.environment(row))
+        cache.put(environment_id, (row.owner_id, response), generation)
+        return response
 
     @unary()
     async def ListEnvironments(

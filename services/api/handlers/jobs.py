@@ -182,6 +182,7 @@ class JobService(pb_grpc.JobServiceServicer):
         if job.status == JobStatus.PENDING:
             outcome = Outcome(JobStatus.CANCELLED, CANCELLED_BY_REQUEST)
             ended = await db.run(finish, job_id, outcome, JobStatus.PENDING)
+            bus.environment_changed_here(job.environment_id)
             for ended_id in ended:
                 await bus.job_changed(ended_id)
             if ended:
