@@ -77,6 +77,8 @@ class JobStatus(enum.StrEnum):
 
 
 ACTIVE_JOB_STATUSES = (JobStatus.PENDING, JobStatus.RUNNING)
+# ``is_active`` as SQL text, for a partial index's condition.
+ACTIVE_JOBS_CONDITION = "status = 'PENDING' OR status = 'RUNNING'"
 
 
 def is_active(status: ColumnElement[str]) -> ColumnElement[bool]:
@@ -174,6 +176,14 @@ class Job(Base):
     __table_args__ = (
         Index("ix_jobs_status_seq", "status", "seq"),
         Index("ix_jobs_environment_seq", "environment_id", "seq"),
+        # The active-jobs quota counts these on every submit: without the condition the
+        # count would visit every job the owner ever ran (migration 0005).
+        Index(
+            "ix_jobs_owner_active",
+            "owner_id",
+            postgresql_where=text(ACTIVE_JOBS_CONDITION),
+            sqlite_where=text(ACTIVE_JOBS_CONDITION),
+        ),
     )
 
     seq: Mapped[int] = mapped_column(BigIntPK, primary_key=True, autoincrement=True)

@@ -4,6 +4,7 @@ and one user at a limit does not stop another."""
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import grpc
@@ -69,6 +70,26 @@ def test_environments_per_user(limited: ApiProcess) -> None:
     )
     assert alice.wait(delete.job.id).status == common_pb2.JOB_STATUS_COMPLETED
     assert alice.create("three", ["acme-core"]).environment.name == "three"
+
+
+def test_concurrent_creates_of_one_user_never_exceed_the_quota(limited: ApiProcess) -> None:
+    """Each create locks its owner's row, then counts in a statement of its own: counts
+    taken in the statement that waited for the lock would miss the create that held it."""
+    user = limited.new_user()
+    outcomes: list[grpc.StatusCode] = []
+
+    def create(name: str) -> None:
+        try:
+            user.create(name, ["acme-core"])
+            outcomes.append(grpc.StatusCode.OK)
+        except grpc.RpcError as exc:
+            outcomes.append(exc.code())
+
+    with ThreadPoolExecutor(max_workers=12) as pool:
+        list(pool.map(create, [f"race-{n}" for n in range(12)]))
+    assert sorted(outcomes, key=str) == sorted([grpc.StatusCode.OK] * 2 + [EXHAUSTED] * 10, key=str)
+    listed = user.call(user.envs.ListEnvironments, environments_pb2.ListEnvironmentsRequest())
+    assert len(listed.environments) == 2
 
 
 def test_active_jobs_per_user(api_factory: Callable[..., ApiProcess]) -> None:
