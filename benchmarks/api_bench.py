@@ -15,6 +15,7 @@ Four stacks, each a fresh PostgreSQL database, its agents and one control plane:
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 import resource
 import shutil
@@ -53,6 +54,7 @@ from benchmarks.stats import (
 )
 from darb.executor.v1 import executor_pb2 as agent_pb
 from darb.v1 import common_pb2, environments_pb2, jobs_pb2
+from shared.config import ApiLimits
 from tests.support.channel import many_packages_channel
 from tests.support.processes import launch, stop
 
@@ -469,18 +471,38 @@ async def get_environment_load(
     return result, meter
 
 
+# Creates per account: below the default quotas (100 environments, 100 active jobs).
+CREATES_PER_USER = 90
+
+
+class Accounts:
+    """Hands out the tokens of many accounts, each for ``CREATES_PER_USER`` creates, so
+    that every create is accepted under the default quotas (which the api stack keeps):
+    16 clients, but no account with more environments than a user may have."""
+
+    def __init__(self, tokens: list[str]) -> None:
+        self._tokens = tokens
+        self._calls = itertools.count()
+
+    def metadata(self) -> tuple[tuple[str, str], ...]:
+        token = self._tokens[next(self._calls) // CREATES_PER_USER % len(self._tokens)]
+        return (("authorization", f"Bearer {token}"),)
+
+
 async def create_load(
-    stack: Stack, clients: list[AioClient], seconds: float, rate: float | None = None
-) -> tuple[LoadResult, CpuMeter]:
+    stack: Stack, clients: list[AioClient], accounts: Accounts, seconds: float,
+    rate: float | None = None,
+) -> tuple[LoadResult, CpuMeter]:  # fmt: skip
     """Each client creates environments, each with a unique name: back to back, or at
     ``rate`` creates per second in all (see ``run_load``)."""
     prefix = "paced" if rate else "load"
 
     def calls(prefix: str) -> Callable[[int, int], Awaitable[object]]:
         async def call(client: int, n: int) -> object:
-            own = clients[client]
             request = _create_request(f"{prefix}-{n}", [SMALL_SPEC])
-            return await own.envs.CreateEnvironment(request, metadata=own.metadata, timeout=10)
+            return await clients[client].envs.CreateEnvironment(
+                request, metadata=accounts.metadata(), timeout=10
+            )
 
         return call
 
@@ -575,8 +597,10 @@ async def create_environment_rps(
     the mean latency is 16 / throughput (Little's law), so a p50 of 10 ms there would
     take about 1,600 creates/s. The p50 target is checked with the same 16 clients
     sending 500 creates/s in all on a schedule."""
-    result, meter = await create_load(stack, clients, seconds)
-    paced, _ = await create_load(stack, clients, seconds, CREATE_RATE)
+    # Enough accounts for the most creates both runs could make at 1,000/s.
+    accounts = Accounts(stack.insert_users(round(2 * (seconds + 0.5) * 1000 / CREATES_PER_USER)))
+    result, meter = await create_load(stack, clients, accounts, seconds)
+    paced, _ = await create_load(stack, clients, accounts, seconds, CREATE_RATE)
     p50 = percentile(paced.latencies, 50)
     report.rows += [
         Row(f"CreateEnvironment accepted, {len(clients)} clients back to back (per s)",
@@ -851,6 +875,11 @@ def logs_agent_env(scratch: Path) -> dict[str, str]:
 
 # One RPC process per core, as docker-compose.yml runs the control plane.
 API_PROCESSES = {"DARB_API_PROCESSES": str(os.cpu_count() or 1)}
+# The request-path figures run under the default quotas (see ``Accounts``).
+DEFAULT_QUOTAS = {
+    "DARB_MAX_ACTIVE_JOBS_PER_USER": str(ApiLimits.max_active_jobs_per_user),
+    "DARB_MAX_ENVIRONMENTS_PER_USER": str(ApiLimits.max_environments_per_user),
+}
 
 
 def main(scratch: Path, sizes: Sizes = Sizes(), only: set[str] | None = None) -> Report:
@@ -858,7 +887,8 @@ def main(scratch: Path, sizes: Sizes = Sizes(), only: set[str] | None = None) ->
     report = Report()
     channel, specs = many_packages_channel(scratch / "channel", PACKAGES)
     plans: list[tuple[str, dict[str, Any], Callable[[Stack], Awaitable[None]]]] = [
-        ("api", {"agents": 0, "executors": unused_address(), "api_settings": API_PROCESSES},
+        ("api", {"agents": 0, "executors": unused_address(),
+                 "api_settings": {**API_PROCESSES, **DEFAULT_QUOTAS}},
          lambda stack: api_figures(stack, channel, sizes, report)),
         ("builtin", {"agents": 1},
          lambda stack: builtin_figures(stack, channel, specs, sizes, report)),

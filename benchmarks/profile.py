@@ -89,7 +89,8 @@ async def profiled(stack: Stack, load: str, seconds: float, out: Path) -> Path:
         spy = subprocess.Popen(
             command, stdout=subprocess.DEVNULL, stderr=(out / f"{load}-py-spy.log").open("w")
         )
-        await api_bench.create_load(stack, clients, seconds)
+        tokens = stack.insert_users(round((seconds + 1) * 1000 / api_bench.CREATES_PER_USER))
+        await api_bench.create_load(stack, clients, api_bench.Accounts(tokens), seconds)
     await asyncio.to_thread(spy.wait)
     for client in clients:
         await client.close()

@@ -9,6 +9,7 @@ protect users from each other never cut a benchmark's load short.
 from __future__ import annotations
 
 import contextlib
+import secrets
 import socket
 import uuid
 from collections.abc import Iterator
@@ -20,6 +21,7 @@ import psycopg
 
 from darb.executor.v1 import executor_pb2_grpc
 from darb.v1 import environments_pb2_grpc, jobs_pb2_grpc, users_pb2
+from services.api.tokens import token_hash
 from tests.api.control_plane import ApiProcess, api_env, start_api
 from tests.support.agent import AgentProcess, start_agent
 from tests.support.postgres import fresh_database, libpq_url
@@ -71,6 +73,24 @@ class Stack:
             accounts.append((client.user.id, client.token))
         admin.channel.close()
         return accounts
+
+    def insert_users(self, count: int) -> list[str]:
+        """Tokens of ``count`` accounts inserted with SQL (no password hashing: many
+        users, quickly), each valid for a day."""
+        tokens = [secrets.token_urlsafe(32) for _ in range(count)]
+        users = [(str(uuid.uuid4()), f"bench{uuid.uuid4().hex[:12]}") for _ in tokens]
+        with self.sql() as conn, conn.cursor() as cursor:
+            cursor.executemany(
+                "INSERT INTO users (id, username, password_hash, is_admin, created_at, disabled)"
+                " VALUES (%s, %s, '!', false, now(), false)",
+                users,
+            )
+            cursor.executemany(
+                "INSERT INTO api_tokens (token_hash, user_id, created_at, expires_at)"
+                " VALUES (%s, %s, now(), now() + interval '1 day')",
+                [(token_hash(t), user_id) for t, (user_id, _) in zip(tokens, users, strict=True)],
+            )
+        return tokens
 
 
 def unused_address() -> str:
