@@ -92,8 +92,10 @@ METHOD = """\
   8 s of calls. Every answer is checked: the response bytes must be exactly one expected
   message per call (an error carries none). A Python client would spend about as much
   CPU per call as the server, on the same 2 cores. CreateEnvironment needs a new name per
-  call, which h2load cannot vary: 16 clients (16 users, 16 HTTP/2 connections) as
-  asyncio tasks in one client process, each calling back to back. Rate = successful
+  call, which h2load cannot vary: 16 clients (16 HTTP/2 connections) as asyncio tasks in
+  one client process, each calling back to back. The stack keeps the default quotas (100
+  environments and 100 active jobs per user), so the creates are spread over accounts
+  inserted with SQL beforehand, 90 creates each. Rate = successful
   calls / wall time. Its p50 target is taken in a second run in which the same 16
   clients send 500 creates/s in all on a fixed schedule: with each client waiting for
   its answer, back to back, the mean latency is 16 / throughput (Little's law), so a
