@@ -98,7 +98,10 @@ class DirectPool:
     async def fetch_one(self, query: Query, params: dict[str, Any]) -> Any:
         """The first row (a named tuple) or None."""
         async with self._connection() as conn:
-            cursor = await conn.execute(query.postgres_sql, query.postgres_params(params))
+            try:
+                cursor = await conn.execute(query.postgres_sql, query.postgres_params(params))
+            except psycopg.errors.UniqueViolation as exc:
+                raise UniqueViolation(str(exc)) from exc
             return await cursor.fetchone()
 
     @contextlib.asynccontextmanager

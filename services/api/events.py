@@ -23,11 +23,10 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 
 import psycopg
-from sqlalchemy import bindparam, func, select, text
+from sqlalchemy import text
 from sqlalchemy.orm import Session
 
-from services.api.db import Database, Unit
-from services.api.direct import Query
+from services.api.db import Database
 from services.api.repo.jobs import LineRow
 
 log = logging.getLogger(__name__)
@@ -39,7 +38,6 @@ USER_CHANGED_CHANNEL = "darb_user_changed"
 # Sent by a trigger on every UPDATE or DELETE of an environment row (migration 0004),
 # whatever made it; the payload is the environment's id.
 ENVIRONMENT_CHANGED_CHANNEL = "darb_environment_changed"
-NOTIFY = Query(select(func.pg_notify(bindparam("channel"), bindparam("payload"))))
 CHANNELS = (
     JOBS_CHANNEL,
     JOB_CHANGED_CHANNEL,
@@ -143,11 +141,6 @@ class EventBus:
         """``channel`` and the payload prefix for a NOTIFY that SQL sends itself (the
         key follows the prefix)."""
         return channel, f"{self._origin}:"
-
-    async def notify_in_unit(self, unit: Unit, channel: str, key: str = "") -> None:
-        """``notify_in`` for a unit of work (see ``Database.unit``)."""
-        if self._db.is_postgres:
-            await unit.execute(NOTIFY, channel=channel, payload=f"{self._origin}:{key}")
 
     def notify_in(self, session: Session, channel: str, key: str = "") -> None:
         """NOTIFY as part of the caller's transaction: sent by its commit, and only then,

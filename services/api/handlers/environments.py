@@ -15,7 +15,7 @@ from services.api.errors import FailedPrecondition, InvalidArgument, ResourceExh
 from services.api.events import JOBS_CHANNEL, EventBus
 from services.api.ids import parse_id
 from services.api.models import Environment, EnvironmentStatus, Job, User
-from services.api.repo import environments, jobs, quotas
+from services.api.repo import creates, environments, jobs, quotas
 from services.api.rpc import unary
 from services.api.state import AppState
 from shared.config import ApiLimits
@@ -59,6 +59,8 @@ async def _create(
     """The environment's row and its create job, in one transaction that also checks the
     quotas (before the name's uniqueness) and wakes the dispatchers."""
     try:
+        if state.db.is_postgres:
+            return await _create_in_one_call(state, caller, payload, executor)
         async with state.db.unit() as unit:
             await unit.execute(quotas.LOCK_OWNER, owner=caller.id)
             counts = await unit.fetch_one(quotas.NEW_ENVIRONMENT_COUNTS, owner=caller.id)
@@ -70,9 +72,24 @@ async def _create(
             job = jobs.new(environment.id, caller.id, payload)
             await unit.execute(environments.NEW.query, **environments.NEW.params(environment))
             await unit.execute(jobs.NEW.query, **jobs.NEW.params(job))
-            await state.bus.notify_in_unit(unit, JOBS_CHANNEL)
     except UniqueViolation as exc:
         raise environments.already_exists(payload.name) from exc
+    return environment, job
+
+
+async def _create_in_one_call(
+    state: AppState, caller: User, payload: payloads.CreatePayload, executor: str
+) -> tuple[Environment, Job]:
+    """``_create`` on PostgreSQL: one call of a function (see ``repo.creates``)."""
+    limits = state.settings.limits
+    environment = environments.new(caller.id, payload.name, "pixi", payload.channels, executor)
+    job = jobs.new(environment.id, caller.id, payload)
+    notify = state.bus.notify_target(JOBS_CHANNEL)
+    values = creates.params(environment, job, limits, notify)
+    counts = await state.db.fetch_one(creates.CREATE_ENVIRONMENT, **values)
+    quotas.refuse_new_environment(counts, limits)
+    if not counts.created:  # the counts fit, so only a bug of the function gets here
+        raise RuntimeError("darb_create_environment inserted nothing")
     return environment, job
 
 
