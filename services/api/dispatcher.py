@@ -23,17 +23,16 @@ from typing import Any
 import grpc
 import psycopg
 from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.orm import Session
 
 from services.api import payloads
 from services.api.agents import AgentMonitor, rebind
 from services.api.db import Database
-from services.api.events import JOB_CHANGED_CHANNEL, JOBS_CHANNEL, EventBus
+from services.api.events import JOB_CHANGED_CHANNEL, EventBus
 from services.api.executor_client import AgentLines, ExecutorClient, ExecutorError
 from services.api.logcap import LogCap
 from services.api.metrics import JobObserver, Metrics
 from services.api.models import JobStatus, utcnow
-from services.api.outcomes import AgentState, Outcome, finish
+from services.api.outcomes import AgentState, Outcome, finish_and_announce
 from services.api.repo import jobs
 from services.api.repo.jobs import ClaimedJob, LineBatch, LineRow
 from shared.config import ApiLimits
@@ -410,37 +409,17 @@ class Dispatcher:
         while True:
             try:
                 ended = await self._db.run(
-                    self._finish_and_announce, job_id, outcome, expected, worker_id
+                    finish_and_announce, self._bus, job_id, outcome, expected, worker_id
                 )
                 break
             except DATABASE_ERRORS as exc:
                 log.warning("recording the end of job %s failed (%s)", job_id, _describe(exc))
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
+        self._bus.jobs_ended_here(ended, environment_id)
         if ended:
-            self._bus.environment_changed_here(environment_id)  # None: not known here
-        for ended_id in ended:
-            self._bus.changed_here(ended_id)
-        if ended:
-            self._bus.jobs_available.set()
             # Metrics and the log line read the rows again: not on the next job's path.
             self._background(self._observer.ended(ended))
-
-    def _finish_and_announce(
-        self,
-        session: Session,
-        job_id: str,
-        outcome: Outcome,
-        expected: JobStatus,
-        worker_id: str | None,
-    ) -> list[str]:
-        """``finish``, with the NOTIFYs for other processes sent by its commit."""
-        ended = finish(session, job_id, outcome, expected, worker_id)
-        for ended_id in ended:
-            self._bus.notify_in(session, JOB_CHANGED_CHANNEL, ended_id)
-        if ended:
-            self._bus.notify_in(session, JOBS_CHANNEL)
-        return ended
 
     def _background(self, coroutine: Coroutine[Any, Any, None]) -> None:
         task = asyncio.create_task(coroutine)

@@ -151,20 +151,21 @@ class EventBus:
                 {"channel": channel, "payload": f"{self._origin}:{key}"},
             )
 
-    async def jobs_queued(self) -> None:
-        self.jobs_available.set()
-        await self._notify(JOBS_CHANNEL, "")
-
-    async def job_changed(self, job_id: str) -> None:
-        """Call after the commit that stored the change (when it sent no NOTIFY itself;
-        else ``changed_here``)."""
-        self._poke(job_id, None)
-        await self._notify(JOB_CHANGED_CHANNEL, job_id)
-
     def changed_here(self, job_id: str) -> None:
-        """``job_changed`` for a commit that sent its own NOTIFY (``notify_in``): only
-        this process's watchers are left to tell."""
+        """After a commit that changed the job and sent its own NOTIFY (``notify_in``):
+        only this process's watchers are left to tell."""
         self._poke(job_id, None)
+
+    def jobs_ended_here(self, job_ids: list[str], environment_id: str | None) -> None:
+        """After the commit of ``outcomes.finish_and_announce``, whose NOTIFYs told the
+        other processes: wakes this process's watchers and dispatcher, and drops its
+        cached environment (None: which one is not known here)."""
+        if not job_ids:
+            return
+        self.environment_changed_here(environment_id)
+        for job_id in job_ids:
+            self._poke(job_id, None)
+        self.jobs_available.set()
 
     def publish_lines(self, job_id: str, lines: list[LineRow]) -> None:
         """Hands consecutive new lines to this process's watchers before they are stored,

@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from services.api import payloads
+from services.api.events import JOB_CHANGED_CHANNEL, JOBS_CHANNEL
 from services.api.models import Environment, EnvironmentStatus, Job, JobStatus, JobType, utcnow
 from services.api.repo import environments
 from services.api.repo.environments import PackageRow
+
+if TYPE_CHECKING:
+    from services.api.events import EventBus
 
 
 @dataclass(frozen=True)
@@ -73,6 +78,24 @@ def finish(
             environments.replace_packages(session, environment.id, [])
         else:
             environment.status = _status_after_create(session, environment.id)
+    return ended
+
+
+def finish_and_announce(
+    session: Session,
+    bus: EventBus,
+    job_id: str,
+    outcome: Outcome,
+    expected: JobStatus,
+    worker_id: str | None = None,
+) -> list[str]:
+    """``finish``, with the NOTIFYs for other processes sent by its commit; after the
+    commit, ``bus.jobs_ended_here`` tells this process."""
+    ended = finish(session, job_id, outcome, expected, worker_id)
+    for ended_id in ended:
+        bus.notify_in(session, JOB_CHANGED_CHANNEL, ended_id)
+    if ended:
+        bus.notify_in(session, JOBS_CHANNEL)
     return ended
 
 
