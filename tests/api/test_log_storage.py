@@ -86,3 +86,26 @@ def test_lines_round_trip_in_batches_and_pages(url: str) -> None:
     finally:
         if listener is not None:
             listener.close()
+
+
+def test_a_nul_byte_is_stored_as_the_replacement_character() -> None:
+    """The agent already replaces NUL; the control plane does too, since PostgreSQL text
+    cannot hold it and a batch that fails is retried forever."""
+    start = datetime(2024, 5, 6, 7, 8, 9, tzinfo=UTC)
+    rows = [LineRow(seq, "stdout", start, f"a\0b {seq}") for seq in range(1, 1001)]
+
+    async def scenario(url: str) -> list[LineRow]:
+        database = Database(url)
+        try:
+            await migrate(database)
+            job_id = await database.run(_job)
+            few = jobs.COPY_FROM_LINES - 1  # an INSERT, then COPY
+            for batch in (rows[:few], rows[few:]):
+                await jobs.store_lines(database, job_id, batch, (CHANNEL, "stored"))
+            return await database.run(jobs.lines_after, job_id, 0)
+        finally:
+            await database.close()
+
+    with fresh_database() as url:
+        stored = asyncio.run(scenario(url))
+    assert [row.text for row in stored] == [f"a\ufffdb {seq}" for seq in range(1, 1001)]

@@ -261,7 +261,11 @@ class LineBatch(list[LineRow]):
 
 
 # COPY's text format: these characters of a value are written as escapes.
-_COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
+# NUL, which no PostgreSQL text can hold, becomes U+FFFD (the agent already replaces it;
+# this keeps a line that still has one from failing its batch forever).
+_NUL = "\0"
+_NO_NUL = str.maketrans({_NUL: "\ufffd"})
+_COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r", _NUL: "\ufffd"})
 _COPY_LINES = "COPY job_log_lines (job_id, seq, stream, time, text) FROM STDIN"
 
 
@@ -289,11 +293,11 @@ async def store_lines(
     if not database.is_postgres:
         await database.run(append_lines, job_id, lines)
         return
-    if "\0" in "".join(line.text for line in lines):  # the agent replaces NUL; in case
-        lines = [line._replace(text=line.text.replace("\0", "\ufffd")) for line in lines]
     channel, payload = notify
     if len(lines) < COPY_FROM_LINES:
         seqs, streams, times, texts = zip(*lines, strict=True)
+        if _NUL in "".join(texts):
+            texts = tuple(text.translate(_NO_NUL) for text in texts)
         await database.fetch_one(
             INSERT_LINES_AND_NOTIFY,
             job_id=job_id,
@@ -323,7 +327,7 @@ def _copy_data(job_id: str, lines: list[LineRow]) -> bytes:
     text is made once per time, not once per line."""
     texts = [line.text for line in lines]
     joined = "".join(texts)
-    if any(char in joined for char in "\\\t\n\r"):
+    if any(char in joined for char in "\\\t\n\r\0"):
         texts = [line_text.translate(_COPY_ESCAPES) for line_text in texts]
     out, stamped, stamp = [], None, ""
     for line, line_text in zip(lines, texts, strict=True):
