@@ -15,7 +15,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, TypeVar, Union
+from typing import Any, TypeVar
 
 import psycopg
 from sqlalchemy import Engine, create_engine, event, text
@@ -24,7 +24,7 @@ from sqlalchemy.exc import DisconnectionError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, create_async_engine
 from sqlalchemy.orm import Session
 
-from services.api.direct import DirectPool, PgUnit, Query, UniqueViolation
+from services.api.direct import DirectPool, Query, UniqueViolation
 
 T = TypeVar("T")
 CONNECT_TIMEOUT = 10
@@ -76,14 +76,13 @@ class Database:
         return await self.run(lambda s: s.execute(query.statement, params).first())
 
     @contextlib.asynccontextmanager
-    async def unit(self) -> AsyncIterator[Unit]:
-        """One transaction of Core statements (``unit.execute``, ``unit.fetch_one``),
-        committed when the block ends without an exception; a unique violation raises
-        ``UniqueViolation``. On PostgreSQL pipelined through psycopg (see ``direct``)."""
+    async def unit(self) -> AsyncIterator[SqliteUnit]:
+        """SQLite only: one transaction of Core statements (``unit.execute``,
+        ``unit.fetch_one``), committed when the block ends without an exception; a unique
+        violation raises ``UniqueViolation``. On PostgreSQL the same steps are single
+        statements (the claim's CTE, ``darb_create_environment``)."""
         if self._direct is not None:
-            async with self._direct.unit() as unit:
-                yield unit
-            return
+            raise RuntimeError("Database.unit is for SQLite")
         async with self._sqlite_units:
             session = await self._in_thread(lambda: Session(self._sync, expire_on_commit=False))
             try:
@@ -159,12 +158,9 @@ class Database:
             self._thread.shutdown(wait=True)
 
 
-Unit = Union["PgUnit", "SqliteUnit"]
-
-
 class SqliteUnit:
-    """``PgUnit``'s counterpart: each statement runs through the session in the SQLite
-    thread (not fast, but SQLite is the development default)."""
+    """Statements of one transaction, each run through the session in the SQLite thread
+    (not fast, but SQLite is the development default)."""
 
     def __init__(self, session: Session, in_thread: Callable[[Callable[[], Any]], Any]) -> None:
         self._session = session

@@ -1,11 +1,11 @@
 """The hottest RPCs' SQL on PostgreSQL straight through psycopg.
 
 SQLAlchemy's asyncio session costs about a millisecond of CPU per statement here,
-several times the query itself: a GetEnvironment was mostly that, and a create (six
-statements) several milliseconds. The statements stay SQLAlchemy Core, compiled once
-for PostgreSQL, so each is written once; on SQLite ``Database`` runs them through a
-session as usual. A ``PgUnit`` sends its statements in psycopg's pipeline mode: they
-travel together and only a read that is needed before going on waits for the server.
+several times the query itself: a GetEnvironment was mostly that. The statements stay
+SQLAlchemy Core, compiled once for PostgreSQL, so each is written once; on SQLite
+``Database`` runs them through a session as usual. The hot writes are single
+statements here (the claim's CTE, ``darb_create_environment``, a batch of log lines),
+each its own transaction; only COPY needs ``transaction``.
 """
 
 from __future__ import annotations
@@ -72,20 +72,6 @@ class Query:
         }
 
 
-class PgUnit:
-    """Statements of one transaction on one connection, pipelined."""
-
-    def __init__(self, conn: psycopg.AsyncConnection[Any]) -> None:
-        self._conn = conn
-
-    async def execute(self, query: Query, **params: Any) -> None:
-        await self._conn.execute(query.postgres_sql, query.postgres_params(params))
-
-    async def fetch_one(self, query: Query, **params: Any) -> Any:
-        cursor = await self._conn.execute(query.postgres_sql, query.postgres_params(params))
-        return await cursor.fetchone()
-
-
 class DirectPool:
     """Up to ``size`` autocommit connections; reads wait for a free one."""
 
@@ -105,18 +91,8 @@ class DirectPool:
             return await cursor.fetchone()
 
     @contextlib.asynccontextmanager
-    async def unit(self) -> AsyncIterator[PgUnit]:
-        """A transaction, committed when the block ends without an exception."""
-        async with self._connection() as conn:
-            try:
-                async with conn.pipeline(), conn.transaction():
-                    yield PgUnit(conn)
-            except psycopg.errors.UniqueViolation as exc:
-                raise UniqueViolation(str(exc)) from exc
-
-    @contextlib.asynccontextmanager
     async def transaction(self) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
-        """A connection in a transaction, not pipelined (COPY cannot be)."""
+        """A connection in a transaction: a COPY and the NOTIFY that must commit with it."""
         async with self._connection() as conn, conn.transaction():
             yield conn
 
