@@ -8,7 +8,6 @@ import logging
 import os
 import signal
 from dataclasses import dataclass
-from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -39,7 +38,7 @@ from services.api.metrics import Exporter, Metrics, RpcMetrics
 from services.api.migrate import migrate
 from services.api.passwords import hash_password
 from services.api.repo import users
-from services.api.state import AppState
+from services.api.state import AppState, EnvironmentCache
 from services.api.tokens import TokenCache
 from services.api.workers import start_workers, stop_workers
 from shared.config import ApiSettings
@@ -192,10 +191,10 @@ def _rpc_server(state: AppState, metrics: Metrics) -> tuple[grpc.aio.Server, Dat
     return server, DatabaseHealth(health_servicer, state.db, SERVICE_NAMES)
 
 
-def _environment_cache(bus: EventBus) -> NotifiedCache[str, Any]:
+def _environment_cache(bus: EventBus) -> EnvironmentCache:
     """GetEnvironment's answers. An environment's entry goes as soon as its row changes:
     at once for this process's own commits, by the trigger's NOTIFY for any other."""
-    cache: NotifiedCache[str, Any] = NotifiedCache(ENVIRONMENT_TTL, ENVIRONMENT_ENTRIES)
+    cache: EnvironmentCache = NotifiedCache(ENVIRONMENT_TTL, ENVIRONMENT_ENTRIES)
 
     def changed(environment_id: str | None) -> None:
         if environment_id is None:

@@ -11,6 +11,9 @@ from services.api.events import EventBus
 from services.api.tokens import TokenCache
 from shared.config import ApiSettings
 
+# GetEnvironment's answers by environment id, with the owner's id.
+EnvironmentCache = NotifiedCache[str, tuple[str, environments_pb2.GetEnvironmentResponse]]
+
 
 @dataclass(frozen=True)
 class AppState:
@@ -18,5 +21,4 @@ class AppState:
     db: Database
     bus: EventBus
     tokens: TokenCache
-    # GetEnvironment's answers by environment id, with the owner's id.
-    environments: NotifiedCache[str, tuple[str, environments_pb2.GetEnvironmentResponse]]
+    environments: EnvironmentCache
