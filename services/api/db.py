@@ -75,6 +75,12 @@ class Database:
             return await self._direct.fetch_one(query, params)
         return await self.run(lambda s: s.execute(query.statement, params).first())
 
+    async def fetch_all(self, query: Query, **params: Any) -> list[Any]:
+        """Every row of a Core query, as ``fetch_one`` returns one."""
+        if self._direct is not None:
+            return await self._direct.fetch_all(query, params)
+        return await self.run(lambda s: list(s.execute(query.statement, params)))
+
     @contextlib.asynccontextmanager
     async def unit(self) -> AsyncIterator[SqliteUnit]:
         """SQLite only: one transaction of Core statements (``unit.execute``,

@@ -84,11 +84,12 @@ class DirectPool:
     async def fetch_one(self, query: Query, params: dict[str, Any]) -> Any:
         """The first row (a named tuple) or None."""
         async with self._connection() as conn:
-            try:
-                cursor = await conn.execute(query.postgres_sql, query.postgres_params(params))
-            except psycopg.errors.UniqueViolation as exc:
-                raise UniqueViolation(str(exc)) from exc
-            return await cursor.fetchone()
+            return await (await _execute(conn, query, params)).fetchone()
+
+    async def fetch_all(self, query: Query, params: dict[str, Any]) -> list[Any]:
+        """Every row, as named tuples."""
+        async with self._connection() as conn:
+            return await (await _execute(conn, query, params)).fetchall()
 
     @contextlib.asynccontextmanager
     async def transaction(self) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
@@ -129,3 +130,12 @@ class DirectPool:
         idle, self._idle = self._idle, []
         for conn, _ in idle:
             await conn.close()
+
+
+async def _execute(
+    conn: psycopg.AsyncConnection[Any], query: Query, params: dict[str, Any]
+) -> psycopg.AsyncCursor[Any]:
+    try:
+        return await conn.execute(query.postgres_sql, query.postgres_params(params))
+    except psycopg.errors.UniqueViolation as exc:
+        raise UniqueViolation(str(exc)) from exc

@@ -16,9 +16,7 @@ import socket
 import time
 import uuid
 from asyncio import FIRST_COMPLETED
-from collections.abc import Coroutine
 from datetime import timedelta
-from typing import Any
 
 import grpc
 import psycopg
@@ -32,7 +30,7 @@ from services.api.executor_client import AgentLines, ExecutorClient, ExecutorErr
 from services.api.logcap import LogCap
 from services.api.metrics import JobObserver, Metrics
 from services.api.models import JobStatus, utcnow
-from services.api.outcomes import AgentState, Outcome, finish_and_announce
+from services.api.outcomes import AgentState, Outcome, end_job
 from services.api.repo import jobs
 from services.api.repo.jobs import ClaimedJob, LineBatch, LineRow
 from shared.config import ApiLimits
@@ -168,7 +166,7 @@ class Dispatcher:
         self._job_timeout = job_timeout
         self._log_limits = log_limits
         self._metrics = metrics
-        self._observer = JobObserver(database, metrics)
+        self._observer = JobObserver(metrics)
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._running: dict[str, asyncio.Task[None]] = {}
         # Jobs whose operation is on an agent: ``concurrency`` bounds these. A job whose
@@ -177,7 +175,6 @@ class Dispatcher:
         self._on_agent: set[str] = set()
         self._cancels: dict[str, asyncio.Event] = {}
         self._loop_task: asyncio.Task[None] | None = None
-        self._side_tasks: set[asyncio.Task[None]] = set()
         bus.on_cancel(self._cancel_requested)
 
     @property
@@ -211,8 +208,6 @@ class Dispatcher:
                 task.cancel()
             if late:  # recording the end needs the database; leases cover it if that is away
                 await asyncio.wait(late, timeout=FINISH_ON_SHUTDOWN)
-        if self._side_tasks:
-            await asyncio.wait(set(self._side_tasks), timeout=FINISH_ON_SHUTDOWN)
 
     async def fail_expired(self) -> None:
         """Fails jobs left running by a control plane that stopped renewing their lease.
@@ -408,23 +403,14 @@ class Dispatcher:
         delay = 0.5
         while True:
             try:
-                ended = await self._db.run(
-                    finish_and_announce, self._bus, job_id, outcome, expected, worker_id
-                )
+                ended = await end_job(self._db, self._bus, job_id, outcome, expected, worker_id)
                 break
             except DATABASE_ERRORS as exc:
                 log.warning("recording the end of job %s failed (%s)", job_id, _describe(exc))
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
-        self._bus.jobs_ended_here(ended, environment_id)
-        if ended:
-            # Metrics and the log line read the rows again: not on the next job's path.
-            self._background(self._observer.ended(ended))
-
-    def _background(self, coroutine: Coroutine[Any, Any, None]) -> None:
-        task = asyncio.create_task(coroutine)
-        self._side_tasks.add(task)
-        task.add_done_callback(self._side_tasks.discard)
+        self._bus.jobs_ended_here([job.id for job in ended], environment_id)
+        self._observer.ended(ended)
 
 
 def agent_lost(executor: str, reason: str) -> str:

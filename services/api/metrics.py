@@ -18,8 +18,6 @@ import inspect
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 from wsgiref.simple_server import WSGIServer
 
@@ -30,7 +28,8 @@ from sqlalchemy.orm import Session
 
 from services.api import payloads
 from services.api.db import Database
-from services.api.models import ACTIVE_JOB_STATUSES, Environment, Job, JobStatus, JobType
+from services.api.models import ACTIVE_JOB_STATUSES, Job, JobStatus, JobType
+from services.api.outcomes import EndedJob
 from services.api.repo.jobs import ClaimedJob
 from shared.logs import clip, headline, key_values
 
@@ -187,29 +186,10 @@ def _behavior_kind(handler: grpc.RpcMethodHandler | None) -> str | None:
     return f"{request}_{response}"
 
 
-@dataclass(frozen=True)
-class EndedJob:
-    """What the end's metrics and log line need, read in one query after the end."""
-
-    id: str
-    environment_id: str
-    type: str
-    status: str
-    error: str
-    agent: str
-    started_at: datetime | None
-    completed_at: datetime | None
-
-
 class JobObserver:
-    """Records each job's start and end: metrics plus one ``key=value`` log line each.
+    """Records each job's start and end: metrics plus one ``key=value`` log line each."""
 
-    It reads the stored rows for the times, and never fails the job: a read that fails
-    costs one warning and that job's observations, nothing else.
-    """
-
-    def __init__(self, database: Database, metrics: Metrics) -> None:
-        self._db = database
+    def __init__(self, metrics: Metrics) -> None:
         self._metrics = metrics
 
     def started(self, job: ClaimedJob, agent: str) -> None:
@@ -221,14 +201,9 @@ class JobObserver:
             fields["specs"] = clip(specs)
         log.info("job started %s", key_values(**fields))
 
-    async def ended(self, job_ids: list[str]) -> None:
-        try:
-            rows = await self._db.run(_ended_jobs, job_ids)
-        except Exception as exc:
-            log.warning("reading the end of jobs %s failed (%s)", job_ids, type(exc).__name__)
-            return
-        for row in rows:
-            self._record_end(row)
+    def ended(self, ended: list[EndedJob]) -> None:
+        for job in ended:
+            self._record_end(job)
 
     def _record_end(self, job: EndedJob) -> None:
         type_label, status = TYPE_LABELS[JobType(job.type)], job.status.lower()
@@ -242,27 +217,6 @@ class JobObserver:
         if job.error:
             fields["error"] = clip(headline(job.error))
         log.info("job ended %s", key_values(**fields))
-
-
-def _ended_jobs(session: Session, job_ids: list[str]) -> list[EndedJob]:
-    query = (
-        select(Job, Environment.executor)
-        .join(Environment, Environment.id == Job.environment_id)
-        .where(Job.id.in_(job_ids))
-    )
-    return [
-        EndedJob(
-            job.id,
-            job.environment_id,
-            job.type,
-            job.status,
-            job.error or "",
-            agent,
-            job.started_at,
-            job.completed_at,
-        )
-        for job, agent in session.execute(query)
-    ]
 
 
 def _active_job_counts(session: Session) -> dict[tuple[str, str], int]:

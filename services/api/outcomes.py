@@ -1,20 +1,26 @@
-"""How a job's end changes its environment, written in the transaction that ends the job."""
+"""How a job's end changes its environment, written in the transaction that ends the job.
+
+On PostgreSQL the end is one call of ``darb_finish_job`` (migration 0007), which also
+sends the NOTIFYs; SQLite runs ``finish`` from Python. ``tests/api/test_job_end.py``
+runs every kind of end through both.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import TYPE_CHECKING
 
-from sqlalchemy import select, update
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from services.api import payloads
-from services.api.events import JOB_CHANGED_CHANNEL, JOBS_CHANNEL
 from services.api.models import Environment, EnvironmentStatus, Job, JobStatus, JobType, utcnow
-from services.api.repo import environments
+from services.api.repo import environments, finishes
 from services.api.repo.environments import PackageRow
 
 if TYPE_CHECKING:
+    from services.api.db import Database
     from services.api.events import EventBus
 
 
@@ -35,16 +41,47 @@ class Outcome:
     state: AgentState | None = None
 
 
+@dataclass(frozen=True)
+class EndedJob:
+    """A job as its end left it: what its watchers, metrics and log line need."""
+
+    id: str
+    environment_id: str
+    type: str
+    status: str
+    error: str
+    agent: str
+    started_at: datetime | None
+    completed_at: datetime | None
+
+
+async def end_job(
+    database: Database,
+    bus: EventBus,
+    job_id: str,
+    outcome: Outcome,
+    expected: JobStatus,
+    worker_id: str | None = None,
+) -> list[EndedJob]:
+    """``finish`` in a transaction of its own, whose commit also tells the other processes
+    (NOTIFY). The caller tells this process (``bus.jobs_ended_here``)."""
+    if not database.is_postgres:  # SQLite: one process, nobody to NOTIFY
+        return await database.run(finish, job_id, outcome, expected, worker_id)
+    values = finishes.params(job_id, outcome, expected, worker_id, utcnow(), bus)
+    return [EndedJob(*row) for row in await database.fetch_all(finishes.FINISH_JOB, **values)]
+
+
 def finish(
     session: Session,
     job_id: str,
     outcome: Outcome,
     expected: JobStatus,
     worker_id: str | None = None,
-) -> list[str]:
+) -> list[EndedJob]:
     """Ends a job if it is still ``expected`` (and, given ``worker_id``, still ours).
 
-    Returns the ids of every job that ended, so the caller can tell their watchers.
+    Returns every job that ended: this one and, after a failed create, those queued
+    behind it.
     """
     query = select(Job).where(Job.id == job_id).with_for_update()
     job = session.scalars(query).one()
@@ -57,7 +94,7 @@ def finish(
     job.lease_expires_at = None
     environment = session.get_one(Environment, job.environment_id, with_for_update=True)
     environment.updated_at = now
-    ended = [job.id]
+    ended = [job]
     payload = payloads.load(job.type, job.payload)
     succeeded = outcome.status == JobStatus.COMPLETED
     if outcome.state is not None and job.type != JobType.DELETE_ENVIRONMENT:
@@ -69,7 +106,7 @@ def finish(
         if not succeeded:
             environment.error = outcome.error or "creation did not complete"
             reason = f"not run: creating environment {environment.name!r} failed"
-            ended += _fail_queued(session, environment.id, reason)
+            ended += _fail_queued(session, environment.id, reason, now)
         if not deleting:  # a queued delete keeps the environment DELETING
             environment.status = EnvironmentStatus.READY if succeeded else EnvironmentStatus.FAILED
     elif isinstance(payload, payloads.DeletePayload):
@@ -78,25 +115,13 @@ def finish(
             environments.replace_packages(session, environment.id, [])
         else:
             environment.status = _status_after_create(session, environment.id)
-    return ended
-
-
-def finish_and_announce(
-    session: Session,
-    bus: EventBus,
-    job_id: str,
-    outcome: Outcome,
-    expected: JobStatus,
-    worker_id: str | None = None,
-) -> list[str]:
-    """``finish``, with the NOTIFYs for other processes sent by its commit; after the
-    commit, ``bus.jobs_ended_here`` tells this process."""
-    ended = finish(session, job_id, outcome, expected, worker_id)
-    for ended_id in ended:
-        bus.notify_in(session, JOB_CHANGED_CHANNEL, ended_id)
-    if ended:
-        bus.notify_in(session, JOBS_CHANNEL)
-    return ended
+    return [
+        EndedJob(
+            *(ended_job.id, ended_job.environment_id, ended_job.type, ended_job.status),
+            *(ended_job.error, environment.executor, ended_job.started_at, ended_job.completed_at),
+        )
+        for ended_job in ended
+    ]
 
 
 def _status_after_create(session: Session, environment_id: str) -> EnvironmentStatus:
@@ -111,17 +136,14 @@ def _status_after_create(session: Session, environment_id: str) -> EnvironmentSt
     }.get(JobStatus(session.scalars(query).one()), EnvironmentStatus.FAILED)
 
 
-def _fail_queued(session: Session, environment_id: str, reason: str) -> list[str]:
+def _fail_queued(session: Session, environment_id: str, reason: str, now: datetime) -> list[Job]:
     """Fails the jobs queued behind a failed create; a delete may still run."""
-    return list(
-        session.scalars(
-            update(Job)
-            .where(
-                Job.environment_id == environment_id,
-                Job.status == JobStatus.PENDING,
-                Job.type != JobType.DELETE_ENVIRONMENT,
-            )
-            .values(status=JobStatus.FAILED, error=reason, completed_at=utcnow())
-            .returning(Job.id)
-        )
+    queued = select(Job).where(
+        Job.environment_id == environment_id,
+        Job.status == JobStatus.PENDING,
+        Job.type != JobType.DELETE_ENVIRONMENT,
     )
+    failed = list(session.scalars(queued.order_by(Job.seq)))
+    for job in failed:
+        job.status, job.error, job.completed_at = JobStatus.FAILED, reason, now
+    return failed

@@ -16,7 +16,7 @@ from services.api.dispatcher import CANCELLED_BY_REQUEST
 from services.api.errors import InvalidArgument
 from services.api.ids import parse_id
 from services.api.models import Job, JobStatus, User
-from services.api.outcomes import Outcome, finish_and_announce
+from services.api.outcomes import Outcome, end_job
 from services.api.repo import environments, jobs
 from services.api.repo.jobs import LineBatch, LineRow
 from services.api.rpc import streaming, unary
@@ -181,7 +181,8 @@ class JobService(pb_grpc.JobServiceServicer):
         ended: list[str] = []
         if job.status == JobStatus.PENDING:
             outcome = Outcome(JobStatus.CANCELLED, CANCELLED_BY_REQUEST)
-            ended = await db.run(finish_and_announce, bus, job_id, outcome, JobStatus.PENDING)
+            ended_jobs = await end_job(db, bus, job_id, outcome, JobStatus.PENDING)
+            ended = [ended_job.id for ended_job in ended_jobs]
             bus.jobs_ended_here(ended, job.environment_id)
         if not ended:  # running, or claimed since we looked
             await db.run(_flag_cancel, caller, job_id)
