@@ -57,12 +57,19 @@ DATABASE_ERRORS = (SQLAlchemyError, psycopg.Error, OSError)
 # Lines handed to watchers but not stored yet; beyond either bound ``add`` waits.
 MAX_UNSTORED_LINES = 20_000
 MAX_UNSTORED_CHARS = 8 * 2**20
+# A trickle of lines waits this long for the lines that follow, so that they share one
+# statement: a small job's lines come in about three batches within 20 ms, and each
+# store is a round trip and a NOTIFY. Watchers in this process get lines from memory at
+# once; only other processes' watchers and GetJob see them this much later. A flood
+# (``jobs.COPY_FROM_LINES`` pending) and a job's end are stored without waiting.
+TRICKLE_DELAY = 0.025
 
 
 class LineWriter:
     """Numbers a job's lines, hands each batch to this process's watchers at once (from
-    memory, before it is stored) and stores whatever arrived during one commit with one
-    statement, whose transaction also sends the NOTIFY for other processes.
+    memory, before it is stored) and stores whatever arrived during ``TRICKLE_DELAY`` or
+    one commit with one statement, whose transaction also sends the NOTIFY for other
+    processes.
 
     ``add`` waits while too much is not stored yet: the dispatcher then stops reading the
     agent's stream, and gRPC flow control holds back the agent and, through its pipe, the
@@ -81,6 +88,7 @@ class LineWriter:
         self._unstored_chars = 0
         self._cap = LogCap(limits)
         self._wake = asyncio.Event()
+        self._store_now = asyncio.Event()  # a flood, or the end: do not wait
         self._stored = asyncio.Event()
         self._closing = False
         channel, prefix = bus.notify_target(JOB_CHANGED_CHANNEL)
@@ -104,6 +112,7 @@ class LineWriter:
         """Returns once every added line is stored."""
         self._publish(LineBatch(self._cap.finish()))
         self._closing = True
+        self._store_now.set()
         self._wake.set()
         await self._task
 
@@ -113,12 +122,18 @@ class LineWriter:
             self._pending += rows
             self._unstored += len(rows)
             self._unstored_chars += sum(len(row.text) for row in rows)
+            if len(self._pending) >= jobs.COPY_FROM_LINES:
+                self._store_now.set()
             self._wake.set()
 
     async def _run(self) -> None:
         while True:
             await self._wake.wait()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._store_now.wait(), TRICKLE_DELAY)
             self._wake.clear()
+            if not self._closing:
+                self._store_now.clear()
             while self._pending:
                 batch, self._pending = self._pending, []
                 try:

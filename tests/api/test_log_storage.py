@@ -13,11 +13,17 @@ import psycopg
 import pytest
 from sqlalchemy.orm import Session
 
-from services.api import payloads
+from services.api import dispatcher, payloads
 from services.api.db import Database
+from services.api.dispatcher import LineWriter
+from services.api.events import JOB_CHANGED_CHANNEL, EventBus
+from services.api.executor_client import AgentLines
+from services.api.metrics import Metrics
 from services.api.migrate import migrate
+from services.api.models import utcnow
 from services.api.repo import environments, jobs, users
 from services.api.repo.jobs import LineRow
+from shared.config import ApiLimits
 from tests.support.postgres import fresh_database, libpq_url
 
 AWKWARD = ["tab\there", "back\\slash \\N", "cr\rinside", "new\nline", "ünïcode 🙂", "", "\\."]
@@ -109,3 +115,36 @@ def test_a_nul_byte_is_stored_as_the_replacement_character() -> None:
     with fresh_database() as url:
         stored = asyncio.run(scenario(url))
     assert [row.text for row in stored] == [f"a\ufffdb {seq}" for seq in range(1, 1001)]
+
+
+def test_a_trickle_of_lines_is_stored_by_one_statement(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Batches that follow each other within ``TRICKLE_DELAY`` share one statement and
+    its NOTIFY: a small job's three batches cost one round trip, not three. The delay is
+    raised to 1 s here so that the 20 ms between batches is well inside it however
+    loaded the machine; without the delay each batch would be a statement of its own."""
+
+    async def scenario(url: str) -> tuple[int, list[str]]:
+        database = Database(url)
+        listener = await psycopg.AsyncConnection.connect(libpq_url(url), autocommit=True)
+        try:
+            await migrate(database)
+            job_id = await database.run(_job)
+            await listener.execute(f"LISTEN {JOB_CHANGED_CHANNEL}")
+            writer = LineWriter(database, EventBus(database), job_id, ApiLimits(), Metrics())
+            for n in range(3):
+                await writer.add(AgentLines([("stdout", utcnow(), f"line {n}")]))
+                await asyncio.sleep(0.02)
+            notifies = listener.notifies(timeout=1.5)
+            stores = [n async for n in notifies if n.payload.endswith(job_id)]
+            await writer.close()
+            stored = await database.run(jobs.lines_after, job_id, 0)
+            return len(stores), [row.text for row in stored]
+        finally:
+            await listener.close()
+            await database.close()
+
+    monkeypatch.setattr(dispatcher, "TRICKLE_DELAY", 1.0)
+    with fresh_database() as url:
+        stores, stored = asyncio.run(scenario(url))
+    assert stored == ["line 0", "line 1", "line 2"]
+    assert stores == 1
