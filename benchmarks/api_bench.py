@@ -79,7 +79,13 @@ METHOD = """\
   own, for those 100 plus acme-big (one ~80 MB file: a cold create that extracts a
   real-sized package). Every measured run of these rows and of end-to-end overhead starts
   after a 1.5 s pause, as a lone request would: the agent starts its spare workers once
-  it has been idle for 0.5 s, and they must not run beside the measured run.
+  it has been idle for 0.5 s, and they must not run beside the measured run. Each also
+  starts with nothing dirty left to write back (`sync`, outside the timing): installing
+  fsyncs every `conda-meta/` record, and on ext4 that fsync also wrote out what earlier
+  runs had left dirty, so a warm create paid for the files of the cold one before it.
+  This machine's disk varies several-fold over a day, cold creates (thousands of file
+  operations that wait behind those fsyncs' journal commits) far more than warm ones:
+  py-rattler alone took 157 to 567 ms for the same cold create on one afternoon.
 - **log throughput / latency**: lines come from a stand-in `pixi` (benchmarks/standin.py)
   run by the agent's real `cli` engine; each line carries the time it was printed. One
   WatchJob client subscribes before the first line. Throughput: the stand-in's lines
@@ -267,7 +273,8 @@ async def create_overhead(
     """A 100-package create through control plane + agent vs py-rattler alone, cold and
     warm cache, interleaved so that drifting background load hits both sides alike. Each
     measured run starts after a pause, as a lone request would: the spare workers the
-    agent starts once idle are ready and not starting beside it."""
+    agent starts once idle are ready and not starting beside it; and with nothing left
+    to write back from the runs before (``executor_bench.write_back``)."""
     client = AioClient(stack.api.addr, token)
     scratch = stack.scratch / "rattler-alone"
     scratch.mkdir(exist_ok=True)
@@ -281,9 +288,11 @@ async def create_overhead(
         )
         _empty_cache(stack)
         await asyncio.sleep(pause)
+        await asyncio.to_thread(executor_bench.write_back)
         cold.append(await _run_create(client, f"overhead-cold-{n}", specs))
     for n in range(rounds):
         await asyncio.sleep(pause)
+        await asyncio.to_thread(executor_bench.write_back)
         warm.append(await _run_create(client, f"overhead-warm-{n}", specs))
     await client.close()
     alone_s, cold_s, warm_s = (percentile(x, 50) for x in (alone, cold, warm))
