@@ -119,7 +119,7 @@ METHOD = """\
   jobs/s from the first job's `created_at` to the last `completed_at`. Agent-only: the
   same creates on the same agents (the environment→agent assignment the control plane
   chose), sent directly, as many at a time as the control plane runs (its
-  `DARB_WORKER_CONCURRENCY`). Three rounds, each through the control plane and then
+  `DARB_WORKER_CONCURRENCY`). Five rounds, each through the control plane and then
   straight to the agents; the ratio is of the two medians (one run of either side varies
   by 10-20 % here).
 """
@@ -790,7 +790,7 @@ async def _burst_round(stack: Stack, clients: list[AioClient], jobs: int, index:
 
 
 async def two_agents(
-    stack: Stack, tokens: list[str], report: Report, jobs: int = 200, rounds: int = 3
+    stack: Stack, tokens: list[str], report: Report, jobs: int = 200, rounds: int = 5
 ) -> None:
     """``jobs`` creates submitted at once to a control plane with two agents, against the
     agents' own throughput on the same work; medians of ``rounds`` alternating runs,
