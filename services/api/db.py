@@ -76,10 +76,11 @@ class Database:
         return await self.run(lambda s: s.execute(query.statement, params).first())
 
     async def fetch_all(self, query: Query, **params: Any) -> list[Any]:
-        """Every row of a Core query, as ``fetch_one`` returns one."""
-        if self._direct is not None:
-            return await self._direct.fetch_all(query, params)
-        return await self.run(lambda s: list(s.execute(query.statement, params)))
+        """PostgreSQL only: every row of a Core query, as ``fetch_one`` returns one (for
+        a database function that returns a table, such as ``darb_finish_job``)."""
+        if self._direct is None:
+            raise RuntimeError("Database.fetch_all needs PostgreSQL")
+        return await self._direct.fetch_all(query, params)
 
     @contextlib.asynccontextmanager
     async def unit(self) -> AsyncIterator[SqliteUnit]:
