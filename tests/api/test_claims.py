@@ -16,12 +16,12 @@ from sqlalchemy.orm import Session
 from darb.v1 import common_pb2
 from services.api import payloads
 from services.api.db import Database, sqlite_engine
-from services.api.migrate import migrate
 from services.api.models import Environment, EnvironmentStatus, Job, JobStatus
 from services.api.outcomes import Outcome, finish
 from services.api.repo import environments, jobs, users
 from tests.api.control_plane import ApiProcess
 from tests.support.postgres import fresh_database
+from tests.support.schema import migrate_url
 
 ENVIRONMENTS = 12
 CLAIMERS = 8
@@ -31,20 +31,12 @@ CLAIMERS = 8
 def sync_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     if request.param == "sqlite":
         url = f"sqlite:///{tmp_path / 'claims.db'}"
-        asyncio.run(_migrate(url))
+        migrate_url(url)
         yield url
         return
     with fresh_database() as url:
-        asyncio.run(_migrate(url))
+        migrate_url(url)
         yield url
-
-
-async def _migrate(url: str) -> None:
-    database = Database(url)
-    try:
-        await migrate(database)
-    finally:
-        await database.close()
 
 
 def _seed(session: Session) -> None:

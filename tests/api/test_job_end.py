@@ -23,7 +23,6 @@ from sqlalchemy.orm import Session
 from services.api import payloads
 from services.api.db import Database, sqlite_engine
 from services.api.events import EventBus
-from services.api.migrate import migrate
 from services.api.models import (
     Environment,
     EnvironmentStatus,
@@ -36,6 +35,7 @@ from services.api.outcomes import AgentState, Outcome, end_job
 from services.api.repo import environments, jobs, users
 from services.api.repo.environments import PackageRow
 from tests.support.postgres import fresh_database, libpq_url
+from tests.support.schema import migrate_url
 
 WORKER = "cp-1"
 AGENT = "agent-1:50051"
@@ -166,16 +166,8 @@ def databases(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, st
     with fresh_database() as postgres_url:
         urls = {"postgresql": postgres_url, "sqlite": sqlite_url}
         for url in urls.values():
-            asyncio.run(_migrate(url))
+            migrate_url(url)
         yield urls
-
-
-async def _migrate(url: str) -> None:
-    database = Database(url)
-    try:
-        await migrate(database)
-    finally:
-        await database.close()
 
 
 def _engine(url: str) -> Any:
