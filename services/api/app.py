@@ -34,7 +34,7 @@ from services.api.handlers.environments import EnvironmentService
 from services.api.handlers.jobs import JobService
 from services.api.handlers.users import UserService
 from services.api.health import DatabaseHealth
-from services.api.metrics import Exporter, Metrics, RpcMetrics
+from services.api.metrics import Exporter, JobObserver, Metrics, RpcMetrics
 from services.api.migrate import migrate
 from services.api.passwords import hash_password
 from services.api.repo import users
@@ -221,7 +221,7 @@ async def start(settings: ApiSettings, *, rpc_worker: bool = False) -> ControlPl
     # A worker's RPC metrics stay in the worker: only the primary exports metrics.
     metrics = Metrics()
     runner = None if rpc_worker else await _start_runner(settings, db, bus, metrics)
-    state = AppState(settings, db, bus, tokens, environments)
+    state = AppState(settings, db, bus, tokens, environments, JobObserver(metrics))
     server, database_health = _rpc_server(state, metrics)
     await database_health.check(timeout=5.0)
     port = add_port(server, settings.addr, settings.tls)

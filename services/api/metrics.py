@@ -4,10 +4,11 @@ Every metric lives in the ``Metrics`` object's own registry, not the process-wid
 so that several control planes in one process (and tests) never share counters. The
 ``/metrics`` endpoint is served only when ``DARB_METRICS_ADDR`` is set (``Exporter``).
 
-Jobs are counted where the dispatcher records their end, reading the stored row: that
-covers jobs it ran, jobs whose lease it found expired and queued jobs failed behind a
-failed create, all with the database's times. The job-count gauges come from a query of
-the (indexed) active statuses only; terminal jobs are what ``darb_jobs_total`` counts.
+Jobs are counted where their end is recorded, from the rows that end returns, with the
+database's times: by the dispatcher (jobs it ran, jobs whose lease it found expired and
+queued jobs failed behind a failed create) and by CancelJob (a pending job). The
+job-count gauges come from a query of the (indexed) active statuses only; terminal jobs
+are what ``darb_jobs_total`` counts.
 """
 
 from __future__ import annotations

@@ -8,6 +8,7 @@ from darb.v1 import environments_pb2
 from services.api.caches import NotifiedCache
 from services.api.db import Database
 from services.api.events import EventBus
+from services.api.metrics import JobObserver
 from services.api.tokens import TokenCache
 from shared.config import ApiSettings
 
@@ -22,3 +23,5 @@ class AppState:
     bus: EventBus
     tokens: TokenCache
     environments: EnvironmentCache
+    # Counts and logs the jobs a request ends (CancelJob of a pending job).
+    jobs: JobObserver

@@ -16,7 +16,7 @@ import grpc
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from darb.v1 import common_pb2, environments_pb2
+from darb.v1 import common_pb2, environments_pb2, jobs_pb2
 from services.api.metrics import parse_addr
 from tests.api.control_plane import ADMIN_PASSWORD, TERMINAL, ApiProcess, Client
 from tests.support.agent import AgentProcess
@@ -127,6 +127,31 @@ def _watch_open_while_running(client: Client, url: str, job_id: str) -> bool:
     shown = streams == 1 or client.get_job(job_id).status in TERMINAL
     stream.cancel()
     return shown
+
+
+def test_cancelled_jobs_are_counted_pending_or_running(
+    metered: ApiProcess, shared_agent: AgentProcess
+) -> None:
+    """A pending job ends in CancelJob itself, not in the dispatcher: it counts too."""
+    url = metrics_url(metered)
+    client = metered.new_user()
+    created = client.create(f"m{uuid.uuid4().hex[:8]}", ["acme-core"])
+    env_id = created.environment.id
+    assert client.wait(created.job.id).status == common_pb2.JOB_STATUS_COMPLETED
+    shared_agent.evict_cached("acme-big")  # a slow install, for the next one to queue behind
+    running = client.install(env_id, ["acme-big"])
+    pending = client.install(env_id, ["acme-tool"])
+    for job in (pending, running):
+        client.call(client.jobs.CancelJob, jobs_pb2.CancelJobRequest(id=job.id))
+    for job in (pending, running):
+        assert client.wait(job.id).status == common_pb2.JOB_STATUS_CANCELLED
+
+    cancelled = ("darb_jobs_total", frozenset({("type", "install"), ("status", "cancelled")}))
+    samples = eventually(url, lambda s: s.get(cancelled) == 2)
+    assert samples.get(cancelled) == 2
+    assert f"job ended job_id={pending.id} environment_id={env_id} type=install" in (
+        metered.log_text()
+    )
 
 
 def test_job_start_and_end_are_logged_with_ids(

@@ -182,6 +182,7 @@ class JobService(pb_grpc.JobServiceServicer):
         if job.status == JobStatus.PENDING:
             outcome = Outcome(JobStatus.CANCELLED, CANCELLED_BY_REQUEST)
             ended_jobs = await end_job(db, bus, job_id, outcome, JobStatus.PENDING)
+            self.state.jobs.ended(ended_jobs)
             ended = [ended_job.id for ended_job in ended_jobs]
             bus.jobs_ended_here(ended, job.environment_id)
         if not ended:  # running, or claimed since we looked
