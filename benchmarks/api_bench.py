@@ -47,10 +47,13 @@ from benchmarks.stats import (
     LoadResult,
     PeakRss,
     Row,
+    cpu_seconds,
     ms,
     percentile,
+    postgres_cpu_seconds,
     rss_bytes,
     run_load,
+    tree_cpu_seconds,
 )
 from darb.executor.v1 import executor_pb2 as agent_pb
 from darb.v1 import common_pb2, environments_pb2, jobs_pb2
@@ -128,7 +131,11 @@ METHOD = """\
   chose), sent directly, as many at a time as the control plane runs (its
   `DARB_WORKER_CONCURRENCY`). Five rounds, each through the control plane and then
   straight to the agents; the ratio is of the two medians (one run of either side varies
-  by 10-20 % here).
+  by 10-20 % here). CPU per job: /proc times over each burst through the control plane
+  of the agents (with the worker processes they started and reaped), of the control
+  plane's processes and of every PostgreSQL process, over the jobs. All three share the
+  2 cores, so when the cores are what limits both runs, the run through the control
+  plane can reach at best the agents' share of that CPU of the agents' own rate.
 """
 
 
@@ -728,6 +735,13 @@ def _job_times(stack: Stack, after_seq: int) -> tuple[int, float, list[str], int
     return int(done), (last - first).total_seconds(), [agent for (agent,) in agents], last_seq
 
 
+def _cpu_now(stack: Stack) -> tuple[float, float, float]:
+    """CPU seconds so far of the agents (with their workers), the control plane and
+    PostgreSQL."""
+    agents = sum(tree_cpu_seconds(agent.process.pid) for agent in stack.agents)
+    return agents, cpu_seconds(stack.api_pid), postgres_cpu_seconds()
+
+
 async def _agent_create(agent: AioAgent, specs: list[str]) -> str | None:
     """One create sent straight to an agent; its error, or None when it succeeded."""
     request = agent_pb.CreateEnvironmentRequest(
@@ -779,6 +793,7 @@ class BurstRound:
     done: int
     through: float  # jobs/s through the control plane
     alone: float  # jobs/s of the same creates sent straight to the agents
+    cpu_ms: tuple[float, ...]  # per job through the control plane: agents, it, PostgreSQL
     note: str
 
 
@@ -786,6 +801,7 @@ async def _burst_round(stack: Stack, clients: list[AioClient], jobs: int, index:
                        after_seq: int) -> tuple[BurstRound, int]:  # fmt: skip
     """One burst through the control plane, then the same creates on the same agents."""
     ended = await asyncio.to_thread(_ended_jobs, stack)  # by the rounds before
+    cpu_before = _cpu_now(stack)
     started = time.monotonic()
     refused = await _submit_burst(clients, jobs, f"burst{index}")
     submitted = time.monotonic() - started
@@ -795,6 +811,7 @@ async def _burst_round(stack: Stack, clients: list[AioClient], jobs: int, index:
         and time.monotonic() < deadline
     ):
         await asyncio.sleep(0.25)
+    cpu_ms = tuple(1000 * (b - a) / jobs for a, b in zip(cpu_before, _cpu_now(stack), strict=True))
     done, seconds, assignment, last_seq = await asyncio.to_thread(_job_times, stack, after_seq)
     errors, direct_seconds = await agents_alone(assignment, WORKER_CONCURRENCY)
     direct_done = len(assignment) - len(errors)
@@ -805,7 +822,8 @@ async def _burst_round(stack: Stack, clients: list[AioClient], jobs: int, index:
         + (f"; {len(refused)} submissions failed, first: {refused[0][:200]}" if refused else "")
         + ")"
     )
-    return BurstRound(done, done / seconds, direct_done / direct_seconds, note), last_seq
+    rates = (done / seconds, direct_done / direct_seconds)
+    return BurstRound(done, *rates, cpu_ms, note), last_seq
 
 
 async def two_agents(
@@ -826,6 +844,9 @@ async def two_agents(
     done = min(result.done for result in results)
     through = statistics.median(result.through for result in results)
     alone = statistics.median(result.alone for result in results)
+    agents_ms, api_ms, postgres_ms = (
+        statistics.median(result.cpu_ms[n] for result in results) for n in range(3)
+    )
     report.rows += [
         Row(f"{jobs} jobs on {jobs} environments at once, 2 agents: completed (worst round)",
             f"{done} / {jobs}", "all", done == jobs),
@@ -835,6 +856,10 @@ async def two_agents(
             " (jobs/s)", f"{alone:.1f}"),
         Row("  control plane / agents alone (ratio of the medians)", f"{through / alone:.2f}",
             "≥ 0.9", done == jobs and through / alone >= 0.9),
+        Row("  CPU per job through the control plane: agents / control plane / PostgreSQL"
+            " (ms, medians)", f"{agents_ms:.0f} / {api_ms:.1f} / {postgres_ms:.1f}"),
+        Row("  agents' share of that CPU (the ratio above if the 2 cores are the limit)",
+            f"{agents_ms / (agents_ms + api_ms + postgres_ms):.2f}"),
     ]  # fmt: skip
     report.notes.append(
         f"{jobs} jobs: DARB_WORKER_CONCURRENCY={WORKER_CONCURRENCY}; "

@@ -132,6 +132,43 @@ def cpu_seconds(pid: int) -> float:
     return total
 
 
+def _stat_fields(pid: int) -> list[str] | None:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (FileNotFoundError, ProcessLookupError):  # it just ended
+        return None
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """CPU time so far of a process, its live children and the children it has reaped
+    (an agent's worker processes, each of which lives for one operation)."""
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    total = 0
+    for each in (pid, *map(int, children)):
+        fields = _stat_fields(each)
+        if fields:
+            total += sum(map(int, fields[11:13] if each != pid else fields[11:15]))
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def postgres_cpu_seconds() -> float:
+    """CPU time so far of every PostgreSQL process on this machine (the server the
+    benchmarks use): live backends, plus what the postmaster has reaped."""
+    total = 0
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if (entry / "comm").read_text().strip() != "postgres":
+                continue
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        fields = _stat_fields(int(entry.name))
+        if fields:
+            total += sum(map(int, fields[11:15]))
+    return total / os.sysconf("SC_CLK_TCK")
+
+
 def own_cpu_seconds() -> float:
     """CPU time of this (client) process, to show what the load generator itself costs."""
     return time.process_time()
