@@ -386,12 +386,33 @@ async def solve(
     return records
 
 
-class Reporter:
-    """Turns rattler's install callbacks into log lines naming the package and version."""
+def cached(cache_dir: Path, record: Record) -> bool:
+    """Whether rattler's package cache already holds ``record`` extracted, so that an
+    install links it without fetching. rattler keeps each package in
+    ``<name>-<version>-<build>/`` beside a ``.lock`` file holding a revision (8 bytes) and
+    the archive's sha256 (32 bytes), as py-rattler 0.28 writes them. Anything else counts
+    as not cached: a wrong guess can only log a fetch that did not happen."""
+    if record.sha256 is None:
+        return False
+    lock = cache_dir / f"{record.name.normalized}-{record.version}-{record.build}.lock"
+    try:
+        stamp = lock.read_bytes()
+    except OSError:
+        return False
+    return len(stamp) == 40 and stamp[8:] == record.sha256
 
-    def __init__(self, old: list[Record], new: list[Record]) -> None:
+
+class Reporter:
+    """Turns rattler's install callbacks into log lines naming the package and version.
+
+    rattler reports the same callbacks for a package it fetches as for one already in
+    its cache (and none for downloads from a ``file://`` channel), so the cache is looked
+    at first: the log then tells a fetch from a use of the cache."""
+
+    def __init__(self, old: list[Record], new: list[Record], cache_dir: Path) -> None:
         self.old = {r.name.normalized: label(r) for r in old}
         self.new = {r.name.normalized: label(r) for r in new}
+        self.cached = {r.name.normalized for r in new if cached(cache_dir, r)}
         self.cache_names: dict[int, str] = {}
         self.tokens = itertools.count(1)  # next() on a count is atomic; callbacks race
         self.logged_percent: dict[int, int] = {}
@@ -402,7 +423,8 @@ class Reporter:
         return token
 
     def on_populate_cache_start(self, operation: int, package_name: str) -> int:
-        log(f"fetching {self.new.get(package_name, package_name)}")
+        doing = "using cached" if package_name in self.cached else "fetching"
+        log(f"{doing} {self.new.get(package_name, package_name)}")
         return self._token(self.new.get(package_name, package_name))
 
     def on_download_start(self, cache_entry: int) -> int:
@@ -434,7 +456,7 @@ async def install(request: Request, old: list[Record], new: list[Record]) -> Non
         show_progress=False,
         client=http_client(),
         config=link_config(request.workspace.root),
-        reporter=Reporter(old, new),
+        reporter=Reporter(old, new, request.cache_dir),
     )
     log(f"prefix {prefix} holds {len(new)} packages")
 

@@ -361,6 +361,23 @@ def test_a_warm_create_installs_what_a_cold_one_did(data: Data) -> None:
     assert sorted(p.name for p in warm.root.iterdir()) == [".pixi", "pixi.lock", "pixi.toml"]
 
 
+def test_the_log_tells_a_fetch_from_a_use_of_the_cache(data: Data) -> None:
+    """rattler reports both alike; the worker looks at its cache first. A cache entry for
+    another archive (its sha256 differs) is fetched again, and logged so."""
+
+    def fetch_lines() -> list[str]:
+        """The lines of a new create that say where its one package came from."""
+        outcome = data.ok("create", str(uuid.uuid4()), name="c", specs=["acme-core"])
+        lines = outcome.stdout.splitlines()
+        return [line for line in lines if line.startswith(("fetching ", "using cached "))]
+
+    assert fetch_lines() == ["fetching acme-core 2.0 h0_0"]
+    assert fetch_lines() == ["using cached acme-core 2.0 h0_0"]
+    lock = data.root / "pkgs" / "acme-core-2.0-h0_0.lock"
+    lock.write_bytes(lock.read_bytes()[:8] + bytes(32))
+    assert fetch_lines() == ["fetching acme-core 2.0 h0_0"]
+
+
 def test_link_config_vouches_for_symlinks_only_after_making_one(tmp_path: Path) -> None:
     config = link_config(tmp_path)
     assert config is not None and config.allow_symbolic_links is True
