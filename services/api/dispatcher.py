@@ -73,15 +73,25 @@ class LineWriter:
 
     ``add`` waits while too much is not stored yet: the dispatcher then stops reading the
     agent's stream, and gRPC flow control holds back the agent and, through its pipe, the
-    job's process. Memory stays bounded whatever a job prints.
+    job's process. Memory stays bounded whatever a job prints. Lines are stored only
+    while the job runs here: after our lease ran out and another control plane ended the
+    job, they are dropped (``jobs.store_lines``).
     """
 
     def __init__(
-        self, database: Database, bus: EventBus, job_id: str, limits: ApiLimits, metrics: Metrics
+        self,
+        database: Database,
+        bus: EventBus,
+        job_id: str,
+        worker_id: str,
+        limits: ApiLimits,
+        metrics: Metrics,
     ) -> None:
         self._db = database
         self._bus = bus
         self._job_id = job_id
+        self._worker_id = worker_id
+        self._dropped = 0  # lines of a job that no longer runs here
         self._metrics = metrics
         self._pending: list[LineRow] = []
         self._unstored = 0  # lines, pending or being stored
@@ -137,7 +147,9 @@ class LineWriter:
             while self._pending:
                 batch, self._pending = self._pending, []
                 try:
-                    await jobs.store_lines(self._db, self._job_id, batch, self._notify)
+                    ours = await jobs.store_lines(
+                        self._db, self._job_id, self._worker_id, batch, self._notify
+                    )
                 except Exception:
                     log.warning("storing log lines of job %s failed; retrying", self._job_id)
                     self._pending = batch + self._pending
@@ -146,9 +158,15 @@ class LineWriter:
                 self._unstored -= len(batch)
                 self._unstored_chars -= sum(len(row.text) for row in batch)
                 self._stored.set()
+                if not ours:  # the job ended elsewhere (our lease ran out): drop them
+                    self._dropped += len(batch)
+                    continue
                 self._metrics.log_lines.inc(len(batch))
                 self._bus.lines_stored(self._job_id, batch[-1].seq)
             if self._closing:
+                if self._dropped:
+                    log.warning("job %s ended elsewhere: %d of its lines were not stored",
+                                self._job_id, self._dropped)  # fmt: skip
                 return
 
 
@@ -283,7 +301,9 @@ class Dispatcher:
             self._cancels[job_id].set()
 
     async def _run(self, job: ClaimedJob) -> None:
-        writer = LineWriter(self._db, self._bus, job.id, self._log_limits, self._metrics)
+        writer = LineWriter(
+            self._db, self._bus, job.id, self.worker_id, self._log_limits, self._metrics
+        )
         heartbeat = asyncio.create_task(self._heartbeat(job.id, self._cancels[job.id]))
         outcome = Outcome(JobStatus.FAILED, SHUTDOWN)  # kept if ``drain`` cancels this task
         try:

@@ -11,9 +11,11 @@ import os
 import signal
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import grpc
 
+from benchmarks.api_bench import logs_agent_env
 from darb.v1 import common_pb2
 from tests.api.control_plane import ApiProcess, Client
 from tests.api.faults import (
@@ -62,6 +64,40 @@ def test_control_plane_killed_mid_job(
     later = client.install(environment_id, ["acme-utils"])
     assert client.wait(later.id).status == common_pb2.JOB_STATUS_COMPLETED
     assert set(client.packages(environment_id)) == set(before) | {"acme-utils"}
+
+
+def test_a_control_plane_whose_lease_ran_out_adds_no_lines(
+    own_database: str,
+    api_factory: Callable[..., ApiProcess],
+    agent_factory: Callable[..., AgentProcess],
+    tmp_path: Path,
+) -> None:
+    """SIGSTOP on the control plane mid-job, past its lease: another control plane fails
+    the job. Meanwhile the job's tool goes on printing (the benchmarks' stand-in pixi,
+    20 lines/s), and those lines wait in the stalled one's socket. Resumed, it must not
+    store them after the job's end."""
+    agent = agent_factory(**logs_agent_env(tmp_path / "standin"))
+    settings = {"executors": agent.addr, "DARB_JOB_LEASE": "3", "DARB_POLL_INTERVAL": "1"}
+    first = api_factory(own_database, **settings)
+    client = first.new_user()
+    job = client.create("stalled", ["lines-400", "pace-20"]).job
+    wait_until(lambda: "bench 1 " in client.get_job(job.id).logs, SLACK, "the tool to print")
+    first.process.send_signal(signal.SIGSTOP)
+    try:
+        second = api_factory(own_database, **settings)
+        client = Client(grpc.insecure_channel(second.addr), token=client.token)
+        final = client.wait(job.id, timeout=SLACK)
+        assert "lease expired" in final.error
+    finally:
+        first.process.send_signal(signal.SIGCONT)
+    dropped = f"job {job.id} ended elsewhere: "
+
+    def handled() -> bool:
+        return dropped in first.log_text() or client.get_job(job.id).logs != final.logs
+
+    wait_until(handled, SLACK, "the stalled control plane to handle the lines it held")
+    assert client.get_job(job.id).logs == final.logs
+    assert dropped in first.log_text()
 
 
 def test_sigterm_finishes_running_jobs_and_takes_no_new_ones(

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
+from sqlalchemy import update
 from sqlalchemy.orm import Session
 
 from services.api import dispatcher, payloads
@@ -20,7 +21,7 @@ from services.api.events import JOB_CHANGED_CHANNEL, EventBus
 from services.api.executor_client import AgentLines
 from services.api.metrics import Metrics
 from services.api.migrate import migrate
-from services.api.models import utcnow
+from services.api.models import Job, JobStatus, utcnow
 from services.api.repo import environments, jobs, users
 from services.api.repo.jobs import LineRow
 from shared.config import ApiLimits
@@ -38,10 +39,22 @@ def url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
         yield database_url
 
 
+WORKER = "this-control-plane"
+
+
 def _job(session: Session) -> str:
+    """A job running under ``WORKER``: only such a job's lines are stored."""
     owner = users.create(session, "owner", "x", admin=False)
     environment = environments.create(session, owner, "env", "pixi", ["c"], "agent")
-    return jobs.submit(session, environment, payloads.CreatePayload("env", ["c"], ["a"])).id
+    job_id = jobs.submit(session, environment, payloads.CreatePayload("env", ["c"], ["a"])).id
+    _set_job(session, job_id, JobStatus.RUNNING, WORKER)
+    return job_id
+
+
+def _set_job(session: Session, job_id: str, status: JobStatus, claimed_by: str) -> None:
+    session.execute(
+        update(Job).where(Job.id == job_id).values(status=status, claimed_by=claimed_by)
+    )
 
 
 CHANNEL = "darb_test_lines"
@@ -77,7 +90,8 @@ def test_lines_round_trip_in_batches_and_pages(url: str) -> None:
             job_id = await database.run(_job)
             few = jobs.COPY_FROM_LINES - 1  # stored by the INSERT, the rest by COPY
             for batch in (rows[:few], rows[few:]):
-                await jobs.store_lines(database, job_id, batch, (CHANNEL, f"stored {len(batch)}"))
+                notify = (CHANNEL, f"stored {len(batch)}")
+                assert await jobs.store_lines(database, job_id, WORKER, batch, notify)
                 expected = [f"stored {len(batch)}"] if database.is_postgres else []
                 assert _notifications(listener) == expected
             assert await database.run(jobs.lines_after, job_id, 0) == rows
@@ -94,6 +108,50 @@ def test_lines_round_trip_in_batches_and_pages(url: str) -> None:
             listener.close()
 
 
+@pytest.mark.parametrize(
+    ("status", "claimed_by"),
+    [(JobStatus.FAILED, WORKER), (JobStatus.RUNNING, "another-control-plane")],
+    ids=["ended", "claimed-elsewhere"],
+)
+def test_lines_of_a_job_that_no_longer_runs_here_are_not_stored(
+    url: str, status: JobStatus, claimed_by: str
+) -> None:
+    """A control plane whose lease ran out (another one then failed the job) must not add
+    lines after the job's end: neither a trickle nor a flood is stored, nor announced."""
+    start = datetime(2024, 5, 6, 7, 8, 9, tzinfo=UTC)
+    rows = [LineRow(seq, "stdout", start, f"line {seq}") for seq in range(1, 1001)]
+    few = jobs.COPY_FROM_LINES - 1
+    listener = None
+    if url.startswith("postgresql"):
+        listener = psycopg.connect(libpq_url(url), autocommit=True)
+        listener.execute(f"LISTEN {CHANNEL}")
+
+    async def scenario() -> tuple[list[bool], list[LineRow]]:
+        database = Database(url)
+        try:
+            await migrate(database)
+            job_id = await database.run(_job)
+            stored = [await jobs.store_lines(database, job_id, WORKER, rows[:2], (CHANNEL, "1"))]
+            await database.run(_set_job, job_id, status, claimed_by)
+            for batch in (rows[2:few], rows[few:]):  # an INSERT, then COPY
+                stored.append(
+                    await jobs.store_lines(database, job_id, WORKER, batch, (CHANNEL, "2"))
+                )
+            return stored, await database.run(jobs.lines_after, job_id, 0)
+        finally:
+            await database.close()
+
+    try:
+        stored, lines = asyncio.run(scenario())
+        notified = [n.payload for n in listener.notifies(timeout=1)] if listener else None
+    finally:
+        if listener is not None:
+            listener.close()
+    assert stored == [True, False, False]
+    assert lines == rows[:2]
+    assert notified in (None, ["1"])
+
+
 def test_a_nul_byte_is_stored_as_the_replacement_character() -> None:
     """The agent already replaces NUL; the control plane does too, since PostgreSQL text
     cannot hold it and a batch that fails is retried forever."""
@@ -107,7 +165,7 @@ def test_a_nul_byte_is_stored_as_the_replacement_character() -> None:
             job_id = await database.run(_job)
             few = jobs.COPY_FROM_LINES - 1  # an INSERT, then COPY
             for batch in (rows[:few], rows[few:]):
-                await jobs.store_lines(database, job_id, batch, (CHANNEL, "stored"))
+                await jobs.store_lines(database, job_id, WORKER, batch, (CHANNEL, "stored"))
             return await database.run(jobs.lines_after, job_id, 0)
         finally:
             await database.close()
@@ -130,7 +188,9 @@ def test_a_trickle_of_lines_is_stored_by_one_statement(monkeypatch: pytest.Monke
             await migrate(database)
             job_id = await database.run(_job)
             await listener.execute(f"LISTEN {JOB_CHANGED_CHANNEL}")
-            writer = LineWriter(database, EventBus(database), job_id, ApiLimits(), Metrics())
+            writer = LineWriter(
+                database, EventBus(database), job_id, WORKER, ApiLimits(), Metrics()
+            )
             for n in range(3):
                 await writer.add(AgentLines([("stdout", utcnow(), f"line {n}")]))
                 await asyncio.sleep(0.02)

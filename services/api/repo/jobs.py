@@ -269,57 +269,73 @@ _COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\
 _COPY_LINES = "COPY job_log_lines (job_id, seq, stream, time, text) FROM STDIN"
 
 
+# A job's lines are stored only while it runs under the control plane storing them: one
+# whose lease ran out (it stalled, and another control plane failed the job) must not
+# add lines after the job's end. FOR SHARE makes an end being recorded wait for the
+# store, or the store for the end (which it then sees).
+_OWNER = (
+    "SELECT 1 FROM jobs WHERE id = :job_id AND status = 'RUNNING' AND claimed_by = :worker_id"
+    " FOR SHARE"
+)
+
 # A job's usual trickle of lines: stored, with the NOTIFY, by one statement in one round
-# trip (its own transaction). A flood goes through COPY, which costs less per line.
+# trip (its own transaction); no row when the job is not the caller's. A flood goes
+# through COPY, which costs less per line.
 INSERT_LINES_AND_NOTIFY = Query(
     text(
-        "WITH stored AS (INSERT INTO job_log_lines (job_id, seq, stream, time, text)"
-        " SELECT :job_id, * FROM unnest(CAST(:seqs AS BIGINT[]), CAST(:streams AS VARCHAR[]),"
-        " CAST(:times AS TIMESTAMPTZ[]), CAST(:texts AS TEXT[])))"
-        " SELECT pg_notify(:channel, :payload)"
+        f"WITH owner AS ({_OWNER}),"
+        " stored AS (INSERT INTO job_log_lines (job_id, seq, stream, time, text)"
+        " SELECT :job_id, lines.* FROM owner, unnest(CAST(:seqs AS BIGINT[]),"
+        " CAST(:streams AS VARCHAR[]), CAST(:times AS TIMESTAMPTZ[]), CAST(:texts AS TEXT[]))"
+        " AS lines)"
+        " SELECT pg_notify(:channel, :payload) FROM owner"
     )
 )
+_COPY_OWNER = _OWNER.replace(":job_id", "%(job_id)s").replace(":worker_id", "%(worker_id)s")
 COPY_FROM_LINES = 500
 
 
 async def store_lines(
-    database: Database, job_id: str, lines: list[LineRow], notify: tuple[str, str]
-) -> None:
+    database: Database, job_id: str, worker_id: str, lines: list[LineRow], notify: tuple[str, str]
+) -> bool:
     """Stores consecutive lines in one statement; on PostgreSQL the same commit sends
     NOTIFY ``notify`` = (channel, payload). Never one ORM object per line: a job may
-    print 100,000 lines a second."""
+    print 100,000 lines a second. False, storing nothing, once the job no longer runs
+    under ``worker_id``."""
     if not lines:
-        return
+        return True
     if not database.is_postgres:
-        await database.run(append_lines, job_id, lines)
-        return
+        return bool(await database.run(append_lines, job_id, worker_id, lines))
     channel, payload = notify
+    owner = {"job_id": job_id, "worker_id": worker_id}
     if len(lines) < COPY_FROM_LINES:
         seqs, streams, times, texts = zip(*lines, strict=True)
         if _NUL in "".join(texts):
             texts = tuple(text.translate(_NO_NUL) for text in texts)
-        await database.fetch_one(
-            INSERT_LINES_AND_NOTIFY,
-            job_id=job_id,
-            seqs=list(seqs),
-            streams=list(streams),
-            times=list(times),
-            texts=list(texts),
-            channel=channel,
-            payload=payload,
+        columns = {"seqs": list(seqs), "streams": list(streams), "times": list(times)}
+        notice = {"channel": channel, "payload": payload}
+        row = await database.fetch_one(
+            INSERT_LINES_AND_NOTIFY, **owner, **columns, texts=list(texts), **notice
         )
-        return
+        return row is not None
     async with database.transaction() as conn:
+        if await (await conn.execute(_COPY_OWNER, owner)).fetchone() is None:
+            return False
         async with conn.cursor() as cursor, cursor.copy(_COPY_LINES) as copy:
             await copy.write(_copy_data(job_id, lines))
         await conn.execute("SELECT pg_notify(%s, %s)", (channel, payload))
+    return True
 
 
-def append_lines(session: Session, job_id: str, lines: list[LineRow]) -> None:
+def append_lines(session: Session, job_id: str, worker_id: str, lines: list[LineRow]) -> bool:
     """``store_lines`` for a session (SQLite): one executemany."""
+    owner = select(Job.claimed_by).where(Job.id == job_id, Job.status == JobStatus.RUNNING)
+    if session.scalar(owner) != worker_id:
+        return False
     columns = ("seq", "stream", "time", "text")
     rows = [dict(zip(columns, line, strict=True), job_id=job_id) for line in lines]
     session.execute(insert(JobLogLine), rows)
+    return True
 
 
 def _copy_data(job_id: str, lines: list[LineRow]) -> bytes:
