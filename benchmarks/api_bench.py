@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import psycopg
 from google.protobuf.message import Message
 
 from benchmarks import executor_bench, h2load, real_environment, standin
@@ -710,11 +711,13 @@ async def list_environments(
 # --- two-agents stack -----------------------------------------------------------------------
 
 
-def _ended_jobs(stack: Stack) -> int:
-    with stack.sql() as conn:
-        row = conn.execute(
-            "SELECT count(*) FROM jobs WHERE status IN ('COMPLETED', 'FAILED', 'CANCELLED')"
-        ).fetchone()
+def _ended_jobs(conn: psycopg.Connection, after_seq: int) -> int:
+    """How many of the jobs after ``after_seq`` have ended."""
+    row = conn.execute(
+        "SELECT count(*) FROM jobs WHERE seq > %s AND status IN ('COMPLETED', 'FAILED',"
+        " 'CANCELLED')",
+        (after_seq,),
+    ).fetchone()
     return int(row[0]) if row else 0
 
 
@@ -800,17 +803,20 @@ class BurstRound:
 async def _burst_round(stack: Stack, clients: list[AioClient], jobs: int, index: int,
                        after_seq: int) -> tuple[BurstRound, int]:  # fmt: skip
     """One burst through the control plane, then the same creates on the same agents."""
-    ended = await asyncio.to_thread(_ended_jobs, stack)  # by the rounds before
+    # One connection polls: a new one per poll would cost PostgreSQL a backend each time,
+    # CPU taken from this side of the comparison only.
+    poll = await asyncio.to_thread(stack.sql)
     cpu_before = _cpu_now(stack)
     started = time.monotonic()
     refused = await _submit_burst(clients, jobs, f"burst{index}")
     submitted = time.monotonic() - started
     deadline = time.monotonic() + 240
     while (
-        await asyncio.to_thread(_ended_jobs, stack) < ended + jobs - len(refused)
+        await asyncio.to_thread(_ended_jobs, poll, after_seq) < jobs - len(refused)
         and time.monotonic() < deadline
     ):
         await asyncio.sleep(0.25)
+    poll.close()
     cpu_ms = tuple(1000 * (b - a) / jobs for a, b in zip(cpu_before, _cpu_now(stack), strict=True))
     done, seconds, assignment, last_seq = await asyncio.to_thread(_job_times, stack, after_seq)
     errors, direct_seconds = await agents_alone(assignment, WORKER_CONCURRENCY)
