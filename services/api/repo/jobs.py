@@ -291,6 +291,7 @@ INSERT_LINES_AND_NOTIFY = Query(
         " SELECT pg_notify(:channel, :payload) FROM owner"
     )
 )
+# The same check before a COPY, in psycopg's placeholders.
 _COPY_OWNER = _OWNER.replace(":job_id", "%(job_id)s").replace(":worker_id", "%(worker_id)s")
 COPY_FROM_LINES = 500
 
@@ -305,7 +306,7 @@ async def store_lines(
     if not lines:
         return True
     if not database.is_postgres:
-        return bool(await database.run(append_lines, job_id, worker_id, lines))
+        return await database.run(append_lines, job_id, worker_id, lines)
     channel, payload = notify
     owner = {"job_id": job_id, "worker_id": worker_id}
     if len(lines) < COPY_FROM_LINES:
@@ -328,7 +329,8 @@ async def store_lines(
 
 
 def append_lines(session: Session, job_id: str, worker_id: str, lines: list[LineRow]) -> bool:
-    """``store_lines`` for a session (SQLite): one executemany."""
+    """``store_lines`` for a session (SQLite): one executemany, if the job still runs
+    under ``worker_id``."""
     owner = select(Job.claimed_by).where(Job.id == job_id, Job.status == JobStatus.RUNNING)
     if session.scalar(owner) != worker_id:
         return False
