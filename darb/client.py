@@ -182,7 +182,8 @@ class Environments:
     def resolve(self, name_or_id: str) -> Environment:
         """The environment with this id or, failing that, this name.
 
-        Names are unique per owner only, so an admin seeing several must use the id.
+        Names are unique per owner only: an admin who sees several environments of that
+        name gets their own, and must use the id for another user's.
         """
         if _is_uuid(name_or_id):
             try:
@@ -193,6 +194,10 @@ class Environments:
         if not matches:
             raise errors.NotFound(f"no environment named {name_or_id!r}")
         if len(matches) > 1:
+            caller = self._client.whoami().id
+            mine = [env for env in matches if env.owner_id == caller]
+            if len(mine) == 1:
+                return mine[0]
             ids = ", ".join(env.id for env in matches)
             raise errors.InvalidArgument(
                 f"{len(matches)} environments are named {name_or_id!r} ({ids}); use an id"

@@ -8,7 +8,7 @@ import pytest
 
 import darb
 from darb import errors
-from tests.api.control_plane import ApiProcess
+from tests.api.control_plane import ADMIN_PASSWORD, ApiProcess
 from tests.sdk.conftest import Account
 from tests.sdk.proxy import Proxy
 from tests.support.certs import CertAuthority
@@ -64,6 +64,25 @@ def test_resolve_finds_an_environment_by_name_or_id(client: darb.Client) -> None
     assert client.environments.resolve(environment.id).name == "named"
     with pytest.raises(errors.NotFound, match="no environment named 'other'"):
         client.environments.resolve("other")
+
+
+def test_an_admin_resolves_a_shared_name_to_their_own_environment(api: ApiProcess) -> None:
+    """An admin sees every user's environments, and names are unique per owner only: a
+    name the admin uses resolves to the admin's own; one only others use needs an id."""
+    name = f"shared-{uuid.uuid4().hex[:8]}"
+    others = []
+    for _ in range(2):
+        user = api.new_user().user
+        with darb.Client(api.addr) as other:
+            other.login(user.username, "password-1")
+            others.append(other.environments.create(name, packages=["acme-core"])[0])
+    with darb.Client(api.addr) as admin:
+        admin.login("admin", ADMIN_PASSWORD)
+        with pytest.raises(errors.InvalidArgument, match=f"2 environments are named '{name}'"):
+            admin.environments.resolve(name)
+        own, _ = admin.environments.create(name, packages=["acme-core"])
+        assert admin.environments.resolve(name).id == own.id
+        assert admin.environments.resolve(others[0].id).id == others[0].id
 
 
 def test_grpc_errors_become_darb_errors_with_the_server_message(
