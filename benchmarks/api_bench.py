@@ -87,16 +87,16 @@ METHOD = """\
   `file://` channel has none). The 100 tiny packages are reported too, but not judged:
   a cold create of them extracts almost nothing, so it is mostly the per-package linking
   that a warm create repeats, and py-rattler alone, in the same rounds, shows the floor
-  of that ratio (about 0.4-0.5 here). Every measured run of these rows and of end-to-end
-  overhead starts after a 1.5 s pause, as a lone request would: the agent starts its
-  spare workers once it has been idle for 0.5 s, and they must not run beside the
-  measured run. Each also starts with nothing dirty left to write back (`sync`, outside
-  the timing): installing fsyncs every `conda-meta/` record, and on ext4 that fsync also
-  wrote out what earlier runs had left dirty, so a warm create paid for the files of the
-  cold one before it. This machine's disk varies several-fold over a day, cold creates
-  (thousands of file operations that wait behind those fsyncs' journal commits) far more
-  than warm ones: py-rattler alone took 157 to 567 ms for the same cold create on one
-  afternoon.
+  of that ratio (0.27 to 0.48 in the runs of 2026-11-27). Every measured run of these
+  rows and of end-to-end overhead starts after a 1.5 s pause, as a lone request would:
+  the agent starts its spare workers once it has been idle for 0.5 s, and they must not
+  run beside the measured run. Each also starts with nothing dirty left to write back
+  (`sync`, outside the timing): installing fsyncs every `conda-meta/` record, and on
+  ext4 that fsync also wrote out what earlier runs had left dirty, so a warm create paid
+  for the files of the cold one before it. This machine's disk varies several-fold over
+  a day, cold creates (thousands of file operations that wait behind those fsyncs'
+  journal commits) far more than warm ones: py-rattler alone took 157 to 567 ms for the
+  same cold create on one afternoon.
 - **log throughput / latency**: lines come from a stand-in `pixi` (benchmarks/standin.py)
   run by the agent's real `cli` engine; each line carries the time it was printed. One
   WatchJob client subscribes before the first line. Throughput: the stand-in's lines
