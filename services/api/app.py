@@ -34,7 +34,15 @@ from services.api.handlers.environments import EnvironmentService
 from services.api.handlers.jobs import JobService
 from services.api.handlers.users import UserService
 from services.api.health import DatabaseHealth
-from services.api.metrics import Exporter, JobObserver, Metrics, RpcMetrics
+from services.api.metrics import (
+    PROCESS_FILES,
+    Exporter,
+    JobObserver,
+    Metrics,
+    RpcMetrics,
+    keep_values_in_files,
+    shared_across_processes,
+)
 from services.api.migrate import migrate
 from services.api.passwords import hash_password
 from services.api.repo import users
@@ -218,7 +226,7 @@ async def start(settings: ApiSettings, *, rpc_worker: bool = False) -> ControlPl
     bus.on_listening(tokens.set_enabled)
     environments = _environment_cache(bus)
     await bus.start()
-    # A worker's RPC metrics stay in the worker: only the primary exports metrics.
+    # Only the primary serves /metrics; with several processes it adds up theirs.
     metrics = Metrics()
     runner = None if rpc_worker else await _start_runner(settings, db, bus, metrics)
     state = AppState(settings, db, bus, tokens, environments, JobObserver(metrics))
@@ -235,6 +243,12 @@ async def start(settings: ApiSettings, *, rpc_worker: bool = False) -> ControlPl
 async def serve(settings: ApiSettings) -> None:
     """Runs until SIGINT or SIGTERM, then stops jobs and the server cleanly."""
     stop = stop_on_signals()
+    with shared_across_processes(settings.processes, bool(settings.metrics_addr)):
+        await _serve_primary(settings, stop)
+
+
+async def _serve_primary(settings: ApiSettings, stop: asyncio.Event) -> None:
+    """Starts the primary and its RPC workers, and stops them all once ``stop`` is set."""
     plane = await start(settings)
     host = settings.addr.rsplit(":", 1)[0]
     addr = f"{host}:{plane.port}"
@@ -258,6 +272,8 @@ async def serve(settings: ApiSettings) -> None:
 async def serve_rpc_worker(settings: ApiSettings) -> None:
     """One of the extra RPC processes (see ``workers``): no migrations, no jobs."""
     stop = stop_on_signals()
+    if directory := os.environ.get(PROCESS_FILES):  # the primary exports our metrics too
+        keep_values_in_files(directory)
     plane = await start(settings, rpc_worker=True)
     settle_heap()
     print(f"darb api worker {os.getpid()} listening on {settings.addr}", flush=True)

@@ -3,6 +3,9 @@
 Every metric lives in the ``Metrics`` object's own registry, not the process-wide default,
 so that several control planes in one process (and tests) never share counters. The
 ``/metrics`` endpoint is served only when ``DARB_METRICS_ADDR`` is set (``Exporter``).
+With ``DARB_API_PROCESSES`` > 1 every process keeps its values in files of one directory
+(prometheus_client's multiprocess mode, ``shared_across_processes``), which the primary's
+endpoint adds up: RPCs are counted whichever process served them.
 
 Jobs are counted where their end is recorded, from the rows that end returns, with the
 database's times: by the dispatcher (jobs it ran, jobs whose lease it found expired and
@@ -17,13 +20,24 @@ import asyncio
 import contextlib
 import inspect
 import logging
+import os
+import shutil
+import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 from wsgiref.simple_server import WSGIServer
 
 import grpc
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    multiprocess,
+    start_http_server,
+    values,
+)
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
@@ -45,6 +59,8 @@ TYPE_LABELS = {
     JobType.REMOVE_PACKAGES: "remove",
     JobType.DELETE_ENVIRONMENT: "delete",
 }
+# prometheus_client's own variable: the directory where each process keeps its values.
+PROCESS_FILES = "PROMETHEUS_MULTIPROC_DIR"
 JOB_SECONDS_BUCKETS = (0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600, 7200)
 DISPATCH_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600)
 
@@ -58,14 +74,19 @@ class Metrics:
         self.jobs_total = Counter(
             "darb_jobs", "Jobs ended, by type and final status.", ["type", "status"], registry=reg
         )
+        # Gauges only the primary sets: across processes, its value (the others hold 0).
         self.jobs_active = Gauge(
             "darb_jobs_active",
             "Pending and running jobs in the database, by type and status.",
             ["type", "status"],
             registry=reg,
+            multiprocess_mode="livemax",
         )
         self.queue_depth = Gauge(
-            "darb_job_queue_depth", "Pending jobs in the database.", registry=reg
+            "darb_job_queue_depth",
+            "Pending jobs in the database.",
+            registry=reg,
+            multiprocess_mode="livemax",
         )
         self.dispatch_latency = Histogram(
             "darb_job_dispatch_latency_seconds",
@@ -81,7 +102,11 @@ class Metrics:
             registry=reg,
         )
         self.agent_up = Gauge(
-            "darb_agent_up", "1 if the agent answered its last probe.", ["agent"], registry=reg
+            "darb_agent_up",
+            "1 if the agent answered its last probe.",
+            ["agent"],
+            registry=reg,
+            multiprocess_mode="livemax",
         )
         self.rpc_duration = Histogram(
             "darb_rpc_duration_seconds",
@@ -89,7 +114,12 @@ class Metrics:
             ["method", "code"],
             registry=reg,
         )
-        self.watch_streams = Gauge("darb_watch_streams", "Open WatchJob streams.", registry=reg)
+        self.watch_streams = Gauge(
+            "darb_watch_streams",
+            "Open WatchJob streams.",
+            registry=reg,
+            multiprocess_mode="livesum",  # those of every process
+        )
         self.log_lines = Counter("darb_log_lines", "Job log lines stored.", registry=reg)
 
     def set_active_jobs(self, counts: dict[tuple[str, str], int]) -> None:
@@ -100,6 +130,28 @@ class Metrics:
                 self.jobs_active.labels(type_label, status.lower()).set(count)
         pending = (n for (_, status), n in counts.items() if status == JobStatus.PENDING)
         self.queue_depth.set(sum(pending))
+
+
+def keep_values_in_files(directory: str) -> None:
+    """Every metric created from now on in this process keeps its values in files in
+    ``directory`` (one per process and kind), which ``Exporter`` adds up."""
+    os.environ[PROCESS_FILES] = directory
+    values.ValueClass = values.MultiProcessValue()
+
+
+@contextlib.contextmanager
+def shared_across_processes(processes: int, exported: bool) -> Iterator[None]:
+    """In the primary process: with more than one process and an endpoint, a directory
+    for everyone's values (the RPC workers inherit its name), removed at the end."""
+    if processes < 2 or not exported:
+        yield
+        return
+    directory = tempfile.mkdtemp(prefix="darb-metrics-")
+    keep_values_in_files(directory)
+    try:
+        yield
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
 
 
 class RpcMetrics(grpc.aio.ServerInterceptor):
@@ -242,7 +294,11 @@ class Exporter:
     def start(self, addr: str) -> int:
         """Serves on ``addr`` (``HOST:PORT``; port 0 picks one) and returns the port."""
         host, port = parse_addr(addr)
-        self._server, _ = start_http_server(port, host, self._metrics.registry)
+        registry = self._metrics.registry
+        if directory := os.environ.get(PROCESS_FILES):  # every process's values, added up
+            registry = CollectorRegistry()
+            multiprocess.MultiProcessCollector(registry, path=directory)
+        self._server, _ = start_http_server(port, host, registry)
         bound = self._server.server_port
         shown = f"[{host}]" if ":" in host else host
         log.info("metrics on http://%s:%d/metrics", shown, bound)

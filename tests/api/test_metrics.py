@@ -129,6 +129,31 @@ def _watch_open_while_running(client: Client, url: str, job_id: str) -> bool:
     return shown
 
 
+def test_rpcs_of_every_process_are_counted(
+    own_database: str, api_factory: Callable[..., ApiProcess]
+) -> None:
+    """With DARB_API_PROCESSES=2 the kernel spreads connections over both processes; the
+    primary's /metrics adds up the RPCs each of them served."""
+    api = api_factory(own_database, DARB_METRICS_ADDR="127.0.0.1:0", DARB_API_PROCESSES="2")
+    url = metrics_url(api)
+    token = api.new_user().token
+    calls = 24
+    for _ in range(calls):  # a connection each, so that both processes serve some
+        client = Client(grpc.insecure_channel(api.addr), token=token)
+        with pytest.raises(grpc.RpcError):
+            client.get_env(str(uuid.uuid4()))
+        client.channel.close()
+
+    def counted(samples: Samples) -> float | None:
+        return value(samples, RPC_COUNT, method=GET_ENV_METHOD, code="NOT_FOUND")
+
+    samples = eventually(url, lambda s: counted(s) == calls, timeout=10)
+    assert counted(samples) == calls
+    # Gauges that only the primary sets read as its value, not one per process.
+    assert value(samples, "darb_job_queue_depth") == 0
+    assert value(samples, "darb_watch_streams") == 0
+
+
 def test_cancelled_jobs_are_counted_pending_or_running(
     metered: ApiProcess, shared_agent: AgentProcess
 ) -> None:
