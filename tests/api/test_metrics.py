@@ -19,6 +19,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from darb.v1 import common_pb2, environments_pb2, jobs_pb2
 from services.api.metrics import parse_addr
 from tests.api.control_plane import ADMIN_PASSWORD, TERMINAL, ApiProcess, Client
+from tests.api.faults import ready_environment
 from tests.support.agent import AgentProcess
 from tests.support.postgres import fresh_database
 
@@ -70,9 +71,7 @@ def test_metrics_count_jobs_rpcs_agents_and_lines(
 ) -> None:
     url = metrics_url(metered)
     client = metered.new_user()
-    created = client.create(f"m{uuid.uuid4().hex[:8]}", ["acme-core"])
-    env_id = created.environment.id
-    assert client.wait(created.job.id).status == common_pb2.JOB_STATUS_COMPLETED
+    env_id = ready_environment(client, f"m{uuid.uuid4().hex[:8]}", ["acme-core"])
     install = client.install(env_id, ["acme-utils"])
     watch_is_open = _watch_open_while_running(client, url, install.id)
     assert client.wait(install.id).status == common_pb2.JOB_STATUS_COMPLETED
@@ -160,9 +159,7 @@ def test_cancelled_jobs_are_counted_pending_or_running(
     """A pending job ends in CancelJob itself, not in the dispatcher: it counts too."""
     url = metrics_url(metered)
     client = metered.new_user()
-    created = client.create(f"m{uuid.uuid4().hex[:8]}", ["acme-core"])
-    env_id = created.environment.id
-    assert client.wait(created.job.id).status == common_pb2.JOB_STATUS_COMPLETED
+    env_id = ready_environment(client, f"m{uuid.uuid4().hex[:8]}", ["acme-core"])
     shared_agent.evict_cached("acme-big")  # a slow install, for the next one to queue behind
     running = client.install(env_id, ["acme-big"])
     pending = client.install(env_id, ["acme-tool"])
