@@ -54,7 +54,6 @@ from benchmarks.stats import (
     postgres_cpu_seconds,
     rss_bytes,
     run_load,
-    tree_cpu_seconds,
 )
 from darb.executor.v1 import executor_pb2 as agent_pb
 from darb.v1 import common_pb2, environments_pb2, jobs_pb2
@@ -741,7 +740,7 @@ def _job_times(stack: Stack, after_seq: int) -> tuple[int, float, list[str], int
 def _cpu_now(stack: Stack) -> tuple[float, float, float]:
     """CPU seconds so far of the agents (with their workers), the control plane and
     PostgreSQL."""
-    agents = sum(tree_cpu_seconds(agent.process.pid) for agent in stack.agents)
+    agents = sum(cpu_seconds(agent.process.pid) for agent in stack.agents)
     return agents, cpu_seconds(stack.api_pid), postgres_cpu_seconds()
 
 

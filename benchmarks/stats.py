@@ -118,20 +118,6 @@ async def run_load(
     return result
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time so far of a process and its children (the control plane's
-    RPC workers), from /proc/<pid>/stat."""
-    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-    total = 0.0
-    for each in (pid, *map(int, children)):
-        try:
-            fields = Path(f"/proc/{each}/stat").read_text().rsplit(")", 1)[1].split()
-        except FileNotFoundError:  # a child that just ended
-            continue
-        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    return total
-
-
 def _stat_fields(pid: int) -> list[str] | None:
     try:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -139,15 +125,16 @@ def _stat_fields(pid: int) -> list[str] | None:
         return None
 
 
-def tree_cpu_seconds(pid: int) -> float:
-    """CPU time so far of a process, its live children and the children it has reaped
-    (an agent's worker processes, each of which lives for one operation)."""
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time so far of a process, its live children (the control
+    plane's RPC workers) and the children it has reaped (an agent's worker processes,
+    each of which lives for one operation), from /proc/<pid>/stat."""
     children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
     total = 0
     for each in (pid, *map(int, children)):
         fields = _stat_fields(each)
         if fields:
-            total += sum(map(int, fields[11:13] if each != pid else fields[11:15]))
+            total += sum(map(int, fields[11:15] if each == pid else fields[11:13]))
     return total / os.sysconf("SC_CLK_TCK")
 
 
