@@ -197,6 +197,7 @@ class ApiSettings:
     """
 
     addr: str
+    # Empty: the embedded PostgreSQL server in ``data_dir``.
     database_url: str
     data_dir: Path
     executors: tuple[str, ...]
@@ -232,11 +233,8 @@ class ApiSettings:
         executors = _list(env, "DARB_EXECUTORS", (DEFAULT_EXECUTOR_ADDR,))
         if not executors:
             raise ConfigError("DARB_EXECUTORS must name at least one executor agent")
-        database_url = _text(env, "DARB_DATABASE_URL", f"sqlite:///{data_dir / 'darb.db'}")
+        database_url = _database_url(env)
         processes = int(_number(env, "DARB_API_PROCESSES", 1, minimum=1))
-        if processes > 1 and not database_url.startswith("postgresql"):
-            # The processes wake each other with NOTIFY, which SQLite does not have.
-            raise ConfigError("DARB_API_PROCESSES above 1 needs PostgreSQL (DARB_DATABASE_URL)")
         return cls(
             addr=_text(env, "DARB_API_ADDR", DEFAULT_API_ADDR),
             database_url=database_url,
@@ -259,3 +257,17 @@ class ApiSettings:
             metrics_addr=_text(env, "DARB_METRICS_ADDR", ""),
             processes=processes,
         )
+
+
+def _database_url(env: Mapping[str, str]) -> str:
+    """``DARB_DATABASE_URL`` as SQLAlchemy takes it (``postgresql://`` gets the psycopg
+    driver), or empty for the embedded server."""
+    url = _text(env, "DARB_DATABASE_URL", "")
+    for prefix in ("postgresql://", "postgres://"):
+        if url.startswith(prefix):
+            url = "postgresql+psycopg://" + url.removeprefix(prefix)
+    if url and not url.startswith("postgresql+psycopg://"):
+        raise ConfigError(
+            f"DARB_DATABASE_URL must be a PostgreSQL URL (postgresql://...), not {url[:40]!r}"
+        )
+    return url

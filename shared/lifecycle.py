@@ -45,12 +45,13 @@ def run_service(
 ) -> int:
     """The ``python -m`` entry of a service: logging, settings, serve until stopped.
 
-    Bad settings end the process with one line on stderr and exit code 2."""
+    Bad settings, or a start they make impossible, end the process with one line on
+    stderr and exit code 2."""
     configure(service)
     try:
         settings = load_settings()
+        asyncio.run(serve(settings))
     except ConfigError as exc:
         print(f"darb {service}: {exc}", file=sys.stderr)
         return 2
-    asyncio.run(serve(settings))
     return 0

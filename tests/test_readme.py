@@ -25,7 +25,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from tests.support.postgres import SERVER_URL
+from tests.support.postgres import fresh_database, libpq_url
 
 ROOT = Path(__file__).resolve().parents[1]
 BLOCK = re.compile(r"^```(sh|python)\n(.*?)^```", re.S | re.M)
@@ -108,7 +108,7 @@ def test_the_quick_start_and_every_walkthrough_block_work(shell_env):
         "make run",
         "make test",
     ]
-    walkthrough = [block for block in blocks[1:] if "createdb" not in block[1]]
+    walkthrough = [block for block in blocks[1:] if "DARB_DATABASE_URL=" not in block[1]]
     assert len(walkthrough) >= 3, "the CLI, SDK and grpcurl walkthroughs"
     with running("make run", shell_env) as output:
         assert any("password123" in line and "development" in line for line in output)
@@ -120,22 +120,15 @@ def test_the_quick_start_and_every_walkthrough_block_work(shell_env):
     assert (data / "analysis-export" / "pixi.lock").is_file()
 
 
-def test_the_postgresql_section_works(shell_env):
-    [(_, text)] = [block for block in readme_blocks() if "createdb" in block[1]]
-    database = f"darb_readme_{os.getpid()}_{int(time.time())}"
-    text = text.replace("postgres darb\n", f"postgres {database}\n").replace(
-        "5432/darb ", f"5432/{database} "
-    )
-    createdb, start = localized(text, shell_env).strip().splitlines()
-    run_block("sh", createdb, shell_env)
-    try:
-        with running(start, shell_env):
+def test_the_external_database_section_works(shell_env):
+    """The README's external-server command, pointed at a fresh database of the test
+    run's server: the control plane migrates it and creates the admin there."""
+    [(_, text)] = [block for block in readme_blocks() if "DARB_DATABASE_URL=" in block[1]]
+    with fresh_database() as url:
+        start = re.sub(r"DARB_DATABASE_URL=\S+", f"DARB_DATABASE_URL='{libpq_url(url)}'", text)
+        with running(localized(start, shell_env).strip(), shell_env):
             pass
-        admin_url = SERVER_URL.replace("+psycopg", "").rstrip("/") + f"/{database}"
-        with psycopg.connect(admin_url) as connection:
+        with psycopg.connect(libpq_url(url)) as connection:
             users = connection.execute("SELECT username FROM users").fetchall()
         assert users == [("admin",)]
-    finally:
-        admin_url = SERVER_URL.replace("+psycopg", "").rstrip("/") + "/postgres"
-        with psycopg.connect(admin_url, autocommit=True) as connection:
-            connection.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+    assert not (Path(shell_env["DARB_DATA_DIR"]) / "postgres").exists(), "no embedded server"

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import signal
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import grpc
@@ -25,7 +27,9 @@ from darb.v1 import (
 )
 from services.api.agents import AgentMonitor
 from services.api.caches import NotifiedCache
-from services.api.db import Database
+from services.api.database.db import Database
+from services.api.database.embedded import EmbeddedPostgres
+from services.api.database.migrate import migrate
 from services.api.dispatcher import Dispatcher
 from services.api.events import EventBus
 from services.api.executor_client import ExecutorClient, GrpcExecutorClient
@@ -43,7 +47,6 @@ from services.api.metrics import (
     keep_values_in_files,
     shared_across_processes,
 )
-from services.api.migrate import migrate
 from services.api.passwords import hash_password
 from services.api.repo import users
 from services.api.state import AppState, EnvironmentCache
@@ -241,10 +244,29 @@ async def start(settings: ApiSettings, *, rpc_worker: bool = False) -> ControlPl
 
 
 async def serve(settings: ApiSettings) -> None:
-    """Runs until SIGINT or SIGTERM, then stops jobs and the server cleanly."""
+    """Runs until SIGINT or SIGTERM, then stops jobs and the server cleanly (and the
+    embedded database server last, when it runs one)."""
     stop = stop_on_signals()
-    with shared_across_processes(settings.processes, bool(settings.metrics_addr)):
+    with (
+        shared_across_processes(settings.processes, bool(settings.metrics_addr)),
+        _database(settings) as settings,
+    ):
         await _serve_primary(settings, stop)
+
+
+@contextlib.contextmanager
+def _database(settings: ApiSettings) -> Iterator[ApiSettings]:
+    """``settings`` with the embedded server's URL if none is set: the server is started
+    here, in the main thread, whose end is the parent death it listens for."""
+    if settings.database_url:
+        yield settings
+        return
+    server = EmbeddedPostgres.in_data_dir(settings.data_dir)
+    url = server.start()
+    try:
+        yield dataclasses.replace(settings, database_url=url)
+    finally:
+        server.stop()
 
 
 async def _serve_primary(settings: ApiSettings, stop: asyncio.Event) -> None:
@@ -253,7 +275,7 @@ async def _serve_primary(settings: ApiSettings, stop: asyncio.Event) -> None:
     host = settings.addr.rsplit(":", 1)[0]
     addr = f"{host}:{plane.port}"
     try:
-        rpc_workers = await start_workers(settings.processes - 1, addr)
+        rpc_workers = await start_workers(settings.processes - 1, addr, settings.database_url)
     except BaseException:
         await plane.stop()
         raise

@@ -11,8 +11,7 @@ from darb.v1 import common_pb2 as pb
 from darb.v1 import jobs_pb2
 from services.api import payloads
 from services.api.models import Environment, Job, User
-from services.api.repo.environments import PackageRow
-from services.api.repo.jobs import LineRow
+from services.api.records import LineRow, PackageRow
 
 
 def timestamp(value: datetime | None) -> Timestamp | None:

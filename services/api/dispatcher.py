@@ -24,15 +24,15 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from services.api import payloads
 from services.api.agents import AgentMonitor, rebind
-from services.api.db import Database
+from services.api.database.db import Database
 from services.api.events import JOB_CHANGED_CHANNEL, EventBus
 from services.api.executor_client import AgentLines, ExecutorClient, ExecutorError
 from services.api.logcap import LogCap
 from services.api.metrics import JobObserver, Metrics
-from services.api.models import JobStatus, utcnow
-from services.api.outcomes import AgentState, Outcome, end_job
+from services.api.models import JobStatus
+from services.api.records import AgentState, ClaimedJob, LineBatch, LineRow, Outcome
 from services.api.repo import jobs
-from services.api.repo.jobs import ClaimedJob, LineBatch, LineRow
+from services.api.repo.finishes import end_job
 from shared.config import ApiLimits
 
 log = logging.getLogger(__name__)
@@ -248,7 +248,7 @@ class Dispatcher:
         Our own running jobs are skipped: after a database outage their lease may have run
         out before the heartbeat could renew it, but they are alive.
         """
-        for job_id in await self._db.run(jobs.expired, utcnow()):
+        for job_id in await self._db.run(jobs.expired):
             if job_id in self._running:
                 continue
             outcome = Outcome(JobStatus.FAILED, LEASE_EXPIRED)

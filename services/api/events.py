@@ -4,12 +4,12 @@ Three kinds of event: jobs became claimable (wakes dispatchers), a job changed (
 status, or new log lines: wakes watchers) and a cancel was requested (wakes the
 dispatcher running the job). In-process subscribers hear them at once; log lines travel
 in memory, published before they are stored, and a second event says up to which seq
-they are stored (watchers that missed lines read those from the table). On PostgreSQL
-every event is also sent with NOTIFY, and events from other processes arrive through
+they are stored (watchers that missed lines read those from the table). Every event is
+also sent with NOTIFY, and events from other processes arrive through
 LISTEN as bare "job changed" pokes that watchers answer by reading the table. The
 database stays the source of truth; events only say "look now". Two more say that a
 cached copy is out of date: a user changed (the token cache) and an environment's row
-changed (the GetEnvironment cache; sent by a trigger, see migration 0004).
+changed (the GetEnvironment cache; sent by a trigger, see ``repo/schema.sql``).
 """
 
 from __future__ import annotations
@@ -26,8 +26,8 @@ import psycopg
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
-from services.api.db import Database
-from services.api.repo.jobs import LineRow
+from services.api.database.db import Database
+from services.api.records import LineRow
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +35,7 @@ JOBS_CHANNEL = "darb_jobs"
 JOB_CHANGED_CHANNEL = "darb_job_changed"
 CANCEL_CHANNEL = "darb_job_cancel"
 USER_CHANGED_CHANNEL = "darb_user_changed"
-# Sent by a trigger on every UPDATE or DELETE of an environment row (migration 0004),
+# Sent by a trigger on every UPDATE or DELETE of an environment row (repo/schema.sql),
 # whatever made it; the payload is the environment's id.
 ENVIRONMENT_CHANGED_CHANNEL = "darb_environment_changed"
 CHANNELS = (
@@ -87,8 +87,7 @@ class EventBus:
         self._listener: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        if self._db.is_postgres:
-            self._listener = asyncio.create_task(self._listen(), name="darb-listen")
+        self._listener = asyncio.create_task(self._listen(), name="darb-listen")
 
     async def stop(self) -> None:
         if self._listener is not None:
@@ -145,11 +144,10 @@ class EventBus:
     def notify_in(self, session: Session, channel: str, key: str = "") -> None:
         """NOTIFY as part of the caller's transaction: sent by its commit, and only then,
         with no round trip of its own. In-process subscribers are the caller's business."""
-        if session.get_bind().dialect.name == "postgresql":
-            session.execute(
-                text("SELECT pg_notify(:channel, :payload)"),
-                {"channel": channel, "payload": f"{self._origin}:{key}"},
-            )
+        session.execute(
+            text("SELECT pg_notify(:channel, :payload)"),
+            {"channel": channel, "payload": f"{self._origin}:{key}"},
+        )
 
     def changed_here(self, job_id: str) -> None:
         """After a commit that changed the job and sent its own NOTIFY (``notify_in``):
@@ -203,8 +201,6 @@ class EventBus:
             handler(job_id)
 
     async def _notify(self, channel: str, job_id: str) -> None:
-        if not self._db.is_postgres:
-            return
         payload = f"{self._origin}:{job_id}"
         try:
             await self._db.run(

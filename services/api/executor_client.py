@@ -13,8 +13,7 @@ from darb.executor.v1 import executor_pb2 as pb
 from darb.executor.v1 import executor_pb2_grpc as pb_grpc
 from services.api import payloads
 from services.api.models import utcnow
-from services.api.outcomes import AgentState
-from services.api.repo.environments import PackageRow
+from services.api.records import AgentState, PackageRow
 from shared.config import TlsSettings
 from shared.tls import channel_credentials
 

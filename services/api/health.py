@@ -7,7 +7,7 @@ import logging
 
 from grpc_health.v1 import health, health_pb2
 
-from services.api.db import Database
+from services.api.database.db import Database
 
 log = logging.getLogger(__name__)
 SERVING = health_pb2.HealthCheckResponse.SERVING

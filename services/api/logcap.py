@@ -20,7 +20,7 @@ from collections import deque
 from collections.abc import Iterable
 from datetime import datetime
 
-from services.api.repo.jobs import LineRow
+from services.api.records import LineRow
 from shared.config import ApiLimits
 
 MARKER_STREAM = "stderr"

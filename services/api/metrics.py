@@ -42,10 +42,9 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from services.api import payloads
-from services.api.db import Database
+from services.api.database.db import Database
 from services.api.models import ACTIVE_JOB_STATUSES, Job, JobStatus, JobType
-from services.api.outcomes import EndedJob
-from services.api.repo.jobs import ClaimedJob
+from services.api.records import ClaimedJob, EndedJob
 from shared.logs import clip, headline, key_values
 
 log = logging.getLogger(__name__)

@@ -22,31 +22,14 @@ from sqlalchemy import (
     text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
-from sqlalchemy.types import TypeDecorator
-
-# SQLite only auto-increments a column declared exactly INTEGER PRIMARY KEY.
-BigIntPK = BigInteger().with_variant(Integer(), "sqlite")
 
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
-class UtcDateTime(TypeDecorator[datetime]):
-    """Timezone-aware on the way out also on SQLite, which stores naive text."""
-
-    impl = DateTime(timezone=True)
-    cache_ok = True
-
-    def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | None:
-        if value is not None and value.tzinfo is None:
-            raise ValueError("naive datetime")
-        return value
-
-    def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
-        if value is not None and value.tzinfo is None:
-            return value.replace(tzinfo=UTC)
-        return value
+# Every time column: timestamptz, read back as an aware datetime in UTC.
+UtcDateTime = DateTime(timezone=True)
 
 
 class EnvironmentStatus(enum.StrEnum):
@@ -134,7 +117,6 @@ class Environment(Base):
             "name",
             unique=True,
             postgresql_where=text("deleted_at IS NULL"),
-            sqlite_where=text("deleted_at IS NULL"),
         ),
     )
 
@@ -182,11 +164,10 @@ class Job(Base):
             "ix_jobs_owner_active",
             "owner_id",
             postgresql_where=text(ACTIVE_JOBS_CONDITION),
-            sqlite_where=text(ACTIVE_JOBS_CONDITION),
         ),
     )
 
-    seq: Mapped[int] = mapped_column(BigIntPK, primary_key=True, autoincrement=True)
+    seq: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
     id: Mapped[str] = mapped_column(String(36), unique=True)
     environment_id: Mapped[str] = mapped_column(ForeignKey("environments.id"))
     owner_id: Mapped[str] = mapped_column(ForeignKey("users.id"), index=True)

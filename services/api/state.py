@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from darb.v1 import environments_pb2
 from services.api.caches import NotifiedCache
-from services.api.db import Database
+from services.api.database.db import Database
 from services.api.events import EventBus
 from services.api.metrics import JobObserver
 from services.api.tokens import TokenCache

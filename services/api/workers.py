@@ -33,10 +33,13 @@ def _command() -> list[str]:
     return [setpriv, "--pdeathsig", "TERM", "--", *command] if setpriv else command
 
 
-async def start_workers(count: int, addr: str) -> list[asyncio.subprocess.Process]:
-    """Starts ``count`` workers on ``addr`` (a resolved ``host:port``) and returns once
-    each has printed its ready line; their logs go to our stderr."""
-    env = {**os.environ, "DARB_API_ADDR": addr}
+async def start_workers(
+    count: int, addr: str, database_url: str
+) -> list[asyncio.subprocess.Process]:
+    """Starts ``count`` workers on ``addr`` (a resolved ``host:port``) and the primary's
+    database (the embedded server's URL, when it runs one) and returns once each has
+    printed its ready line; their logs go to our stderr."""
+    env = {**os.environ, "DARB_API_ADDR": addr, "DARB_DATABASE_URL": database_url}
     workers = []
     try:
         for _ in range(count):

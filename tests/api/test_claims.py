@@ -6,60 +6,60 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Iterator
 from datetime import timedelta
-from pathlib import Path
 
 import pytest
 from sqlalchemy import create_engine, select
-from sqlalchemy.dialects import sqlite
 from sqlalchemy.orm import Session
 
 from darb.v1 import common_pb2
 from services.api import payloads
-from services.api.db import Database, sqlite_engine
+from services.api.database.db import Database
+from services.api.events import EventBus
 from services.api.models import Environment, EnvironmentStatus, Job, JobStatus
-from services.api.outcomes import Outcome, finish
-from services.api.repo import environments, jobs, users
+from services.api.records import Outcome
+from services.api.repo import jobs
+from services.api.repo.finishes import end_job
 from tests.api.control_plane import ApiProcess
 from tests.support.postgres import fresh_database
-from tests.support.schema import migrate_url
+from tests.support.schema import QUIET, migrate_url, new_environment, new_user
 
 ENVIRONMENTS = 12
 CLAIMERS = 8
 
 
-@pytest.fixture(params=["postgresql", "sqlite"])
-def sync_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path / 'claims.db'}"
-        migrate_url(url)
-        yield url
-        return
+@pytest.fixture
+def url() -> Iterator[str]:
     with fresh_database() as url:
         migrate_url(url)
         yield url
 
 
-def _seed(session: Session) -> None:
-    owner = users.create(session, "owner", "x", admin=False)
+async def _seed(database: Database) -> None:
+    owner = await new_user(database, "owner")
     for index in range(ENVIRONMENTS):
-        environment = environments.create(session, owner, f"env-{index}", "pixi", ["c"], "agent")
-        jobs.submit(session, environment, payloads.CreatePayload(f"env-{index}", ["c"], ["a"]))
-        jobs.submit(session, environment, payloads.InstallPayload(["b"]))
+        environment, _ = await new_environment(database, owner, f"env-{index}")
+        await database.run(jobs.submit, environment, payloads.InstallPayload(["b"]))
 
 
-def test_concurrent_claimers_take_each_job_once(sync_url: str) -> None:
+def test_concurrent_claimers_take_each_job_once(url: str) -> None:
     # The service's own path: each claimer has its own Database (so its own connections),
     # as separate control planes would.
-    engine = sqlite_engine(sync_url) if sync_url.startswith("sqlite") else create_engine(sync_url)
-    with Session(engine) as session, session.begin():
-        _seed(session)
+    engine = create_engine(url)
+
+    async def seed() -> None:
+        database = Database(url)
+        try:
+            await _seed(database)
+        finally:
+            await database.close()
+
+    asyncio.run(seed())
 
     async def claim_all(worker: int) -> list[str]:
-        database, claimed = Database(sync_url), []
+        database, claimed = Database(url), []
         try:
             lease = timedelta(seconds=30)
-            notify = ("darb_test_claims", "test:")  # nobody listens
-            while job := await jobs.claim_next(database, f"w{worker}", lease, notify):
+            while job := await jobs.claim_next(database, f"w{worker}", lease, QUIET):
                 claimed.append(job.id)
         finally:
             await database.close()
@@ -83,19 +83,24 @@ def test_concurrent_claimers_take_each_job_once(sync_url: str) -> None:
     assert all(row.type == "CREATE_ENVIRONMENT" for row in rows)
     assert all(row.status == JobStatus.RUNNING and row.lease_expires_at for row in rows)
     assert all(row.status == EnvironmentStatus.CREATING for row in environment_rows)
-    for job_id in first:
-        with Session(engine) as session, session.begin():
-            finish(session, job_id, Outcome(JobStatus.COMPLETED), JobStatus.RUNNING)
+    asyncio.run(_finish_all(url, first))
     second = round_of_claims()
     assert len(second) == ENVIRONMENTS and not set(first) & set(second)
     engine.dispose()
 
 
-def test_claim_query_locks_on_postgresql_only() -> None:
-    pg = jobs.CLAIM_IN_ONE_STATEMENT.postgres_sql
-    lite = str(jobs.CLAIM.statement.compile(dialect=sqlite.dialect()))
-    assert "FOR UPDATE OF jobs SKIP LOCKED" in pg
-    assert "FOR UPDATE" not in lite
+async def _finish_all(url: str, job_ids: list[str]) -> None:
+    database = Database(url)
+    try:
+        bus = EventBus(database)
+        for job_id in job_ids:
+            await end_job(database, bus, job_id, Outcome(JobStatus.COMPLETED), JobStatus.RUNNING)
+    finally:
+        await database.close()
+
+
+def test_the_claim_skips_locked_rows() -> None:
+    assert "FOR UPDATE OF jobs SKIP LOCKED" in jobs.CLAIM.postgres_sql
 
 
 def test_two_control_planes_on_one_database_share_the_work(

@@ -1,5 +1,5 @@
 """PostgreSQL restarted under a working control plane, for real: on a private server
-(``tests/support/pg_server.py``), since the machine's shared one serves other test runs.
+(``tests/support/pg_server.py``), since the run's shared one serves every other test.
 """
 
 from __future__ import annotations
@@ -15,16 +15,16 @@ from darb.v1 import common_pb2
 from tests.api.control_plane import ApiProcess
 from tests.api.faults import install_engine_pid, ready_environment, wait_until
 from tests.support.agent import AgentProcess
-from tests.support.pg_server import PostgresServer, private_postgres
+from services.api.database.embedded import EmbeddedPostgres
+from tests.support.pg_server import private_postgres
 
 SLACK = 60
 OUTAGE = 5
 
 
 @pytest.fixture
-def postgres() -> Iterator[PostgresServer]:
-    """A private server: the machine's shared one is never restarted. Its binaries come with
-    the PostgreSQL that this kind of machine runs, so their absence is a failure."""
+def postgres() -> Iterator[EmbeddedPostgres]:
+    """A private server: the run's shared one is never restarted."""
     with private_postgres() as server:
         yield server
 
@@ -36,7 +36,7 @@ def health(api: ApiProcess) -> int:
 
 
 def test_postgres_restart_loses_nothing(
-    postgres: PostgresServer,
+    postgres: EmbeddedPostgres,
     api_factory: Callable[..., ApiProcess],
     agent_factory: Callable[..., AgentProcess],
 ) -> None:
@@ -45,7 +45,7 @@ def test_postgres_restart_loses_nothing(
     the database is back, health returns to SERVING, and every job completes, including
     those submitted after the restart."""
     agent = agent_factory()
-    api = api_factory(postgres.url(), executors=agent.addr, DARB_WORKER_CONCURRENCY="1")
+    api = api_factory(postgres.url, executors=agent.addr, DARB_WORKER_CONCURRENCY="1")
     client = api.new_user()
     busy_env = ready_environment(client, "busy", ["acme-core"])
     queued_env = ready_environment(client, "queued", ["acme-core"])
@@ -53,7 +53,7 @@ def test_postgres_restart_loses_nothing(
     install_engine_pid(client, running.id)
     queued = [client.install(queued_env, ["acme-utils"]), client.create("late", ["acme-tool"]).job]
 
-    postgres.stop("fast")
+    postgres.stop()  # a fast shutdown: every session ends
     wait_until(
         lambda: health(api) == health_pb2.HealthCheckResponse.NOT_SERVING, SLACK, "NOT_SERVING"
     )

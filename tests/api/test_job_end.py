@@ -1,27 +1,26 @@
-"""A job's end: ``darb_finish_job`` on PostgreSQL and ``outcomes.finish`` on SQLite must
-leave the same rows and report the same ended jobs, for every kind of end.
+"""A job's end: ``darb_finish_job`` must leave the rows each kind of end calls for and
+report the jobs it ended.
 
-Each case seeds an environment with jobs in one database of each kind, ends one job
-through ``outcomes.end_job`` (the dispatcher's and CancelJob's path) and compares what
-the two left, with ids replaced by the seed's labels. Each case also states what must
-hold, so that two equally wrong implementations do not pass.
+Each case seeds an environment with jobs, ends one job through ``finishes.end_job`` (the
+dispatcher's and CancelJob's path) and checks what it left, with ids replaced by the
+seed's labels, against what the case states must hold.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import timedelta
 from typing import Any
 
 import psycopg
 import pytest
-from sqlalchemy import create_engine, select, update
+from sqlalchemy import create_engine, insert, select, update
 from sqlalchemy.orm import Session
 
 from services.api import payloads
-from services.api.db import Database, sqlite_engine
+from services.api.database.db import Database
 from services.api.events import EventBus
 from services.api.models import (
     Environment,
@@ -31,11 +30,11 @@ from services.api.models import (
     JobStatus,
     utcnow,
 )
-from services.api.outcomes import AgentState, Outcome, end_job
-from services.api.repo import environments, jobs, users
-from services.api.repo.environments import PackageRow
+from services.api.records import AgentState, Outcome, PackageRow
+from services.api.repo import jobs
+from services.api.repo.finishes import end_job
 from tests.support.postgres import fresh_database, libpq_url
-from tests.support.schema import migrate_url
+from tests.support.schema import migrate_url, new_environment, new_user
 
 WORKER = "cp-1"
 AGENT = "agent-1:50051"
@@ -57,7 +56,7 @@ class Case:
     expected: JobStatus = JobStatus.RUNNING
     worker: str | None = WORKER
     environment_status: EnvironmentStatus = EnvironmentStatus.CREATING
-    # What must hold, on both databases: the ended labels and the environment's fields.
+    # What must hold: the ended labels and the environment's fields.
     ended: list[str] = field(default_factory=list)
     environment: dict[str, Any] = field(default_factory=dict)
 
@@ -160,34 +159,43 @@ CASES = {
 
 
 @pytest.fixture(scope="module")
-def databases(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
-    """One migrated database of each kind, shared by the cases (each its own owner)."""
-    sqlite_url = f"sqlite:///{tmp_path_factory.mktemp('job-end') / 'darb.db'}"
-    with fresh_database() as postgres_url:
-        urls = {"postgresql": postgres_url, "sqlite": sqlite_url}
-        for url in urls.values():
-            migrate_url(url)
-        yield urls
+def database_url() -> Iterator[str]:
+    """One migrated database, shared by the cases (each its own owner)."""
+    with fresh_database() as url:
+        migrate_url(url)
+        yield url
 
 
-def _engine(url: str) -> Any:
-    return sqlite_engine(url) if url.startswith("sqlite") else create_engine(url)
+async def _seed(url: str, case: Case, owner_name: str) -> dict[str, str]:
+    """The case's environment (made by ``darb_create_environment``, with its create job
+    as the first of the case's jobs) and jobs; the labels' ids."""
+    database = Database(url)
+    try:
+        environment, create = await new_environment(
+            database, await new_user(database, owner_name), "env", AGENT
+        )
+        return await database.run(_seed_rows, case, environment, create.id)
+    finally:
+        await database.close()
 
 
-def _seed(session: Session, case: Case, owner_name: str) -> dict[str, str]:
-    """The case's environment and jobs; the labels' ids."""
-    owner = users.create(session, owner_name, "x", admin=False)
-    environment = environments.create(session, owner, "env", "pixi", ["c"], AGENT)
+def _seed_rows(
+    session: Session, case: Case, environment: Environment, create_id: str
+) -> dict[str, str]:
     session.execute(
         update(Environment)
         .where(Environment.id == environment.id)
         .values(status=case.environment_status, manifest="manifest v1", lockfile="lock v1")
     )
-    environments.replace_packages(session, environment.id, OLD)
+    session.execute(
+        insert(InstalledPackage),
+        [{"environment_id": environment.id, **asdict(row)} for row in OLD],
+    )
     ids = {"env": environment.id}
     started = utcnow() - timedelta(seconds=3)
     for label, payload, status in case.jobs:
-        job = jobs.submit(session, environment, payload)
+        is_create = isinstance(payload, payloads.CreatePayload)
+        job_id = create_id if is_create else jobs.submit(session, environment, payload).id
         values: dict[str, Any] = {"status": status}
         if status != JobStatus.PENDING:
             values |= {"started_at": started, "claimed_by": WORKER}
@@ -195,8 +203,8 @@ def _seed(session: Session, case: Case, owner_name: str) -> dict[str, str]:
             values["lease_expires_at"] = utcnow() + timedelta(seconds=30)
         if status.terminal:
             values["completed_at"] = started
-        session.execute(update(Job).where(Job.id == job.id).values(**values))
-        ids[label] = job.id
+        session.execute(update(Job).where(Job.id == job_id).values(**values))
+        ids[label] = job_id
     return ids
 
 
@@ -242,11 +250,10 @@ def _rows(session: Session, ids: dict[str, str]) -> dict[str, Any]:
 
 
 def _run_case(url: str, case: Case, owner_name: str) -> dict[str, Any]:
-    engine = _engine(url)
+    ids = asyncio.run(_seed(url, case, owner_name))
+    ended = asyncio.run(_end(url, ids[case.ends], case))
+    engine = create_engine(url)
     try:
-        with Session(engine) as session, session.begin():
-            ids = _seed(session, case, owner_name)
-        ended = asyncio.run(_end(url, ids[case.ends], case))
         with Session(engine) as session:
             rows = _rows(session, ids)
     finally:
@@ -269,33 +276,31 @@ def _run_case(url: str, case: Case, owner_name: str) -> dict[str, Any]:
 
 
 @pytest.mark.parametrize("name", list(CASES))
-def test_both_databases_end_a_job_alike(databases: dict[str, str], name: str) -> None:
+def test_each_kind_of_end(database_url: str, name: str) -> None:
     case = CASES[name]
-    owner = f"owner-{list(CASES).index(name)}"
-    results = {kind: _run_case(url, case, owner) for kind, url in databases.items()}
-    assert results["postgresql"] == results["sqlite"]
-    result = results["postgresql"]
+    result = _run_case(database_url, case, f"owner-{list(CASES).index(name)}")
     assert [ended[0] for ended in result["ended"]] == case.ended
     assert all(ended[5] == AGENT for ended in result["ended"])
     environment = result["environment"]
     for key, value in case.environment.items():
         actual = [p[0] for p in environment["packages"]] if key == "packages" else environment[key]
         assert actual == value, key
-    statuses = {job[0]: job[1] for job in result["jobs"]}
-    if case.ended:
-        assert statuses[case.ends] == case.outcome.status
-    else:
-        assert statuses[case.ends] == next(s for n, _, s in case.jobs if n == case.ends)
+    jobs_after = {job[0]: job for job in result["jobs"]}
+    for label, _, status in case.jobs:
+        _, status_after, _, completed, leased = jobs_after[label]
+        if label == case.ends and case.ended:
+            assert (status_after, completed, leased) == (case.outcome.status, True, False)
+        elif label in case.ended:  # queued behind a failed create
+            assert (status_after, completed) == (JobStatus.FAILED, True)
+        else:
+            assert status_after == status, label
 
 
-def test_the_function_sends_the_notifies_with_its_commit(databases: dict[str, str]) -> None:
+def test_the_function_sends_the_notifies_with_its_commit(database_url: str) -> None:
     """Other processes hear of each ended job and of a free slot (``darb_jobs``)."""
     case = CASES["create fails: queued jobs fail, the delete stays"]
-    url = databases["postgresql"]
-    engine = _engine(url)
-    with Session(engine) as session, session.begin():
-        ids = _seed(session, case, "owner-notify")
-    engine.dispose()
+    url = database_url
+    ids = asyncio.run(_seed(url, case, "owner-notify"))
     with psycopg.connect(libpq_url(url), autocommit=True) as listener:
         listener.execute("LISTEN darb_job_changed")
         listener.execute("LISTEN darb_jobs")

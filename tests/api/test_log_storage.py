@@ -1,40 +1,37 @@
-"""Log lines are stored in one statement per batch (on PostgreSQL an INSERT from arrays
-for a few lines and COPY for many, each with its NOTIFY; executemany on SQLite) and read
-back exactly, page by page, whatever characters they hold."""
+"""Log lines are stored in one statement per batch (an INSERT from arrays for a few lines
+and COPY for many, each with its NOTIFY) and read back exactly, page by page, whatever
+characters they hold."""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import psycopg
 import pytest
 from sqlalchemy import update
 from sqlalchemy.orm import Session
 
-from services.api import dispatcher, payloads
-from services.api.db import Database
+from services.api import dispatcher
+from services.api.database.db import Database
+from services.api.database.migrate import migrate
 from services.api.dispatcher import LineWriter
 from services.api.events import JOB_CHANGED_CHANNEL, EventBus
 from services.api.executor_client import AgentLines
 from services.api.metrics import Metrics
-from services.api.migrate import migrate
 from services.api.models import Job, JobStatus, utcnow
-from services.api.repo import environments, jobs, users
-from services.api.repo.jobs import LineRow
+from services.api.records import LineRow
+from services.api.repo import jobs
 from shared.config import ApiLimits
 from tests.support.postgres import fresh_database, libpq_url
+from tests.support.schema import new_environment, new_user
 
 AWKWARD = ["tab\there", "back\\slash \\N", "cr\rinside", "new\nline", "ünïcode 🙂", "", "\\."]
 
 
-@pytest.fixture(params=["postgresql", "sqlite"])
-def url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'lines.db'}"
-        return
+@pytest.fixture
+def url() -> Iterator[str]:
     with fresh_database() as database_url:
         yield database_url
 
@@ -42,13 +39,11 @@ def url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
 WORKER = "this-control-plane"
 
 
-def _job(session: Session) -> str:
+async def _job(database: Database) -> str:
     """A job running under ``WORKER``: only such a job's lines are stored."""
-    owner = users.create(session, "owner", "x", admin=False)
-    environment = environments.create(session, owner, "env", "pixi", ["c"], "agent")
-    job_id = jobs.submit(session, environment, payloads.CreatePayload("env", ["c"], ["a"])).id
-    _set_job(session, job_id, JobStatus.RUNNING, WORKER)
-    return job_id
+    _, job = await new_environment(database, await new_user(database, "owner"), "env")
+    await database.run(_set_job, job.id, JobStatus.RUNNING, WORKER)
+    return job.id
 
 
 def _set_job(session: Session, job_id: str, status: JobStatus, claimed_by: str) -> None:
@@ -60,9 +55,7 @@ def _set_job(session: Session, job_id: str, status: JobStatus, claimed_by: str) 
 CHANNEL = "darb_test_lines"
 
 
-def _notifications(listener: psycopg.Connection | None) -> list[str]:
-    if listener is None:
-        return []
+def _notifications(listener: psycopg.Connection) -> list[str]:
     return [notify.payload for notify in listener.notifies(timeout=1, stop_after=1)]
 
 
@@ -78,22 +71,19 @@ def test_lines_round_trip_in_batches_and_pages(url: str) -> None:
         for seq in range(1, 2501)
     ]
 
-    listener = None
-    if url.startswith("postgresql"):
-        listener = psycopg.connect(libpq_url(url), autocommit=True)
-        listener.execute(f"LISTEN {CHANNEL}")
+    listener = psycopg.connect(libpq_url(url), autocommit=True)
+    listener.execute(f"LISTEN {CHANNEL}")
 
     async def scenario() -> None:
         database = Database(url)
         try:
             await migrate(database)
-            job_id = await database.run(_job)
+            job_id = await _job(database)
             few = jobs.COPY_FROM_LINES - 1  # stored by the INSERT, the rest by COPY
             for batch in (rows[:few], rows[few:]):
                 notify = (CHANNEL, f"stored {len(batch)}")
                 assert await jobs.store_lines(database, job_id, WORKER, batch, notify)
-                expected = [f"stored {len(batch)}"] if database.is_postgres else []
-                assert _notifications(listener) == expected
+                assert _notifications(listener) == [f"stored {len(batch)}"]
             assert await database.run(jobs.lines_after, job_id, 0) == rows
             assert await database.run(jobs.lines_after, job_id, 1200, 100) == rows[1200:1300]
             text = await database.run(jobs.log_text, job_id)
@@ -104,8 +94,7 @@ def test_lines_round_trip_in_batches_and_pages(url: str) -> None:
     try:
         asyncio.run(scenario())
     finally:
-        if listener is not None:
-            listener.close()
+        listener.close()
 
 
 @pytest.mark.parametrize(
@@ -121,16 +110,14 @@ def test_lines_of_a_job_that_no_longer_runs_here_are_not_stored(
     start = datetime(2024, 5, 6, 7, 8, 9, tzinfo=UTC)
     rows = [LineRow(seq, "stdout", start, f"line {seq}") for seq in range(1, 1001)]
     few = jobs.COPY_FROM_LINES - 1
-    listener = None
-    if url.startswith("postgresql"):
-        listener = psycopg.connect(libpq_url(url), autocommit=True)
-        listener.execute(f"LISTEN {CHANNEL}")
+    listener = psycopg.connect(libpq_url(url), autocommit=True)
+    listener.execute(f"LISTEN {CHANNEL}")
 
     async def scenario() -> tuple[list[bool], list[LineRow]]:
         database = Database(url)
         try:
             await migrate(database)
-            job_id = await database.run(_job)
+            job_id = await _job(database)
             stored = [await jobs.store_lines(database, job_id, WORKER, rows[:2], (CHANNEL, "1"))]
             await database.run(_set_job, job_id, status, claimed_by)
             for batch in (rows[2:few], rows[few:]):  # an INSERT, then COPY
@@ -143,13 +130,12 @@ def test_lines_of_a_job_that_no_longer_runs_here_are_not_stored(
 
     try:
         stored, lines = asyncio.run(scenario())
-        notified = [n.payload for n in listener.notifies(timeout=1)] if listener else None
+        notified = [n.payload for n in listener.notifies(timeout=1)]
     finally:
-        if listener is not None:
-            listener.close()
+        listener.close()
     assert stored == [True, False, False]
     assert lines == rows[:2]
-    assert notified in (None, ["1"])
+    assert notified == ["1"]
 
 
 def test_a_nul_byte_is_stored_as_the_replacement_character() -> None:
@@ -162,7 +148,7 @@ def test_a_nul_byte_is_stored_as_the_replacement_character() -> None:
         database = Database(url)
         try:
             await migrate(database)
-            job_id = await database.run(_job)
+            job_id = await _job(database)
             few = jobs.COPY_FROM_LINES - 1  # an INSERT, then COPY
             for batch in (rows[:few], rows[few:]):
                 await jobs.store_lines(database, job_id, WORKER, batch, (CHANNEL, "stored"))
@@ -186,7 +172,7 @@ def test_a_trickle_of_lines_is_stored_by_one_statement(monkeypatch: pytest.Monke
         listener = await psycopg.AsyncConnection.connect(libpq_url(url), autocommit=True)
         try:
             await migrate(database)
-            job_id = await database.run(_job)
+            job_id = await _job(database)
             await listener.execute(f"LISTEN {JOB_CHANGED_CHANNEL}")
             writer = LineWriter(
                 database, EventBus(database), job_id, WORKER, ApiLimits(), Metrics()

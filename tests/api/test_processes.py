@@ -10,7 +10,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 import grpc
-import pytest
 
 from darb.v1 import common_pb2, users_pb2
 from tests.api.control_plane import ApiProcess, Client
@@ -109,8 +108,23 @@ def test_workers_stop_with_the_primary(
         time.sleep(0.1)
 
 
-def test_processes_above_one_need_postgres(
+def test_workers_share_the_primarys_embedded_server(
     api_factory: Callable[..., ApiProcess], tmp_path: Path
 ) -> None:
-    with pytest.raises(RuntimeError, match="DARB_API_PROCESSES above 1 needs PostgreSQL"):
-        api_factory("", DARB_API_PROCESSES="2")
+    """With no DARB_DATABASE_URL the primary starts the embedded server and hands its URL
+    to the workers (one that started its own would find the data locked and exit)."""
+    api = api_factory("", DARB_API_PROCESSES="2")
+    url = (tmp_path / "data" / "postgres.url").read_text().strip()
+    [worker] = [
+        pid
+        for pid in _children(api.process.pid)
+        if b"services.api" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    ]
+    environ = Path(f"/proc/{worker}/environ").read_bytes().split(b"\0")
+    assert f"DARB_DATABASE_URL={url}".encode() in environ
+    clients = _clients(api, CONNECTIONS)
+    for client in clients:
+        me = client.call(client.users.GetCurrentUser, users_pb2.GetCurrentUserRequest())
+        assert me.user.username == "admin"
+    port = int(api.addr.rsplit(":", 1)[1])
+    assert len(_socket_inodes(worker) & _accepted_connections(port).keys()) > 0

@@ -1,4 +1,4 @@
-"""The process as a whole: SQLite default, health, reflection, config, restarts, schema."""
+"""The process as a whole: health, reflection, config, restarts, schema."""
 
 from __future__ import annotations
 
@@ -6,7 +6,6 @@ import asyncio
 import signal
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import grpc
 import pytest
@@ -16,31 +15,14 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from sqlalchemy import create_engine
 
-from darb.v1 import common_pb2, environments_pb2
-from services.api.db import Database
-from services.api.migrate import migrate
+from darb.v1 import common_pb2
+from services.api.database.db import Database
+from services.api.database.migrate import migrate
 from services.api.models import Base
-from services.api.repo.jobs import CLAIM
 from shared.config import DEV_ADMIN_PASSWORD, ApiSettings, ConfigError
 from tests.api.control_plane import ApiProcess
 from tests.support.agent import AgentProcess
 from tests.support.postgres import fresh_database
-
-
-def test_sqlite_default_smoke(api_factory: Callable[..., ApiProcess], tmp_path: Path) -> None:
-    api = api_factory("")  # no DARB_DATABASE_URL: a SQLite file in DARB_DATA_DIR
-    client = api.new_user()
-    created = client.create("lite", ["acme-core ==1.0"])
-    install = client.install(created.environment.id, ["acme-utils"])
-    assert client.wait(created.job.id).status == common_pb2.JOB_STATUS_COMPLETED
-    assert client.wait(install.id).status == common_pb2.JOB_STATUS_COMPLETED
-    assert client.packages(created.environment.id) == {"acme-core": "1.0", "acme-utils": "1.0"}
-    delete = client.call(
-        client.envs.DeleteEnvironment,
-        environments_pb2.DeleteEnvironmentRequest(id=created.environment.id),
-    )
-    assert client.wait(delete.job.id).status == common_pb2.JOB_STATUS_COMPLETED
-    assert (tmp_path / "data" / "darb.db").is_file()
 
 
 def test_health_and_reflection(api: ApiProcess) -> None:
@@ -108,22 +90,31 @@ def test_jobs_left_running_by_a_dead_control_plane_fail_on_the_next_start(
         second.stop()
 
 
-def test_migrations_match_the_models(tmp_path: Path) -> None:
-    url = f"sqlite:///{tmp_path / 'schema.db'}"
-    database = Database(url)
-    asyncio.run(migrate(database))
-    asyncio.run(database.close())
-    engine = create_engine(url)
-    try:
-        with engine.connect() as conn:
-            diff = compare_metadata(MigrationContext.configure(conn), Base.metadata)
-    finally:
-        # Closed now: a pooled SQLite connection closed whenever the engine is collected
-        # touches schema.db-wal/-shm during some later test (seen in the agent's
-        # containment check, which watches the shared temp root).
-        engine.dispose()
+def test_migrations_match_the_models_and_schema_sql_is_applied() -> None:
+    with fresh_database() as url:
+        database = Database(url)
+        asyncio.run(migrate(database))
+        asyncio.run(migrate(database))  # again, as every start does: nothing changes
+        asyncio.run(database.close())
+        engine = create_engine(url)
+        try:
+            with engine.connect() as conn:
+                diff = compare_metadata(MigrationContext.configure(conn), Base.metadata)
+                functions = conn.exec_driver_sql(
+                    "SELECT proname FROM pg_proc WHERE proname LIKE 'darb%%' ORDER BY 1"
+                ).scalars()
+                triggers = conn.exec_driver_sql(
+                    "SELECT tgname FROM pg_trigger WHERE NOT tgisinternal"
+                ).scalars()
+                assert list(functions) == [
+                    "darb_create_environment",
+                    "darb_environment_changed",
+                    "darb_finish_job",
+                ]
+                assert list(triggers) == ["environment_changed"]
+        finally:
+            engine.dispose()
     assert diff == []
-    assert str(CLAIM.statement)  # the seam compiles against the migrated schema
 
 
 def test_settings_refuse_to_start_without_an_admin_password() -> None:

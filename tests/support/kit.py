@@ -1,6 +1,6 @@
-"""The read-only kit handed to the project, laid beside the checkout as ``../shared``."""
+"""Reference data kept in the repository for the tests (see tests/data/pixi/README.md)."""
 
 from pathlib import Path
 
-KIT_DIR = Path(__file__).resolve().parents[3] / "shared"
-PIXI_SCHEMA = KIT_DIR / "pixi" / "manifest.schema.json"
+DATA_DIR = Path(__file__).resolve().parents[1] / "data"
+PIXI_SCHEMA = DATA_DIR / "pixi" / "manifest.schema.json"

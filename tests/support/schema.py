@@ -1,12 +1,19 @@
-"""Brings a database (PostgreSQL or SQLite) to the current schema, as the control plane
-does when it starts, for tests that use the repository layer without a control plane."""
+"""A database at the current schema, and rows made the way production makes them, for
+tests that use the repository layer without a control plane."""
 
 from __future__ import annotations
 
 import asyncio
 
-from services.api.db import Database
-from services.api.migrate import migrate
+from services.api import payloads
+from services.api.database.db import Database
+from services.api.database.migrate import migrate
+from services.api.models import Environment, Job, User
+from services.api.repo import creates, environments, jobs, users
+from shared.config import ApiLimits
+
+# Nobody listens on this channel.
+QUIET = ("darb_test_seed", "test:")
 
 
 def migrate_url(url: str) -> None:
@@ -19,3 +26,18 @@ async def _migrate(url: str) -> None:
         await migrate(database)
     finally:
         await database.close()
+
+
+async def new_user(database: Database, username: str) -> User:
+    return await database.run(users.create, username, "x", False)
+
+
+async def new_environment(
+    database: Database, owner: User, name: str, executor: str = "agent"
+) -> tuple[Environment, Job]:
+    """An environment and its create job, inserted by ``darb_create_environment``."""
+    payload = payloads.CreatePayload(name, ["c"], ["a"])
+    environment = environments.new(owner.id, name, "pixi", ["c"], executor)
+    job = jobs.new(environment.id, owner.id, payload)
+    await creates.create_environment(database, environment, job, ApiLimits(), QUIET)
+    return environment, job

@@ -10,11 +10,11 @@ from sqlalchemy.orm import Session
 from darb.v1 import environments_pb2 as pb
 from darb.v1 import environments_pb2_grpc as pb_grpc
 from services.api import convert, paging, payloads
-from services.api.direct import UniqueViolation
 from services.api.errors import FailedPrecondition, InvalidArgument, ResourceExhausted
 from services.api.events import JOBS_CHANNEL, EventBus
 from services.api.ids import parse_id
 from services.api.models import Environment, EnvironmentStatus, Job, User
+from services.api.records import PackageRow
 from services.api.repo import creates, environments, jobs, quotas
 from services.api.rpc import unary
 from services.api.state import AppState
@@ -56,40 +56,10 @@ def _package_names(names: list[str]) -> list[str]:
 async def _create(
     state: AppState, caller: User, payload: payloads.CreatePayload, executor: str
 ) -> tuple[Environment, Job]:
-    """The environment's row and its create job, in one transaction that also checks the
-    quotas (before the name's uniqueness) and wakes the dispatchers."""
-    try:
-        if state.db.is_postgres:
-            return await _create_in_one_call(state, caller, payload, executor)
-        async with state.db.unit() as unit:
-            await unit.execute(quotas.LOCK_OWNER, owner=caller.id)
-            counts = await unit.fetch_one(quotas.NEW_ENVIRONMENT_COUNTS, owner=caller.id)
-            quotas.refuse_new_environment(counts, state.settings.limits)
-            # Stamped now, just before the commit: created_at is when the job was queued.
-            environment = environments.new(
-                caller.id, payload.name, "pixi", payload.channels, executor
-            )
-            job = jobs.new(environment.id, caller.id, payload)
-            await unit.execute(environments.NEW.query, **environments.NEW.params(environment))
-            await unit.execute(jobs.NEW.query, **jobs.NEW.params(job))
-    except UniqueViolation as exc:
-        raise environments.already_exists(payload.name) from exc
-    return environment, job
-
-
-async def _create_in_one_call(
-    state: AppState, caller: User, payload: payloads.CreatePayload, executor: str
-) -> tuple[Environment, Job]:
-    """``_create`` on PostgreSQL: one call of a function (see ``repo.creates``)."""
-    limits = state.settings.limits
     environment = environments.new(caller.id, payload.name, "pixi", payload.channels, executor)
     job = jobs.new(environment.id, caller.id, payload)
     notify = state.bus.notify_target(JOBS_CHANNEL)
-    values = creates.params(environment, job, limits, notify)
-    counts = await state.db.fetch_one(creates.CREATE_ENVIRONMENT, **values)
-    quotas.refuse_new_environment(counts, limits)
-    if not counts.created:  # the counts fit, so only a bug of the function gets here
-        raise RuntimeError("darb_create_environment inserted nothing")
+    await creates.create_environment(state.db, environment, job, state.settings.limits, notify)
     return environment, job
 
 
@@ -133,7 +103,7 @@ def _export(session: Session, caller: User, environment_id: str) -> Environment:
     return environment
 
 
-def _packages(session: Session, caller: User, environment_id: str) -> list[environments.PackageRow]:
+def _packages(session: Session, caller: User, environment_id: str) -> list[PackageRow]:
     environments.get_visible(session, caller, environment_id)
     return environments.packages(session, environment_id)
 

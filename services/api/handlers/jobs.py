@@ -16,9 +16,9 @@ from services.api.dispatcher import CANCELLED_BY_REQUEST
 from services.api.errors import InvalidArgument
 from services.api.ids import parse_id
 from services.api.models import Job, JobStatus, User
-from services.api.outcomes import Outcome, end_job
+from services.api.records import LineBatch, LineRow, Outcome
 from services.api.repo import environments, jobs
-from services.api.repo.jobs import LineBatch, LineRow
+from services.api.repo.finishes import end_job
 from services.api.rpc import streaming, unary
 from services.api.state import AppState
 

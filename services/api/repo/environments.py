@@ -2,26 +2,16 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
 from typing import Any
 
-from sqlalchemy import Boolean, ColumnElement, and_, bindparam, delete, insert, or_, select
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import Boolean, ColumnElement, and_, bindparam, or_, select
 from sqlalchemy.orm import Session
 
-from services.api.direct import Query
+from services.api.database.direct import Query
 from services.api.errors import AlreadyExists, NotFound
 from services.api.ids import new_id
 from services.api.models import Environment, EnvironmentStatus, InstalledPackage, User, utcnow
-from services.api.repo.rows import NewRow
-
-
-@dataclass(frozen=True)
-class PackageRow:
-    name: str
-    version: str
-    build: str
-    channel: str
+from services.api.records import PackageRow
 
 
 def _visible(environment_id: Any, owner_id: Any, admin: Any) -> ColumnElement[bool]:
@@ -63,19 +53,10 @@ def get_visible(
     return environment
 
 
-NEW = NewRow(
-    Environment,
-    (
-        *("id", "owner_id", "name", "package_manager", "channels", "executor", "status"),
-        *("error", "manifest", "lockfile", "created_at", "updated_at"),
-    ),
-)
-
-
 def new(
     owner_id: str, name: str, package_manager: str, channels: list[str], executor: str
 ) -> Environment:
-    """A PENDING environment not yet stored (``NEW`` inserts it)."""
+    """A PENDING environment not yet stored (``darb_create_environment`` inserts it)."""
     now = utcnow()
     return Environment(
         id=new_id(),
@@ -95,22 +76,6 @@ def new(
 
 def already_exists(name: str) -> AlreadyExists:
     return AlreadyExists(f"you already have an environment named {name!r}")
-
-
-def create(
-    session: Session,
-    owner: User,
-    name: str,
-    package_manager: str,
-    channels: list[str],
-    executor: str,
-) -> Environment:
-    environment = new(owner.id, name, package_manager, channels, executor)
-    try:  # no savepoint: the caller's transaction ends with the error anyway
-        NEW.insert(session, environment)
-    except IntegrityError as exc:
-        raise already_exists(name) from exc
-    return environment
 
 
 def page(session: Session, caller: User, after: tuple[str, str], limit: int) -> list[Environment]:
@@ -135,12 +100,3 @@ def packages(session: Session, environment_id: str) -> list[PackageRow]:
     return [
         PackageRow(row.name, row.version, row.build, row.channel) for row in session.scalars(query)
     ]
-
-
-def replace_packages(session: Session, environment_id: str, rows: list[PackageRow]) -> None:
-    session.execute(
-        delete(InstalledPackage).where(InstalledPackage.environment_id == environment_id)
-    )
-    if rows:  # one executemany, not the ORM's unit of work over a row object each
-        values = [{"environment_id": environment_id, **asdict(row)} for row in rows]
-        session.execute(insert(InstalledPackage), values)

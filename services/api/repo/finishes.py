@@ -1,28 +1,25 @@
-"""A job's end on PostgreSQL as one call of ``darb_finish_job`` (migration 0007): the
-job's and its environment's rows, the installed packages, the jobs queued behind a
-failed create and the NOTIFYs, in one statement and one round trip."""
+"""A job's end as one call of ``darb_finish_job`` (``repo/schema.sql``): the job's and
+its environment's rows, the installed packages, the jobs queued behind a failed create
+and the NOTIFYs, in one statement and one round trip."""
 
 from __future__ import annotations
 
-from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from sqlalchemy import text
 
-from services.api.direct import Query
-from services.api.events import JOB_CHANGED_CHANNEL, JOBS_CHANNEL
+from services.api.database.db import Database
+from services.api.database.direct import Query
+from services.api.events import JOB_CHANGED_CHANNEL, JOBS_CHANNEL, EventBus
 from services.api.models import JobStatus
-
-if TYPE_CHECKING:
-    from services.api.events import EventBus
-    from services.api.outcomes import Outcome
+from services.api.records import EndedJob, Outcome
 
 _PARAMETERS = (
-    *("job_id", "expected", "worker_id", "status", "error", "now", "has_state"),
+    *("job_id", "expected", "worker_id", "status", "error", "has_state"),
     *("manifest", "lockfile", "names", "versions", "builds", "channels"),
     *("job_channel", "jobs_channel", "notify_prefix"),
 )
-# One row per ended job, in the order of ``outcomes.EndedJob``'s fields.
+# One row per ended job, in the order of ``EndedJob``'s fields.
 FINISH_JOB = Query(
     text(
         "SELECT o_id, o_environment_id, o_type, o_status, o_error, o_agent, o_started_at,"
@@ -33,13 +30,24 @@ FINISH_JOB = Query(
 )
 
 
-def params(
+async def end_job(
+    database: Database,
+    bus: EventBus,
     job_id: str,
     outcome: Outcome,
     expected: JobStatus,
-    worker_id: str | None,
-    now: datetime,
-    bus: EventBus,
+    worker_id: str | None = None,
+) -> list[EndedJob]:
+    """Ends a job if it is still ``expected`` (and, given ``worker_id``, still claimed by
+    that worker), in a transaction of its own whose commit also tells the other processes
+    (NOTIFY). Returns every job that ended: this one and, after a failed create, those
+    queued behind it. The caller tells this process (``bus.jobs_ended_here``)."""
+    values = _params(job_id, outcome, expected, worker_id, bus)
+    return [EndedJob(*row) for row in await database.fetch_all(FINISH_JOB, **values)]
+
+
+def _params(
+    job_id: str, outcome: Outcome, expected: JobStatus, worker_id: str | None, bus: EventBus
 ) -> dict[str, Any]:
     state = outcome.state
     packages = state.packages if state is not None else []
@@ -51,7 +59,6 @@ def params(
         "worker_id": worker_id,
         "status": outcome.status,
         "error": outcome.error,
-        "now": now,
         "has_state": state is not None,
         "manifest": state.manifest if state is not None else "",
         "lockfile": state.lockfile if state is not None else "",

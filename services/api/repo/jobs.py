@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any, NamedTuple
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import (
     ScalarSelect,
@@ -22,7 +21,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import Session, aliased
 
 from services.api import payloads
-from services.api.direct import Query
+from services.api.database.direct import Query
 from services.api.errors import FailedPrecondition, NotFound
 from services.api.ids import new_id
 from services.api.models import (
@@ -33,47 +32,23 @@ from services.api.models import (
     JobStatus,
     User,
     is_active,
-    utcnow,
 )
-from services.api.repo.rows import NewRow
+from services.api.records import ClaimedJob, LineRow
 
 if TYPE_CHECKING:
-    from services.api.db import Database
+    from services.api.database.db import Database
 
 
-class LineRow(NamedTuple):
-    """One stored log line; a tuple because a flood makes hundreds of thousands."""
-
-    seq: int
-    stream: str
-    time: datetime
-    text: str
-
-
-@dataclass(frozen=True)
-class ClaimedJob:
-    """What a dispatcher needs to run a job, read in the claiming transaction."""
-
-    id: str
-    type: str
-    environment_id: str
-    environment_name: str
-    executor: str
-    payload: payloads.Payload
-    queued_seconds: float  # from submission to this claim
-
-
-NEW = NewRow(
-    Job,
-    (
-        *("id", "environment_id", "owner_id", "type", "status", "payload", "error"),
-        *("cancel_requested", "created_at"),
-    ),
+# The columns a new job is given; the others have defaults or are set later.
+_NEW_COLUMNS = (
+    *("id", "environment_id", "owner_id", "type", "status", "payload", "error"),
+    "cancel_requested",
 )
 
 
 def new(environment_id: str, owner_id: str, payload: payloads.Payload) -> Job:
-    """A PENDING job not yet stored (``NEW`` inserts it)."""
+    """A PENDING job not yet stored (``submit``, or ``darb_create_environment`` for a
+    create, inserts it and stamps its ``created_at``)."""
     return Job(
         id=new_id(),
         environment_id=environment_id,
@@ -83,23 +58,22 @@ def new(environment_id: str, owner_id: str, payload: payloads.Payload) -> Job:
         payload=payloads.dump(payload),
         error="",
         cancel_requested=False,
-        created_at=utcnow(),
     )
 
 
 def submit(session: Session, environment: Environment, payload: payloads.Payload) -> Job:
+    """Inserts a new job with one Core INSERT (the ORM's unit of work would cost several
+    times as much), stamped with the database's clock."""
     job = new(environment.id, environment.owner_id, payload)
-    NEW.insert(session, job)
+    values = {name: getattr(job, name) for name in _NEW_COLUMNS}
+    statement = insert(Job).values(**values, created_at=func.now()).returning(Job.created_at)
+    job.created_at = session.execute(statement).scalar_one()
     return job
 
 
 def _claimable() -> ScalarSelect[int]:
     """The seq of the oldest pending job that is first in its environment's queue.
-
-    PostgreSQL: concurrent dispatchers skip rows another one has locked. SQLite has no
-    row locks (its compiler leaves FOR UPDATE out); every transaction there starts with
-    ``BEGIN IMMEDIATE`` (see db.py), which holds the database's single write lock from the
-    claim to its commit.
+    Concurrent dispatchers skip rows another one has locked.
     """
     earlier = aliased(Job)
     blocked = exists().where(
@@ -113,18 +87,27 @@ def _claimable() -> ScalarSelect[int]:
 
 
 def _claim() -> Update:
-    """Marks the job of ``_claimable`` RUNNING; parameters: worker, now, lease_until."""
+    """Marks the job of ``_claimable`` RUNNING under a lease; parameters: worker,
+    lease (seconds)."""
     return (
         update(Job)
         .where(Job.seq == _claimable())
         .values(
             status=JobStatus.RUNNING,
             claimed_by=bindparam("worker"),
-            started_at=bindparam("now"),
-            lease_expires_at=bindparam("lease_until"),
+            started_at=func.now(),
+            lease_expires_at=_lease_until(),
         )
-        .returning(Job.id, Job.type, Job.payload, Job.environment_id, Job.created_at)
+        .returning(
+            *(Job.id, Job.type, Job.payload, Job.environment_id),
+            *(Job.created_at, Job.started_at),
+        )
     )
+
+
+def _lease_until() -> Any:
+    """The database's clock plus the ``lease`` parameter's seconds."""
+    return func.now() + func.make_interval(0, 0, 0, 0, 0, 0, bindparam("lease"))
 
 
 def _start_environment(environment_id: Any) -> Update:
@@ -135,61 +118,47 @@ def _start_environment(environment_id: Any) -> Update:
         .where(Environment.id == environment_id)
         .values(
             status=case((pending, EnvironmentStatus.CREATING), else_=Environment.status),
-            updated_at=case((pending, bindparam("now")), else_=Environment.updated_at),
+            updated_at=case((pending, func.now()), else_=Environment.updated_at),
         )
         .returning(Environment.id, Environment.name, Environment.executor)
     )
 
 
 def _claim_in_one_statement() -> Select[Any]:
-    """PostgreSQL: the claim, the environment's update and the NOTIFY (parameters
-    channel, origin) as one statement, so one round trip with no BEGIN or COMMIT."""
+    """The claim, the environment's update and the NOTIFY (parameters channel, origin)
+    as one statement, so one round trip with no BEGIN or COMMIT."""
     claimed = _claim().cte("claimed")
     started = _start_environment(claimed.c.environment_id).cte("started")
     notify = func.pg_notify(bindparam("channel"), bindparam("origin") + claimed.c.id)
     return select(
         *(claimed.c.id, claimed.c.type, claimed.c.payload, claimed.c.environment_id),
-        *(claimed.c.created_at, started.c.name, started.c.executor, notify),
+        *(claimed.c.created_at, claimed.c.started_at, started.c.name, started.c.executor),
+        notify,
     ).join_from(claimed, started, started.c.id == claimed.c.environment_id)
 
 
-CLAIM = Query(_claim())
-START_ENVIRONMENT = Query(_start_environment(bindparam("environment_id")))
-CLAIM_IN_ONE_STATEMENT = Query(_claim_in_one_statement())
+CLAIM = Query(_claim_in_one_statement())
 
 
 async def claim_next(
     database: Database, worker_id: str, lease: timedelta, notify: tuple[str, str]
 ) -> ClaimedJob | None:
-    """Marks the next claimable job RUNNING under ``worker_id``'s lease and, on
-    PostgreSQL, sends NOTIFY on ``notify`` = (channel, payload prefix) with its id."""
-    now = utcnow()
-    params = {"worker": worker_id, "now": now, "lease_until": now + lease}
-    if database.is_postgres:
-        channel, origin = notify
-        job = await database.fetch_one(
-            CLAIM_IN_ONE_STATEMENT, channel=channel, origin=origin, **params
-        )
-        if job is None:
-            return None
-        name, executor = job.name, job.executor
-    else:  # SQLite: no data-modifying CTEs; the unit holds its write lock throughout
-        async with database.unit() as unit:
-            job = await unit.fetch_one(CLAIM, **params)
-            if job is None:
-                return None
-            started = await unit.fetch_one(
-                START_ENVIRONMENT, environment_id=job.environment_id, now=now
-            )
-        name, executor = started.name, started.executor
+    """Marks the next claimable job RUNNING under ``worker_id``'s lease and sends NOTIFY
+    on ``notify`` = (channel, payload prefix) with its id."""
+    channel, origin = notify
+    job = await database.fetch_one(
+        CLAIM, worker=worker_id, lease=lease.total_seconds(), channel=channel, origin=origin
+    )
+    if job is None:
+        return None
     return ClaimedJob(
         id=job.id,
         type=job.type,
         environment_id=job.environment_id,
-        environment_name=name,
-        executor=executor,
+        environment_name=job.name,
+        executor=job.executor,
         payload=payloads.load(job.type, job.payload),
-        queued_seconds=max((now - job.created_at).total_seconds(), 0.0),
+        queued_seconds=max((job.started_at - job.created_at).total_seconds(), 0.0),
     )
 
 
@@ -198,7 +167,7 @@ def heartbeat(session: Session, job_id: str, worker_id: str, lease: timedelta) -
     result = session.execute(
         update(Job)
         .where(Job.id == job_id, Job.claimed_by == worker_id, Job.status == JobStatus.RUNNING)
-        .values(lease_expires_at=utcnow() + lease)
+        .values(lease_expires_at=func.now() + lease)
         .returning(Job.cancel_requested)
     ).first()
     return None if result is None else bool(result[0])
@@ -241,23 +210,12 @@ def request_cancel(session: Session, job: Job) -> None:
     job.cancel_requested = True
 
 
-def expired(session: Session, now: datetime) -> list[str]:
+def expired(session: Session) -> list[str]:
     """Running jobs whose dispatcher stopped renewing the lease."""
-    query = select(Job.id).where(Job.status == JobStatus.RUNNING, Job.lease_expires_at < now)
+    query = select(Job.id).where(
+        Job.status == JobStatus.RUNNING, Job.lease_expires_at < func.now()
+    )
     return list(session.scalars(query))
-
-
-class LineBatch(list[LineRow]):
-    """Consecutive lines as the dispatcher publishes them to watchers. ``wire``, when
-    set, is a protobuf message that serializes to exactly these lines as a ``LogLines``
-    (the agent's own message: same seqs, streams, texts and times), so a WatchJob event
-    is made by re-reading its bytes instead of building it line by line."""
-
-    __slots__ = ("wire",)
-
-    def __init__(self, rows: list[LineRow], wire: Any = None) -> None:
-        super().__init__(rows)
-        self.wire = wire
 
 
 # COPY's text format: these characters of a value are written as escapes.
@@ -299,14 +257,11 @@ COPY_FROM_LINES = 500
 async def store_lines(
     database: Database, job_id: str, worker_id: str, lines: list[LineRow], notify: tuple[str, str]
 ) -> bool:
-    """Stores consecutive lines in one statement; on PostgreSQL the same commit sends
-    NOTIFY ``notify`` = (channel, payload). Never one ORM object per line: a job may
-    print 100,000 lines a second. False, storing nothing, once the job no longer runs
-    under ``worker_id``."""
+    """Stores consecutive lines in one statement, whose commit also sends NOTIFY
+    ``notify`` = (channel, payload). Never one ORM object per line: a job may print a
+    flood. False, storing nothing, once the job no longer runs under ``worker_id``."""
     if not lines:
         return True
-    if not database.is_postgres:
-        return await database.run(append_lines, job_id, worker_id, lines)
     channel, payload = notify
     owner = {"job_id": job_id, "worker_id": worker_id}
     if len(lines) < COPY_FROM_LINES:
@@ -325,18 +280,6 @@ async def store_lines(
         async with conn.cursor() as cursor, cursor.copy(_COPY_LINES) as copy:
             await copy.write(_copy_data(job_id, lines))
         await conn.execute("SELECT pg_notify(%s, %s)", (channel, payload))
-    return True
-
-
-def append_lines(session: Session, job_id: str, worker_id: str, lines: list[LineRow]) -> bool:
-    """``store_lines`` for a session (SQLite): one executemany, if the job still runs
-    under ``worker_id``."""
-    owner = select(Job.claimed_by).where(Job.id == job_id, Job.status == JobStatus.RUNNING)
-    if session.scalar(owner) != worker_id:
-        return False
-    columns = ("seq", "stream", "time", "text")
-    rows = [dict(zip(columns, line, strict=True), job_id=job_id) for line in lines]
-    session.execute(insert(JobLogLine), rows)
     return True
 
 

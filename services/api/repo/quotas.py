@@ -1,17 +1,16 @@
 """Per-user quotas, checked in the transaction that would exceed them.
 
 The owner's row is locked first, so two requests of one user cannot both pass a check
-that only one of them fits (SQLite needs no lock: its transactions are serialized).
+that only one of them fits.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import ScalarSelect, Select, bindparam, func, select
+from sqlalchemy import ScalarSelect, Select, func, select
 from sqlalchemy.orm import Session
 
-from services.api.direct import Query
 from services.api.errors import ResourceExhausted
 from services.api.models import Environment, Job, User, is_active
 from shared.config import ApiLimits
@@ -34,23 +33,13 @@ def _live_environments(owner_id: Any) -> ScalarSelect[int]:
     return query.scalar_subquery()
 
 
-# For a unit of work (see Database.unit); parameter: owner. Lock first, then count.
-LOCK_OWNER = Query(_lock_owner(bindparam("owner")))
-NEW_ENVIRONMENT_COUNTS = Query(
-    select(
-        _live_environments(bindparam("owner")).label("environments"),
-        _active_jobs(bindparam("owner")).label("active_jobs"),
-    )
-)
-
-
 def lock_owner(session: Session, owner_id: str) -> None:
     session.execute(_lock_owner(owner_id))
 
 
 def refuse_new_environment(counts: Any, limits: ApiLimits) -> None:
     """Raises unless a new environment and its create job fit the owner's quotas;
-    ``counts`` is the row of ``NEW_ENVIRONMENT_COUNTS``."""
+    ``counts`` is the row of ``creates.CREATE_ENVIRONMENT``."""
     _refuse_environment(counts.environments, limits.max_environments_per_user)
     _refuse_job(counts.active_jobs, limits.max_active_jobs_per_user)
 

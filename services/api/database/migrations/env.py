@@ -1,10 +1,10 @@
-"""Alembic environment: always handed a connection by services.api.migrate."""
+"""Alembic environment: always handed a connection by services.api.database.migrate."""
 
 from alembic import context
 
 from services.api.models import Base
 
 connection = context.config.attributes["connection"]
-context.configure(connection=connection, target_metadata=Base.metadata, render_as_batch=True)
+context.configure(connection=connection, target_metadata=Base.metadata)
 with context.begin_transaction():
     context.run_migrations()

@@ -1,11 +1,10 @@
-"""The hottest RPCs' SQL on PostgreSQL straight through psycopg.
+"""The hottest statements straight through psycopg, without SQLAlchemy's session.
 
-SQLAlchemy's asyncio session costs about a millisecond of CPU per statement here,
-several times the query itself: a GetEnvironment was mostly that. The statements stay
-SQLAlchemy Core, compiled once for PostgreSQL, so each is written once; on SQLite
-``Database`` runs them through a session as usual. The hot writes are single
-statements here (the claim's CTE, ``darb_create_environment``, a batch of log lines),
-each its own transaction; only COPY needs ``transaction``.
+The session's CPU cost per statement is several times a cheap query's own (see
+``docs/benchmarks.md``). The statements stay SQLAlchemy Core, compiled once for
+PostgreSQL. The hot writes are single statements (the claim's CTE,
+``darb_create_environment``, a batch of log lines), each its own transaction; only COPY
+needs ``transaction``.
 """
 
 from __future__ import annotations
@@ -30,7 +29,7 @@ _DIALECT = PGDialectAsync_psycopg()
 
 
 class UniqueViolation(Exception):
-    """A unit's INSERT hit a unique constraint (the transaction was rolled back)."""
+    """A statement hit a unique constraint (its transaction was rolled back)."""
 
 
 class Query:

@@ -26,7 +26,6 @@ def upgrade() -> None:
         "jobs",
         ["owner_id"],
         postgresql_where=condition,
-        sqlite_where=condition,
     )
 
 

@@ -7,8 +7,6 @@ Revises: 0001
 import sqlalchemy as sa
 from alembic import op
 
-from services.api.models import UtcDateTime
-
 revision = "0002"
 down_revision = "0001"
 branch_labels = None
@@ -24,8 +22,8 @@ def upgrade() -> None:
         "login_failures",
         sa.Column("username", sa.String(64), primary_key=True),
         sa.Column("failures", sa.Integer(), nullable=False),
-        sa.Column("last_failure_at", UtcDateTime(), nullable=False),
-        sa.Column("blocked_until", UtcDateTime(), nullable=True),
+        sa.Column("last_failure_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("blocked_until", sa.DateTime(timezone=True), nullable=True),
     )
     op.create_index("ix_login_failures_last_failure_at", "login_failures", ["last_failure_at"])
 

@@ -7,8 +7,6 @@ Revises:
 import sqlalchemy as sa
 from alembic import op
 
-from services.api.models import BigIntPK, UtcDateTime
-
 revision = "0001"
 down_revision = None
 branch_labels = None
@@ -22,7 +20,7 @@ def upgrade() -> None:
         sa.Column("username", sa.String(64), nullable=False, unique=True),
         sa.Column("password_hash", sa.String(255), nullable=False),
         sa.Column("is_admin", sa.Boolean(), nullable=False),
-        sa.Column("created_at", UtcDateTime(), nullable=False),
+        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
     )
     op.create_table(
         "api_tokens",
@@ -30,8 +28,8 @@ def upgrade() -> None:
         sa.Column(
             "user_id", sa.String(36), sa.ForeignKey("users.id", ondelete="CASCADE"), nullable=False
         ),
-        sa.Column("created_at", UtcDateTime(), nullable=False),
-        sa.Column("expires_at", UtcDateTime(), nullable=False),
+        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("expires_at", sa.DateTime(timezone=True), nullable=False),
     )
     op.create_index("ix_api_tokens_user_id", "api_tokens", ["user_id"])
     op.create_table(
@@ -46,9 +44,9 @@ def upgrade() -> None:
         sa.Column("error", sa.Text(), nullable=False),
         sa.Column("manifest", sa.Text(), nullable=False),
         sa.Column("lockfile", sa.Text(), nullable=False),
-        sa.Column("created_at", UtcDateTime(), nullable=False),
-        sa.Column("updated_at", UtcDateTime(), nullable=False),
-        sa.Column("deleted_at", UtcDateTime(), nullable=True),
+        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("deleted_at", sa.DateTime(timezone=True), nullable=True),
     )
     op.create_index("ix_environments_owner_id", "environments", ["owner_id"])
     op.create_index(
@@ -57,7 +55,6 @@ def upgrade() -> None:
         ["owner_id", "name"],
         unique=True,
         postgresql_where=sa.text("deleted_at IS NULL"),
-        sqlite_where=sa.text("deleted_at IS NULL"),
     )
     op.create_table(
         "installed_packages",
@@ -74,7 +71,7 @@ def upgrade() -> None:
     )
     op.create_table(
         "jobs",
-        sa.Column("seq", BigIntPK, primary_key=True, autoincrement=True),
+        sa.Column("seq", sa.BigInteger(), primary_key=True, autoincrement=True),
         sa.Column("id", sa.String(36), nullable=False, unique=True),
         sa.Column(
             "environment_id", sa.String(36), sa.ForeignKey("environments.id"), nullable=False
@@ -86,10 +83,10 @@ def upgrade() -> None:
         sa.Column("error", sa.Text(), nullable=False),
         sa.Column("cancel_requested", sa.Boolean(), nullable=False),
         sa.Column("claimed_by", sa.String(255), nullable=True),
-        sa.Column("lease_expires_at", UtcDateTime(), nullable=True),
-        sa.Column("created_at", UtcDateTime(), nullable=False),
-        sa.Column("started_at", UtcDateTime(), nullable=True),
-        sa.Column("completed_at", UtcDateTime(), nullable=True),
+        sa.Column("lease_expires_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("started_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("completed_at", sa.DateTime(timezone=True), nullable=True),
     )
     op.create_index("ix_jobs_owner_id", "jobs", ["owner_id"])
     op.create_index("ix_jobs_status_seq", "jobs", ["status", "seq"])
@@ -104,7 +101,7 @@ def upgrade() -> None:
         ),
         sa.Column("seq", sa.BigInteger(), primary_key=True, autoincrement=False),
         sa.Column("stream", sa.String(8), nullable=False),
-        sa.Column("time", UtcDateTime(), nullable=False),
+        sa.Column("time", sa.DateTime(timezone=True), nullable=False),
         sa.Column("text", sa.Text(), nullable=False),
     )
 
