@@ -25,19 +25,18 @@ from darb.v1 import (
     users_pb2,
     users_pb2_grpc,
 )
-from services.api.agents import AgentMonitor
+from services.api.auth.passwords import hash_password
+from services.api.auth.tokens import TokenCache
 from services.api.caches import NotifiedCache
 from services.api.database.db import Database
 from services.api.database.embedded import EmbeddedPostgres
 from services.api.database.migrate import migrate
-from services.api.dispatcher import Dispatcher
 from services.api.events import EventBus
-from services.api.executor_client import ExecutorClient, GrpcExecutorClient
 from services.api.handlers.auth import AuthService
 from services.api.handlers.environments import EnvironmentService
+from services.api.handlers.health import DatabaseHealth
 from services.api.handlers.jobs import JobService
 from services.api.handlers.users import UserService
-from services.api.health import DatabaseHealth
 from services.api.metrics import (
     PROCESS_FILES,
     Exporter,
@@ -47,10 +46,11 @@ from services.api.metrics import (
     keep_values_in_files,
     shared_across_processes,
 )
-from services.api.passwords import hash_password
 from services.api.repo import users
+from services.api.scheduling.agents import AgentMonitor
+from services.api.scheduling.dispatcher import Dispatcher
+from services.api.scheduling.executor_client import ExecutorClient, GrpcExecutorClient
 from services.api.state import AppState, EnvironmentCache
-from services.api.tokens import TokenCache
 from services.api.workers import start_workers, stop_workers
 from shared.config import ApiSettings
 from shared.lifecycle import settle_heap, stop_on_signals

@@ -1,4 +1,4 @@
-"""Errors a request can end with. ``services.api.rpc`` maps them to status codes."""
+"""Errors a request can end with. ``services.api.handlers.rpc`` maps them to status codes."""
 
 from __future__ import annotations
 

@@ -38,13 +38,12 @@ from prometheus_client import (
     start_http_server,
     values,
 )
-from sqlalchemy import func, select
-from sqlalchemy.orm import Session
 
 from services.api import payloads
 from services.api.database.db import Database
-from services.api.models import ACTIVE_JOB_STATUSES, Job, JobStatus, JobType
 from services.api.records import ClaimedJob, EndedJob
+from services.api.repo import jobs
+from services.api.repo.models import ACTIVE_JOB_STATUSES, JobStatus, JobType
 from shared.logs import clip, headline, key_values
 
 log = logging.getLogger(__name__)
@@ -271,15 +270,6 @@ class JobObserver:
         log.info("job ended %s", key_values(**fields))
 
 
-def _active_job_counts(session: Session) -> dict[tuple[str, str], int]:
-    query = (
-        select(Job.type, Job.status, func.count())
-        .where(Job.status.in_(ACTIVE_JOB_STATUSES))
-        .group_by(Job.type, Job.status)
-    )
-    return {(job_type, status): count for job_type, status, count in session.execute(query)}
-
-
 class Exporter:
     """The ``/metrics`` HTTP endpoint (a daemon thread) and the task that keeps the job
     gauges current from the database."""
@@ -318,7 +308,7 @@ class Exporter:
         failing = False
         while True:
             try:
-                self._metrics.set_active_jobs(await self._db.run(_active_job_counts))
+                self._metrics.set_active_jobs(await self._db.read(jobs.active_counts))
                 failing = False
             except Exception as exc:
                 if not failing:

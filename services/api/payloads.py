@@ -6,7 +6,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-from services.api.models import JobType
+from services.api.repo.models import JobType
 
 
 @dataclass(frozen=True)

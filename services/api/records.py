@@ -11,7 +11,10 @@ from datetime import datetime
 from typing import Any, NamedTuple
 
 from services.api import payloads
-from services.api.models import JobStatus
+from services.api.repo.models import JobStatus
+
+# The error of a job ended by CancelJob.
+CANCELLED_BY_REQUEST = "cancelled by request"
 
 
 @dataclass(frozen=True)

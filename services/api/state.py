@@ -5,11 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from darb.v1 import environments_pb2
+from services.api.auth.tokens import TokenCache
 from services.api.caches import NotifiedCache
 from services.api.database.db import Database
 from services.api.events import EventBus
 from services.api.metrics import JobObserver
-from services.api.tokens import TokenCache
 from shared.config import ApiSettings
 
 # GetEnvironment's answers by environment id, with the owner's id.

@@ -15,10 +15,10 @@ from darb.v1 import common_pb2
 from services.api import payloads
 from services.api.database.db import Database
 from services.api.events import EventBus
-from services.api.models import Environment, EnvironmentStatus, Job, JobStatus
 from services.api.records import Outcome
 from services.api.repo import jobs
 from services.api.repo.finishes import end_job
+from services.api.repo.models import Environment, EnvironmentStatus, Job, JobStatus
 from tests.api.control_plane import ApiProcess
 from tests.support.postgres import fresh_database
 from tests.support.schema import QUIET, migrate_url, new_environment, new_user

@@ -12,10 +12,10 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from darb.v1 import common_pb2
+from services.api.database.embedded import EmbeddedPostgres
 from tests.api.control_plane import ApiProcess
 from tests.api.faults import install_engine_pid, ready_environment, wait_until
 from tests.support.agent import AgentProcess
-from services.api.database.embedded import EmbeddedPostgres
 from tests.support.pg_server import private_postgres
 
 SLACK = 60

@@ -22,7 +22,10 @@ from sqlalchemy.orm import Session
 from services.api import payloads
 from services.api.database.db import Database
 from services.api.events import EventBus
-from services.api.models import (
+from services.api.records import AgentState, Outcome, PackageRow
+from services.api.repo import jobs
+from services.api.repo.finishes import end_job
+from services.api.repo.models import (
     Environment,
     EnvironmentStatus,
     InstalledPackage,
@@ -30,9 +33,6 @@ from services.api.models import (
     JobStatus,
     utcnow,
 )
-from services.api.records import AgentState, Outcome, PackageRow
-from services.api.repo import jobs
-from services.api.repo.finishes import end_job
 from tests.support.postgres import fresh_database, libpq_url
 from tests.support.schema import migrate_url, new_environment, new_user
 

@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 import pytest
 
 from darb.v1 import common_pb2
-from services.api.logcap import LogCap, cut_line
+from services.api.joblog.cap import LogCap, cut_line
 from services.api.repo.jobs import LineRow
 from shared.config import ApiLimits
 from tests.api.control_plane import ApiProcess, watched_lines

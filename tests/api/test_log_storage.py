@@ -13,16 +13,16 @@ import pytest
 from sqlalchemy import update
 from sqlalchemy.orm import Session
 
-from services.api import dispatcher
 from services.api.database.db import Database
 from services.api.database.migrate import migrate
-from services.api.dispatcher import LineWriter
 from services.api.events import JOB_CHANGED_CHANNEL, EventBus
-from services.api.executor_client import AgentLines
+from services.api.joblog import writer as line_writer
+from services.api.joblog.writer import LineWriter
 from services.api.metrics import Metrics
-from services.api.models import Job, JobStatus, utcnow
 from services.api.records import LineRow
-from services.api.repo import jobs
+from services.api.repo import log_lines
+from services.api.repo.models import Job, JobStatus, utcnow
+from services.api.scheduling.executor_client import AgentLines
 from shared.config import ApiLimits
 from tests.support.postgres import fresh_database, libpq_url
 from tests.support.schema import new_environment, new_user
@@ -79,14 +79,14 @@ def test_lines_round_trip_in_batches_and_pages(url: str) -> None:
         try:
             await migrate(database)
             job_id = await _job(database)
-            few = jobs.COPY_FROM_LINES - 1  # stored by the INSERT, the rest by COPY
+            few = log_lines.COPY_FROM_LINES - 1  # stored by the INSERT, the rest by COPY
             for batch in (rows[:few], rows[few:]):
                 notify = (CHANNEL, f"stored {len(batch)}")
-                assert await jobs.store_lines(database, job_id, WORKER, batch, notify)
+                assert await log_lines.store_lines(database, job_id, WORKER, batch, notify)
                 assert _notifications(listener) == [f"stored {len(batch)}"]
-            assert await database.run(jobs.lines_after, job_id, 0) == rows
-            assert await database.run(jobs.lines_after, job_id, 1200, 100) == rows[1200:1300]
-            text = await database.run(jobs.log_text, job_id)
+            assert await database.run(log_lines.lines_after, job_id, 0) == rows
+            assert await database.run(log_lines.lines_after, job_id, 1200, 100) == rows[1200:1300]
+            text = await database.run(log_lines.log_text, job_id)
             assert text == "\n".join(row.text for row in rows)
         finally:
             await database.close()
@@ -109,7 +109,7 @@ def test_lines_of_a_job_that_no_longer_runs_here_are_not_stored(
     lines after the job's end: neither a trickle nor a flood is stored, nor announced."""
     start = datetime(2024, 5, 6, 7, 8, 9, tzinfo=UTC)
     rows = [LineRow(seq, "stdout", start, f"line {seq}") for seq in range(1, 1001)]
-    few = jobs.COPY_FROM_LINES - 1
+    few = log_lines.COPY_FROM_LINES - 1
     listener = psycopg.connect(libpq_url(url), autocommit=True)
     listener.execute(f"LISTEN {CHANNEL}")
 
@@ -118,13 +118,15 @@ def test_lines_of_a_job_that_no_longer_runs_here_are_not_stored(
         try:
             await migrate(database)
             job_id = await _job(database)
-            stored = [await jobs.store_lines(database, job_id, WORKER, rows[:2], (CHANNEL, "1"))]
+            stored = [
+                await log_lines.store_lines(database, job_id, WORKER, rows[:2], (CHANNEL, "1"))
+            ]
             await database.run(_set_job, job_id, status, claimed_by)
             for batch in (rows[2:few], rows[few:]):  # an INSERT, then COPY
                 stored.append(
-                    await jobs.store_lines(database, job_id, WORKER, batch, (CHANNEL, "2"))
+                    await log_lines.store_lines(database, job_id, WORKER, batch, (CHANNEL, "2"))
                 )
-            return stored, await database.run(jobs.lines_after, job_id, 0)
+            return stored, await database.run(log_lines.lines_after, job_id, 0)
         finally:
             await database.close()
 
@@ -149,10 +151,10 @@ def test_a_nul_byte_is_stored_as_the_replacement_character() -> None:
         try:
             await migrate(database)
             job_id = await _job(database)
-            few = jobs.COPY_FROM_LINES - 1  # an INSERT, then COPY
+            few = log_lines.COPY_FROM_LINES - 1  # an INSERT, then COPY
             for batch in (rows[:few], rows[few:]):
-                await jobs.store_lines(database, job_id, WORKER, batch, (CHANNEL, "stored"))
-            return await database.run(jobs.lines_after, job_id, 0)
+                await log_lines.store_lines(database, job_id, WORKER, batch, (CHANNEL, "stored"))
+            return await database.run(log_lines.lines_after, job_id, 0)
         finally:
             await database.close()
 
@@ -183,13 +185,13 @@ def test_a_trickle_of_lines_is_stored_by_one_statement(monkeypatch: pytest.Monke
             notifies = listener.notifies(timeout=1.5)
             stores = [n async for n in notifies if n.payload.endswith(job_id)]
             await writer.close()
-            stored = await database.run(jobs.lines_after, job_id, 0)
+            stored = await database.run(log_lines.lines_after, job_id, 0)
             return len(stores), [row.text for row in stored]
         finally:
             await listener.close()
             await database.close()
 
-    monkeypatch.setattr(dispatcher, "TRICKLE_DELAY", 1.0)
+    monkeypatch.setattr(line_writer, "TRICKLE_DELAY", 1.0)
     with fresh_database() as url:
         stores, stored = asyncio.run(scenario(url))
     assert stored == ["line 0", "line 1", "line 2"]

@@ -18,7 +18,7 @@ from sqlalchemy import create_engine
 from darb.v1 import common_pb2
 from services.api.database.db import Database
 from services.api.database.migrate import migrate
-from services.api.models import Base
+from services.api.repo.models import Base
 from shared.config import DEV_ADMIN_PASSWORD, ApiSettings, ConfigError
 from tests.api.control_plane import ApiProcess
 from tests.support.agent import AgentProcess

@@ -8,8 +8,8 @@ import asyncio
 from services.api import payloads
 from services.api.database.db import Database
 from services.api.database.migrate import migrate
-from services.api.models import Environment, Job, User
 from services.api.repo import creates, environments, jobs, users
+from services.api.repo.models import Environment, Job, User
 from shared.config import ApiLimits
 
 # Nobody listens on this channel.

@@ -9,12 +9,12 @@ from sqlalchemy.orm import Session
 
 from darb.v1 import auth_pb2 as pb
 from darb.v1 import auth_pb2_grpc as pb_grpc
-from services.api import convert
+from services.api.auth.passwords import verify_password
 from services.api.errors import ResourceExhausted, Unauthenticated
-from services.api.models import User
-from services.api.passwords import verify_password
+from services.api.handlers import convert
+from services.api.handlers.rpc import unary
 from services.api.repo import logins, users
-from services.api.rpc import unary
+from services.api.repo.models import User
 from services.api.state import AppState
 
 WRONG_CREDENTIALS = "unknown username or wrong password"

@@ -9,14 +9,15 @@ from sqlalchemy.orm import Session
 
 from darb.v1 import environments_pb2 as pb
 from darb.v1 import environments_pb2_grpc as pb_grpc
-from services.api import convert, paging, payloads
+from services.api import payloads
 from services.api.errors import FailedPrecondition, InvalidArgument, ResourceExhausted
 from services.api.events import JOBS_CHANNEL, EventBus
+from services.api.handlers import convert, paging
+from services.api.handlers.rpc import unary
 from services.api.ids import parse_id
-from services.api.models import Environment, EnvironmentStatus, Job, User
 from services.api.records import PackageRow
-from services.api.repo import creates, environments, jobs, quotas
-from services.api.rpc import unary
+from services.api.repo import creates, environments, jobs
+from services.api.repo.models import Environment, Job, User
 from services.api.state import AppState
 from shared.config import ApiLimits
 from shared.specs import parse_specs, resolve_channels, validate_package_name
@@ -71,25 +72,8 @@ def _submit(
     payload: payloads.Payload,
     limits: ApiLimits,
 ) -> Job:
-    """Queues a job behind the environment's others, if the environment still takes jobs.
-
-    A delete is outside the active-jobs quota: there is at most one per environment, and a
-    user at the limit must still be able to clean up.
-    """
-    environment = environments.get_visible(session, caller, environment_id, for_update=True)
-    if environment.status == EnvironmentStatus.DELETING:
-        raise FailedPrecondition(f"environment {environment.name!r} is being deleted")
-    if isinstance(payload, payloads.DeletePayload):
-        environment.status = EnvironmentStatus.DELETING
-    elif environment.status == EnvironmentStatus.FAILED:
-        raise FailedPrecondition(
-            f"environment {environment.name!r} failed to create ({environment.error}); "
-            "delete it and create it again"
-        )
-    else:
-        quotas.lock_owner(session, environment.owner_id)
-        quotas.check_active_jobs(session, environment.owner_id, limits.max_active_jobs_per_user)
-    job = jobs.submit(session, environment, payload)
+    """``jobs.queue`` and the NOTIFY that wakes the dispatchers, in one transaction."""
+    job = jobs.queue(session, caller, environment_id, payload, limits)
     bus.notify_in(session, JOBS_CHANNEL)
     return job
 

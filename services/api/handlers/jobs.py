@@ -11,15 +11,14 @@ from sqlalchemy.orm import Session
 
 from darb.v1 import jobs_pb2 as pb
 from darb.v1 import jobs_pb2_grpc as pb_grpc
-from services.api import convert, paging
-from services.api.dispatcher import CANCELLED_BY_REQUEST
 from services.api.errors import InvalidArgument
+from services.api.handlers import convert, paging
+from services.api.handlers.rpc import streaming, unary
 from services.api.ids import parse_id
-from services.api.models import Job, JobStatus, User
-from services.api.records import LineBatch, LineRow, Outcome
-from services.api.repo import environments, jobs
+from services.api.records import CANCELLED_BY_REQUEST, LineBatch, LineRow, Outcome
+from services.api.repo import environments, jobs, log_lines
 from services.api.repo.finishes import end_job
-from services.api.rpc import streaming, unary
+from services.api.repo.models import Job, JobStatus, User
 from services.api.state import AppState
 
 # A watcher reads at most this many lines from the table at a time, so joining a long
@@ -35,14 +34,14 @@ CACHED_BATCHES = 32
 
 def _with_logs(session: Session, caller: User, job_id: str) -> tuple[Job, str]:
     job = jobs.get_visible(session, caller, job_id)
-    return job, jobs.log_text(session, job_id)
+    return job, log_lines.log_text(session, job_id)
 
 
 def _snapshot(session: Session, job_id: str, after_seq: int) -> tuple[Job, list[LineRow]]:
     """The job and its next lines after ``after_seq``, read in that order: once the job
     is seen terminal, every one of its lines is stored (they are stored before it ends),
     so a page shorter than ``PAGE_LINES`` holds all that are left."""
-    return jobs.get(session, job_id), jobs.lines_after(session, job_id, after_seq, PAGE_LINES)
+    return jobs.get(session, job_id), log_lines.lines_after(session, job_id, after_seq, PAGE_LINES)
 
 
 def _chunks(rows: list[LineRow]) -> Iterator[list[LineRow]]:

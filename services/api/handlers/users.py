@@ -10,14 +10,14 @@ from sqlalchemy.orm import Session
 
 from darb.v1 import users_pb2 as pb
 from darb.v1 import users_pb2_grpc as pb_grpc
-from services.api import convert, paging
+from services.api.auth.passwords import hash_password
 from services.api.errors import FailedPrecondition, InvalidArgument, PermissionDenied
 from services.api.events import USER_CHANGED_CHANNEL
+from services.api.handlers import convert, paging
+from services.api.handlers.rpc import unary
 from services.api.ids import parse_id
-from services.api.models import User
-from services.api.passwords import hash_password
 from services.api.repo import users
-from services.api.rpc import unary
+from services.api.repo.models import User
 from services.api.state import AppState
 
 T = TypeVar("T")

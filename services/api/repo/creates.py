@@ -10,8 +10,8 @@ from sqlalchemy import JSON, bindparam, text
 
 from services.api.database.db import Database
 from services.api.database.direct import Query, UniqueViolation
-from services.api.models import Environment, Job
 from services.api.repo import environments, quotas
+from services.api.repo.models import Environment, Job
 from shared.config import ApiLimits
 
 _PARAMETERS = (

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import Boolean, ColumnElement, and_, bindparam, or_, select
+from sqlalchemy import Boolean, ColumnElement, and_, bindparam, or_, select, update
 from sqlalchemy.orm import Session
 
 from services.api.database.direct import Query
 from services.api.errors import AlreadyExists, NotFound
 from services.api.ids import new_id
-from services.api.models import Environment, EnvironmentStatus, InstalledPackage, User, utcnow
 from services.api.records import PackageRow
+from services.api.repo.models import Environment, EnvironmentStatus, InstalledPackage, User, utcnow
 
 
 def _visible(environment_id: Any, owner_id: Any, admin: Any) -> ColumnElement[bool]:
@@ -100,3 +100,10 @@ def packages(session: Session, environment_id: str) -> list[PackageRow]:
     return [
         PackageRow(row.name, row.version, row.build, row.channel) for row in session.scalars(query)
     ]
+
+
+def rebind(session: Session, environment_id: str, executor: str) -> None:
+    """Moves a not-yet-created environment to another agent (nothing is on disk yet)."""
+    session.execute(
+        update(Environment).where(Environment.id == environment_id).values(executor=executor)
+    )

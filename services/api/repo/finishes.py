@@ -11,8 +11,8 @@ from sqlalchemy import text
 from services.api.database.db import Database
 from services.api.database.direct import Query
 from services.api.events import JOB_CHANGED_CHANNEL, JOBS_CHANNEL, EventBus
-from services.api.models import JobStatus
 from services.api.records import EndedJob, Outcome
+from services.api.repo.models import JobStatus
 
 _PARAMETERS = (
     *("job_id", "expected", "worker_id", "status", "error", "has_state"),

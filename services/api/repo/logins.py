@@ -15,7 +15,7 @@ from sqlalchemy import delete
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from services.api.models import LoginFailure, utcnow
+from services.api.repo.models import LoginFailure, utcnow
 from shared.config import ApiLimits
 
 MAX_BACKOFF = timedelta(minutes=15)

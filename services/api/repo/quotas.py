@@ -12,7 +12,7 @@ from sqlalchemy import ScalarSelect, Select, func, select
 from sqlalchemy.orm import Session
 
 from services.api.errors import ResourceExhausted
-from services.api.models import Environment, Job, User, is_active
+from services.api.repo.models import Environment, Job, User, is_active
 from shared.config import ApiLimits
 
 

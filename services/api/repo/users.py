@@ -11,9 +11,9 @@ from sqlalchemy import delete, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from services.api.auth.tokens import token_hash
 from services.api.errors import AlreadyExists, FailedPrecondition, NotFound
-from services.api.models import ApiToken, Environment, Job, JobLogLine, User, utcnow
-from services.api.tokens import token_hash
+from services.api.repo.models import ApiToken, Environment, Job, JobLogLine, User, utcnow
 
 
 def by_username(session: Session, username: str) -> User | None:

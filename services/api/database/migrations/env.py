@@ -2,7 +2,7 @@
 
 from alembic import context
 
-from services.api.models import Base
+from services.api.repo.models import Base
 
 connection = context.config.attributes["connection"]
 context.configure(connection=connection, target_metadata=Base.metadata)

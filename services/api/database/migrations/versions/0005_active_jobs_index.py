@@ -10,7 +10,7 @@ Revises: 0004
 import sqlalchemy as sa
 from alembic import op
 
-# services.api.models.ACTIVE_JOBS_CONDITION when this was written.
+# services.api.repo.models.ACTIVE_JOBS_CONDITION when this was written.
 CONDITION = "status = 'PENDING' OR status = 'RUNNING'"
 
 revision = "0005"

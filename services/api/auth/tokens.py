@@ -11,7 +11,7 @@ import hashlib
 from datetime import datetime
 
 from services.api.caches import NotifiedCache
-from services.api.models import User, utcnow
+from services.api.repo.models import User, utcnow
 
 TTL_SECONDS = 5.0
 MAX_ENTRIES = 10_000

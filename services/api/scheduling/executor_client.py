@@ -12,8 +12,8 @@ import grpc
 from darb.executor.v1 import executor_pb2 as pb
 from darb.executor.v1 import executor_pb2_grpc as pb_grpc
 from services.api import payloads
-from services.api.models import utcnow
 from services.api.records import AgentState, PackageRow
+from services.api.repo.models import utcnow
 from shared.config import TlsSettings
 from shared.tls import channel_credentials
 

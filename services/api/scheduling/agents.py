@@ -17,12 +17,8 @@ import random
 import time
 from collections.abc import Iterable
 
-from sqlalchemy import update
-from sqlalchemy.orm import Session
-
-from services.api.executor_client import ExecutorClient
 from services.api.metrics import Metrics
-from services.api.models import Environment
+from services.api.scheduling.executor_client import ExecutorClient
 
 log = logging.getLogger(__name__)
 
@@ -125,10 +121,3 @@ class AgentMonitor:
         self._up[addr] = ok
         self._metrics.agent_up.labels(addr).set(1 if ok else 0)
         return ok
-
-
-def rebind(session: Session, environment_id: str, executor: str) -> None:
-    """Moves a not-yet-created environment to another agent (nothing is on disk yet)."""
-    session.execute(
-        update(Environment).where(Environment.id == environment_id).values(executor=executor)
-    )

@@ -18,11 +18,11 @@ import psycopg
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
+from services.api.auth.tokens import token_hash
 from services.api.errors import ServiceError, Unauthenticated
-from services.api.models import User
 from services.api.repo import users
+from services.api.repo.models import User
 from services.api.state import AppState
-from services.api.tokens import token_hash
 from shared.specs import InvalidInput
 
 log = logging.getLogger(__name__)

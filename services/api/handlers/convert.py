@@ -10,8 +10,8 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from darb.v1 import common_pb2 as pb
 from darb.v1 import jobs_pb2
 from services.api import payloads
-from services.api.models import Environment, Job, User
 from services.api.records import LineRow, PackageRow
+from services.api.repo.models import Environment, Job, User
 
 
 def timestamp(value: datetime | None) -> Timestamp | None:
