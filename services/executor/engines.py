@@ -24,8 +24,8 @@ from services.executor.process import (
     Emit,
     OutputLine,
     Stream,
+    end_group,
     follow_group,
-    kill_group,
     line_of,
     spawn_in_group,
 )
@@ -123,13 +123,12 @@ class BuiltinEngine:
         self._top_up()
 
     async def close(self) -> None:
-        """Stop the idle spare workers."""
+        """Stop the idle spare workers; none is started after this."""
         self._closed = True
         self._cancel_refill()
         while self._spares:
             worker = await self._spares.popleft()
-            kill_group(worker.process.pid)
-            await worker.process.wait()
+            await end_group(worker.process)
             self._layout.group_file(worker.process.pid).unlink(missing_ok=True)
 
     async def _spawn(self) -> _Worker:

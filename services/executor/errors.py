@@ -46,6 +46,10 @@ class ResourceExhausted(AgentError):
     code = grpc.StatusCode.RESOURCE_EXHAUSTED
 
 
+class Unavailable(AgentError):
+    code = grpc.StatusCode.UNAVAILABLE
+
+
 def _status_of(exc: Exception) -> tuple[grpc.StatusCode, str]:
     if isinstance(exc, AgentError):
         return exc.code, str(exc)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import shutil
 import signal
@@ -22,8 +23,12 @@ from enum import IntEnum
 from pathlib import Path
 from typing import NamedTuple
 
+log = logging.getLogger(__name__)
 MAX_LINE_BYTES = 64 * 1024
 READ_CHUNK = 64 * 1024
+# A group killed with SIGKILL is gone within milliseconds; one stuck in the kernel (I/O on
+# a dead network file system) is not waited for longer than this.
+REAP_SECONDS = 1.0
 
 
 class Stream(IntEnum):
@@ -165,6 +170,30 @@ async def follow_group(
         )
         return await process.wait()
     finally:
-        kill_group(process.pid)  # on cancel the work; on success helpers left behind
-        if process.returncode is None:
-            await asyncio.shield(process.wait())
+        await end_group(process)  # on cancel the work; on success helpers left behind
+
+
+async def end_group(process: asyncio.subprocess.Process) -> None:
+    """SIGKILL the group led by ``process`` and wait until the leader is reaped, for at
+    most ``REAP_SECONDS``.
+
+    What is left in its pipes is read and dropped: asyncio's ``wait()`` returns only once
+    the pipes are closed as well, and a pipe whose reader stopped at a full buffer (the
+    line consumer was slow, see ``FLOW_CONTROL``) is never read to its end otherwise, so
+    the wait would never return.
+    """
+    kill_group(process.pid)
+    if process.stdin:
+        process.stdin.close()
+    try:
+        async with asyncio.timeout(REAP_SECONDS):
+            await asyncio.gather(_discard(process.stdout), _discard(process.stderr))
+            await process.wait()
+    except TimeoutError:
+        log.warning("process group %d still not gone %gs after SIGKILL", process.pid, REAP_SECONDS)
+
+
+async def _discard(reader: asyncio.StreamReader | None) -> None:
+    if reader is not None:
+        while await reader.read(READ_CHUNK):
+            pass

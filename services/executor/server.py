@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import faulthandler
 import logging
+import os
+import threading
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -21,6 +24,10 @@ from shared.tls import add_port
 log = logging.getLogger(__name__)
 SERVICE_NAME = executor_pb2.DESCRIPTOR.services_by_name["ExecutorService"].full_name
 SHUTDOWN_GRACE_SECONDS = 5.0
+# After the grace, what the repairs of the operations stopped then get (ExecutorServicer.stop).
+REPAIR_SECONDS = 2.0
+# Stopping never takes longer than this after the stop signal: then the process exits anyway.
+EXIT_DEADLINE_SECONDS = SHUTDOWN_GRACE_SECONDS + 4.0
 
 
 def build_engines(layout: DataLayout, platform: str) -> tuple[BuiltinEngine, dict[str, Engine]]:
@@ -74,7 +81,23 @@ async def serve(settings: ExecutorSettings) -> None:
         settings.data_dir,
     )
     await stop.wait()
+    exit_after(EXIT_DEADLINE_SECONDS)
     await health_servicer.enter_graceful_shutdown()
     await server.stop(SHUTDOWN_GRACE_SECONDS)
-    await servicer.drain()
+    await servicer.stop(REPAIR_SECONDS)
     await builtin.close()
+
+
+def exit_after(seconds: float) -> None:
+    """The backstop of a stop: if the process still runs ``seconds`` from now, whatever it
+    waits for (a task that outlives its cancellation, a thread that does not return), it
+    prints every thread's stack and exits with code 1."""
+
+    def expire() -> None:
+        log.error("the agent did not stop within %gs of the signal; exiting now", seconds)
+        faulthandler.dump_traceback(all_threads=True)
+        os._exit(1)
+
+    timer = threading.Timer(seconds, expire)
+    timer.daemon = True
+    timer.start()

@@ -1,8 +1,11 @@
 """The ExecutorService: validates requests, runs one operation per environment at a time.
 
 Every mutating call follows one path (``_operate``): refuse bad input before the stream
-starts, take the environment's slot, repair what an earlier interrupted operation left,
-stream the engine's lines as they come, and end with one result read back from disk.
+starts, take the environment's slot, then run the work in a task of the servicer's own
+(``_work``: repair what an earlier interrupted operation left, run the engine, end with
+one result read back from disk) while the RPC streams its lines as they come. A caller
+that leaves cancels the work; a stopping agent cancels it too, and waits for it and for
+the repair it leaves behind (``stop``).
 Lines travel in ``LogLines`` batches: whatever the work printed since the last message
 was sent, so a lone line goes out at once and a flood takes few messages.
 """
@@ -10,12 +13,11 @@ was sent, so a lone line goes out at once and a flood takes few messages.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import shutil
 import time
 import tomllib
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, Sequence
 from types import TracebackType
 from typing import Any
 
@@ -31,6 +33,7 @@ from services.executor.errors import (
     InvalidArgument,
     NotFound,
     ResourceExhausted,
+    Unavailable,
     maps_errors,
 )
 from services.executor.packages import (
@@ -39,7 +42,14 @@ from services.executor.packages import (
     locked_packages,
     read_state,
 )
-from services.executor.process import FLOW_CONTROL, Emit, OutputLine, Stream, line_of
+from services.executor.process import (
+    FLOW_CONTROL,
+    REAP_SECONDS,
+    Emit,
+    OutputLine,
+    Stream,
+    line_of,
+)
 from services.executor.workspace import DataLayout, Workspace, is_environment_id
 from shared.config import ExecutorSettings
 from shared.logs import clip, headline, key_values
@@ -49,6 +59,7 @@ from shared.version import __version__
 
 log = logging.getLogger(__name__)
 ResponseType = Callable[..., Any]
+Task = asyncio.Task[Any]
 MAX_CHANNELS_PER_REQUEST = 32
 # One message carries at most this many lines and characters (at most 4 UTF-8 bytes
 # each: 1 MiB, well under gRPC's 4 MiB message limit).
@@ -75,7 +86,10 @@ class ExecutorServicer(executor_pb2_grpc.ExecutorServiceServicer):
         self._engines = engines
         self._engine_name = engine_name
         self._busy: set[str] = set()
-        self._background: set[asyncio.Task[None]] = set()
+        self._operations: set[Task] = set()
+        self._repairs: set[Task] = set()
+        self._stopping = False  # no operation starts any more
+        self._stopped = False  # no repair starts any more
 
     @maps_errors
     async def GetInfo(self, request: pb.GetInfoRequest, context: Any) -> pb.GetInfoResponse:
@@ -181,45 +195,72 @@ class ExecutorServicer(executor_pb2_grpc.ExecutorServiceServicer):
     ) -> AsyncIterator[Any]:
         engine = self._engine()
         environment_id = operation.workspace.root.name
+        if self._stopping:
+            raise Unavailable("the agent is stopping")
         if environment_id in self._busy:
             raise Aborted(f"another operation on environment {environment_id} is running")
-        self._busy.add(environment_id)
-        stream = _LineStream(response_type)
-        finished = False
+        self._busy.add(environment_id)  # released by the work's task, or by its repair
         try:
             _check_preconditions(operation)
-            with _OperationLog(operation, engine.name, stream):
-                async for message in self._run_with_recovery(operation, engine, stream):
+        except Exception:
+            self._repair(operation, engine)
+            raise
+        stream = _LineStream(response_type)
+        with _OperationLog(operation, engine.name, stream):
+            work = self._start(self._operations, self._work(operation, engine, stream))
+            try:
+                async for message in stream.relay(work):
                     yield message
+            finally:
+                work.cancel()  # the caller left or failed: stop the work (if it still runs)
+                await asyncio.wait({work})
+
+    async def _work(self, operation: Operation, engine: Engine, stream: _LineStream) -> Any:
+        """The operation in a task of the servicer's own, so that stopping the agent can
+        end it even when gRPC never resumes the RPC; returns the result message. Cancelled
+        or failed, it leaves the environment to a repair in the background."""
+        FLOW_CONTROL.set(stream.room)  # seen by the pipe readers the work starts
+        finished = False
+        try:
+            result = await self._phases(operation, engine, stream)
             finished = True
+            return result
         finally:
+            stream.close()
             if finished:
-                self._busy.discard(environment_id)
-            else:  # cancelled or failed mid-stream: repair in the background, then release
-                self._spawn(self._recover_then_release(operation, engine))
+                self._busy.discard(operation.workspace.root.name)
+            else:
+                self._repair(operation, engine)
 
-    async def _run_with_recovery(
-        self, operation: Operation, engine: Engine, stream: _LineStream
-    ) -> AsyncIterator[Any]:
-        workspace = operation.workspace
+    async def _phases(self, operation: Operation, engine: Engine, stream: _LineStream) -> Any:
+        workspace, emit = operation.workspace, stream.put
         if operation.kind != "delete":
-            async for message in stream.follow(lambda emit: _recover(workspace, engine, emit)):
-                yield message
-            if stream.error:
+            error = await _recover(workspace, engine, emit)
+            if error:
                 state = await asyncio.to_thread(read_state, workspace)
-                yield stream.result(f"the environment could not be repaired: {stream.error}", state)
-                return
+                return stream.result(f"the environment could not be repaired: {error}", state)
         timeout = self._settings.operation_timeout
-        async for message in stream.follow(lambda emit: engine.run(operation, emit), timeout):
-            yield message
-        error = stream.error
+        try:
+            async with asyncio.timeout(timeout):
+                error = await engine.run(operation, emit)
+        except TimeoutError:
+            stream.timed_out = True
+            error = f"timed out after {timeout:g} seconds; the operation was stopped"
         if error is not None:
-            async for message in stream.follow(lambda emit: _recover(workspace, engine, emit)):
-                yield message
+            await _recover(workspace, engine, emit)
         state = await asyncio.to_thread(read_state, workspace)
-        yield stream.result(error, state)
+        return stream.result(error, state)
 
-    async def _recover_then_release(self, operation: Operation, engine: Engine) -> None:
+    def _repair(self, operation: Operation, engine: Engine) -> None:
+        """Repair the environment in the background, then release it. Once the agent has
+        stopped its repairs, the next operation on the environment repairs it instead."""
+        if self._stopped:
+            log.warning("environment %s is left to repair later", operation.workspace.root.name)
+            self._busy.discard(operation.workspace.root.name)
+        else:
+            self._start(self._repairs, self._repair_then_release(operation, engine))
+
+    async def _repair_then_release(self, operation: Operation, engine: Engine) -> None:
         environment_id = operation.workspace.root.name
         try:
             error = await _recover(operation.workspace, engine, lambda line: None)
@@ -228,15 +269,38 @@ class ExecutorServicer(executor_pb2_grpc.ExecutorServiceServicer):
         finally:
             self._busy.discard(environment_id)
 
-    def _spawn(self, coroutine: Any) -> None:
+    def _start(self, tasks: set[Task], coroutine: Coroutine[Any, Any, Any]) -> Task:
         task = asyncio.get_running_loop().create_task(coroutine)
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+        return task
 
-    async def drain(self) -> None:
-        """Wait for background repairs, so a stopping agent leaves no half-done prefix."""
-        if self._background:
-            await asyncio.gather(*self._background, return_exceptions=True)
+    async def stop(self, repair_seconds: float) -> None:
+        """Stop every operation, give their repairs ``repair_seconds`` to end, then cancel
+        those still running. Returns once no task of the servicer is left, so that none is
+        left to the cancellation of every task at the end of ``asyncio.run``: there, a
+        child process being spawned is cancelled along with asyncio's own task that
+        connects its pipes, and CPython 3.11 then waits for those pipes forever."""
+        self._stopping = True
+        for task in self._operations:
+            task.cancel()
+        # Each ends once its process group is reaped; its repair has started by then.
+        await _wait_all(self._operations, REAP_SECONDS * 2)
+        await _wait_all(self._repairs, repair_seconds)
+        self._stopped = True
+        for task in self._repairs:
+            task.cancel()
+        await _wait_all(self._repairs, REAP_SECONDS * 2)
+
+
+async def _wait_all(tasks: set[Task], timeout: float) -> None:
+    """Wait until ``tasks`` (tasks remove themselves when done) is empty, or ``timeout``."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while tasks and (left := deadline - loop.time()) > 0:
+        await asyncio.wait(set(tasks), timeout=left)
+    if tasks:
+        log.error("%d tasks still running after %gs: %s", len(tasks), timeout, tasks)
 
 
 def _check_preconditions(operation: Operation) -> None:
@@ -316,45 +380,25 @@ class _Outbox:
 
 
 class _LineStream:
-    """Numbers lines across the phases of one operation and builds the response messages."""
+    """The lines of one operation on their way to the caller: the work puts them in, the
+    RPC takes them out in messages, numbered across the operation's phases."""
 
     def __init__(self, response_type: ResponseType) -> None:
         self._response_type = response_type
+        self._outbox = _Outbox()
+        self.put = self._outbox.put
+        self.room = self._outbox.room
+        self.close = self._outbox.close
         self._seq = 0
-        self.error: str | None = None
         self.timed_out = False
-        self.reported: str | None = None  # the error the result carried, once sent
+        self.reported: str | None = None  # the error the result carried, once built
 
-    async def follow(
-        self,
-        work: Callable[[Callable[[OutputLine], None]], Any],
-        timeout: float | None = None,
-    ) -> AsyncIterator[Any]:
-        """Run ``work(emit)`` in a task and yield its lines in batches as they arrive;
-        sets ``error``."""
-        outbox = _Outbox()
-
-        async def produce() -> str | None:
-            FLOW_CONTROL.set(outbox.room)  # seen by the pipe readers the work starts
-            try:
-                return await work(outbox.put)
-            finally:
-                outbox.close()
-
-        task = asyncio.ensure_future(asyncio.wait_for(produce(), timeout))
-        try:
-            while (lines := await outbox.take()) is not None:
-                for message in self._messages(lines):
-                    yield message
-            self.error = await task
-        except TimeoutError:
-            self.timed_out = True
-            self.error = f"timed out after {timeout:g} seconds; the operation was stopped"
-        finally:
-            if not task.done():
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError, TimeoutError):
-                    await task
+    async def relay(self, work: Task) -> AsyncIterator[Any]:
+        """The lines ``work`` emits, in messages as they arrive, then its result."""
+        while (lines := await self._outbox.take()) is not None:
+            for message in self._messages(lines):
+                yield message
+        yield await work
 
     def _messages(self, lines: list[OutputLine]) -> Iterator[Any]:
         """``lines`` numbered, in messages of at most ``MAX_BATCH_*``. Lines read from one

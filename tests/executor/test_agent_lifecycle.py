@@ -33,11 +33,13 @@ def wait_until(predicate, timeout: float, interval: float = 0.02) -> bool:
     return predicate()
 
 
-def start_big_install(agent, environment_id):
-    """Start installing acme-big; return the open stream and the engine's pid once the
-    package is being fetched into the cache (the slow part)."""
+def start_big_install(agent, environment_id, stub=None):
+    """Start installing acme-big (through ``stub``, or a stub of its own); return the open
+    stream and the engine's pid once the package is being fetched into the cache (the
+    slow part)."""
     request = pb.InstallPackagesRequest(environment_id=environment_id, packages=["acme-big"])
-    stream = agent.stub().InstallPackages(request, metadata=agent.metadata, timeout=120)
+    stub = stub or agent.stub()
+    stream = stub.InstallPackages(request, metadata=agent.metadata, timeout=120)
     pid, seen = None, []
     for line in stream_lines(stream):
         text = line.text
