@@ -26,6 +26,8 @@ from darb.v1 import (
     users_pb2,
     users_pb2_grpc,
 )
+from shared.specs import InvalidInput
+from shared.validation import validate_environment_name
 
 DEFAULT_ADDRESS = "127.0.0.1:50051"
 DEFAULT_TIMEOUT = 30.0
@@ -152,9 +154,10 @@ class Environments:
         channels: Iterable[str] = (),
         package_manager: str = "pixi",
     ) -> tuple[Environment, Job]:
-        """Records the environment and queues its create job; returns both."""
+        """Records the environment and queues its create job; returns both. A name the
+        service would refuse is refused here (``InvalidArgument``) without a call."""
         request = environments_pb2.CreateEnvironmentRequest(
-            name=name,
+            name=_valid_name(name),
             packages=list(packages),
             channels=list(channels),
             package_manager=package_manager,
@@ -190,6 +193,7 @@ class Environments:
                 return self.get(name_or_id)
             except errors.NotFound:
                 pass
+        _valid_name(name_or_id)
         matches = [env for env in self.list() if env.name == name_or_id]
         if not matches:
             raise errors.NotFound(f"no environment named {name_or_id!r}")
@@ -372,3 +376,11 @@ def _is_uuid(value: str) -> bool:
     except ValueError:
         return False
     return True
+
+
+def _valid_name(name: str) -> str:
+    """The service's own name rule (``shared.validation``), as an SDK error."""
+    try:
+        return validate_environment_name(name)
+    except InvalidInput as exc:
+        raise errors.InvalidArgument(str(exc)) from None

@@ -1,4 +1,5 @@
-"""Rules for names users choose, shared by the control plane and the agent."""
+"""Rules for names users choose: one function for the control plane, the agent and the
+SDK, so a name is refused the same way wherever it arrives."""
 
 from __future__ import annotations
 
@@ -6,14 +7,22 @@ import re
 
 from shared.specs import InvalidInput
 
-ENVIRONMENT_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
+# Environment names and usernames: 1-64 characters of a-z 0-9 . _ -, starting with a
+# letter or digit. Matched whole (``fullmatch``): "abc\n" is not a name.
+NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
+NAME_RULE = "1-64 characters of a-z, 0-9, '.', '_' or '-', starting with a letter or digit"
+
+
+def validate_name(kind: str, value: str) -> str:
+    """``value`` if it is a valid name, else ``InvalidInput`` naming ``kind``."""
+    if not NAME.fullmatch(value):
+        raise InvalidInput(f"{kind} {value[:80]!r} must be {NAME_RULE}")
+    return value
 
 
 def validate_environment_name(name: str) -> str:
-    """1-64 characters of a-z 0-9 . _ -, starting with a letter or digit."""
-    if not ENVIRONMENT_NAME.fullmatch(name or ""):
-        raise InvalidInput(
-            f"environment name {name[:80]!r} must be 1-64 characters of a-z, 0-9, '.', '_'"
-            " or '-', starting with a letter or digit"
-        )
-    return name
+    return validate_name("environment name", name)
+
+
+def validate_username(name: str) -> str:
+    return validate_name("username", name)

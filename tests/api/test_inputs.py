@@ -5,7 +5,7 @@ from __future__ import annotations
 import grpc
 import pytest
 
-from darb.v1 import common_pb2, environments_pb2, jobs_pb2
+from darb.v1 import common_pb2, environments_pb2, jobs_pb2, users_pb2
 from tests.api.control_plane import ApiProcess, Client
 from tests.api.test_access import code_of
 
@@ -38,6 +38,7 @@ def _details(call) -> tuple[grpc.StatusCode, str]:  # type: ignore[no-untyped-de
         ("-dash", ["acme-core"], [], "", "environment name"),
         ("x" * 65, ["acme-core"], [], "", "environment name"),
         ("has space", ["acme-core"], [], "", "environment name"),
+        ("abc\n", ["acme-core"], [], "", "environment name"),
         ("ok", [], [], "", "at least one package"),
         ("ok", ["acme-core", "acme-core >=1"], [], "", "more than once"),
         ("ok", ["--help"], [], "", "--help"),
@@ -151,3 +152,12 @@ def test_a_job_that_ended_cannot_be_cancelled(user: Client, ready_env: str) -> N
         lambda: user.call(user.jobs.CancelJob, jobs_pb2.CancelJobRequest(id=done.id))
     )
     assert code == grpc.StatusCode.FAILED_PRECONDITION and "already ended" in details
+
+
+@pytest.mark.parametrize("username", ["abc\n", "Upper", "", "x" * 65, "a b"])
+def test_usernames_follow_the_same_rule(api: ApiProcess, username: str) -> None:
+    admin = api.admin()
+    request = users_pb2.CreateUserRequest(username=username, password="password-1")
+    code, details = _details(lambda: admin.call(admin.users.CreateUser, request))
+    assert code == INVALID
+    assert details.startswith(f"username {username[:80]!r} must be 1-64 characters")

@@ -85,11 +85,25 @@ def test_an_admin_resolves_a_shared_name_to_their_own_environment(api: ApiProces
         assert admin.environments.resolve(others[0].id).id == others[0].id
 
 
+def test_a_name_the_service_refuses_is_refused_before_any_call(
+    client: darb.Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The SDK applies the service's own name rule: "abc\\n" is no name, and resolving
+    it does not page through every environment."""
+    calls: list[object] = []
+    monkeypatch.setattr(client, "_call", lambda *args: calls.append(args))
+    with pytest.raises(darb.errors.InvalidArgument, match="environment name 'abc\\\\n'"):
+        client.environments.resolve("abc\n")
+    with pytest.raises(darb.errors.InvalidArgument, match="1-64 characters"):
+        client.environments.create("Bad Name", packages=["acme-core"])
+    assert calls == []
+
+
 def test_grpc_errors_become_darb_errors_with_the_server_message(
     api: ApiProcess, client: darb.Client, account: Account
 ) -> None:
-    with pytest.raises(errors.InvalidArgument, match="must be 1-64 characters") as info:
-        client.environments.create("Bad Name", packages=["acme-core"])
+    with pytest.raises(errors.InvalidArgument, match="--help") as info:
+        client.environments.create("refused", packages=["--help"])
     assert isinstance(info.value, darb.DarbError) and info.value.code.name == "INVALID_ARGUMENT"
     with pytest.raises(errors.NotFound):
         client.jobs.get(str(uuid.uuid4()))

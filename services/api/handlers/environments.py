@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import random
-import re
 
 from sqlalchemy.orm import Session
 
@@ -21,18 +20,9 @@ from services.api.repo.models import Environment, Job, User
 from services.api.state import AppState
 from shared.config import ApiLimits
 from shared.specs import parse_specs, resolve_channels, validate_package_name
+from shared.validation import validate_environment_name
 
-ENVIRONMENT_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 PACKAGE_MANAGERS = ("pixi",)
-
-
-def _validate_name(name: str) -> str:
-    if not ENVIRONMENT_NAME.match(name):
-        raise InvalidArgument(
-            f"environment name {name[:80]!r} must be 1-64 characters of a-z 0-9 . _ - "
-            "starting with a letter or digit"
-        )
-    return name
 
 
 def _packages_in_request(packages: list[str], limits: ApiLimits) -> list[str]:
@@ -108,7 +98,7 @@ class EnvironmentService(pb_grpc.EnvironmentServiceServicer):
     async def CreateEnvironment(
         self, request: pb.CreateEnvironmentRequest, caller: User
     ) -> pb.CreateEnvironmentResponse:
-        name = _validate_name(request.name)
+        name = validate_environment_name(request.name)
         manager = request.package_manager or "pixi"
         if manager not in PACKAGE_MANAGERS:
             raise InvalidArgument(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -19,9 +18,9 @@ from services.api.ids import parse_id
 from services.api.repo import users
 from services.api.repo.models import User
 from services.api.state import AppState
+from shared.validation import validate_username
 
 T = TypeVar("T")
-USERNAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 MIN_PASSWORD = 8
 
 
@@ -74,10 +73,7 @@ class UserService(pb_grpc.UserServiceServicer):
         self, request: pb.CreateUserRequest, caller: User
     ) -> pb.CreateUserResponse:
         _require_admin(caller)
-        if not USERNAME.match(request.username):
-            raise InvalidArgument(
-                "username must be 1-64 characters of a-z 0-9 . _ - starting with a letter or digit"
-            )
+        validate_username(request.username)
         password_hash = await hash_password(_check_password(request.password))
         user = await self.state.db.run(users.create, request.username, password_hash, request.admin)
         return pb.CreateUserResponse(user=convert.user(user))
