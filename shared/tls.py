@@ -40,10 +40,3 @@ def channel_credentials(tls: TlsSettings) -> grpc.ChannelCredentials | None:
         private_key=_read(tls.key),
         certificate_chain=_read(tls.cert),
     )
-
-
-def aio_channel(addr: str, tls: TlsSettings) -> grpc.aio.Channel:
-    credentials = channel_credentials(tls)
-    if credentials is None:
-        return grpc.aio.insecure_channel(addr)
-    return grpc.aio.secure_channel(addr, credentials)

@@ -155,7 +155,7 @@ class EventBus:
         self._poke(job_id, None)
 
     def jobs_ended_here(self, job_ids: list[str], environment_id: str | None) -> None:
-        """After the commit of ``outcomes.end_job``, whose NOTIFYs told the other
+        """After the commit of ``finishes.end_job``, whose NOTIFYs told the other
         processes: wakes this process's watchers and dispatcher, and drops its cached
         environment (None: which one is not known here)."""
         if not job_ids:

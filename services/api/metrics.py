@@ -50,7 +50,6 @@ log = logging.getLogger(__name__)
 
 WATCH_JOB_METHOD = "/darb.v1.JobService/WatchJob"
 REFRESH_INTERVAL = 5.0
-# Log values longer than this (spec lists, error headlines) are cut.
 TYPE_LABELS = {
     JobType.CREATE_ENVIRONMENT: "create",
     JobType.INSTALL_PACKAGES: "install",

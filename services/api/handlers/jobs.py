@@ -65,7 +65,7 @@ def _list(
 
 
 def _flag_cancel(session: Session, caller: User, job_id: str) -> None:
-    jobs.request_cancel(session, jobs.get_visible(session, caller, job_id))
+    jobs.request_cancel(jobs.get_visible(session, caller, job_id))
 
 
 class JobService(pb_grpc.JobServiceServicer):

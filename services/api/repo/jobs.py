@@ -231,9 +231,9 @@ def page(
     return list(session.scalars(query.order_by(Job.seq.desc()).limit(limit)))
 
 
-def request_cancel(session: Session, job: Job) -> None:
+def request_cancel(job: Job) -> None:
     """Flags a running job; the dispatcher running it stops it. Pending jobs are ended
-    by ``outcomes.finish`` instead, so that their environment is updated with them."""
+    by ``finishes.end_job`` instead, so that their environment is updated with them."""
     if JobStatus(job.status).terminal:
         raise FailedPrecondition(f"job {job.id} has already ended ({job.status})")
     job.cancel_requested = True
