@@ -14,7 +14,10 @@ from rattler import Platform
 
 from darb.executor.v1 import executor_pb2, executor_pb2_grpc
 from services.executor.auth import AgentTokenInterceptor
-from services.executor.engines import BuiltinEngine, Engine, PixiCliEngine, available_engines
+from services.executor.engines import available_engines
+from services.executor.engines.base import Engine
+from services.executor.engines.builtin import BuiltinEngine
+from services.executor.engines.pixi_cli import PixiCliEngine
 from services.executor.servicer import ExecutorServicer
 from services.executor.workspace import DataLayout
 from shared.config import ExecutorSettings

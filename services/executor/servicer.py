@@ -25,7 +25,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from darb.executor.v1 import executor_pb2 as pb
 from darb.executor.v1 import executor_pb2_grpc
-from services.executor.engines import Engine, Operation
+from services.executor.engines.base import Engine, Operation
 from services.executor.errors import (
     Aborted,
     AlreadyExists,

@@ -19,7 +19,7 @@ import grpc
 import pytest
 
 from darb.executor.v1 import executor_pb2 as pb
-from services.executor.engines import SECRET_VARIABLES
+from services.executor.engines.base import SECRET_VARIABLES
 from tests.executor.helpers import call, create, new_id, stream_lines
 from tests.executor.test_agent_lifecycle import wait_until
 from tests.support.agent import start_agent

@@ -18,7 +18,7 @@ import jsonschema
 import pytest
 import rattler
 
-from services.executor.builtin_worker import link_config
+from services.executor.builtin_worker.install import link_config
 from services.executor.workspace import Workspace
 from tests.support.channel import PREFIX_PLACEHOLDER
 from tests.support.kit import PIXI_SCHEMA as SCHEMA

@@ -20,7 +20,9 @@ import grpc
 import pytest
 
 from darb.executor.v1 import executor_pb2 as pb
-from services.executor.engines import BuiltinEngine, Operation, PixiCliEngine
+from services.executor.engines.base import Operation
+from services.executor.engines.builtin import BuiltinEngine
+from services.executor.engines.pixi_cli import PixiCliEngine
 from services.executor.workspace import DataLayout
 from tests.executor.helpers import call, create, new_id, stream_lines, workspace_dir
 from tests.executor.test_agent_lifecycle import PID_LINE, wait_until

@@ -10,7 +10,7 @@ import threading
 import time
 from pathlib import Path
 
-from services.executor.engines import SETTLE_SECONDS, SPARES
+from services.executor.engines.builtin import SETTLE_SECONDS, SPARES
 from tests.executor.helpers import create
 from tests.executor.test_agent_lifecycle import wait_until
 from tests.support.agent import AgentProcess

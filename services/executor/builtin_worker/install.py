@@ -1,0 +1,181 @@
+"""Solving specs and installing records into a prefix with py-rattler, reported line by
+line."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import itertools
+import secrets
+import time
+from collections.abc import Iterable
+from pathlib import Path
+
+import rattler
+
+from services.executor.builtin_worker.lockfile import Record
+from services.executor.builtin_worker.output import log
+from services.executor.builtin_worker.request import Request
+
+
+@functools.cache
+def http_client() -> rattler.Client:
+    """One client for the whole operation, built by a spare before its request arrives.
+
+    Building one reads and parses the system's CA bundle (~20 ms), and ``solve`` and
+    ``install`` would each build their own when given none.
+    """
+    return rattler.Client.default_client()
+
+
+def prepare() -> None:
+    """Work a spare worker does while it waits for its request, off the operation's clock.
+
+    A failure here is left for the operation to meet again and report as its error.
+    """
+    with contextlib.suppress(Exception):  # functools.cache keeps no exception: tried again
+        http_client()
+        rattler.VirtualPackage.detect()  # the first call of a process costs a few ms
+
+
+def link_config(directory: Path) -> rattler.Config | None:
+    """Tell rattler that symlinks work where the prefix lives, found out once.
+
+    Left to itself, rattler tries a symlink in the prefix before linking each package, on
+    its blocking pool: about a fifth of a warm install of 100 small packages. One try in
+    the same directory tree answers the same question; if it fails, rattler goes on asking
+    per package.
+    """
+    probe = directory / f".darb-symlink-probe-{secrets.token_hex(4)}"
+    try:
+        probe.symlink_to("./")
+    except OSError:
+        return None
+    probe.unlink()
+    return rattler.Config.from_toml("allow-symbolic-links = true")
+
+
+def label(record: Record) -> str:
+    return f"{record.name.normalized} {record.version} {record.build}"
+
+
+def change_lines(old: list[Record], new: list[Record]) -> list[str]:
+    """One line per package that the transaction installs, changes or removes."""
+    before = {r.name.normalized: r for r in old}
+    after = {r.name.normalized: r for r in new}
+    lines = [f"  remove    {label(r)}" for n, r in sorted(before.items()) if n not in after]
+    for name, record in sorted(after.items()):
+        prior = before.get(name)
+        if prior is None:
+            lines.append(f"  install   {label(record)}")
+        elif label(prior) != label(record):
+            lines.append(
+                f"  {verb(prior, record)} {label(prior)} -> {record.version} {record.build}"
+            )
+    return lines
+
+
+def verb(old: Record, new: Record) -> str:
+    """How a package changes between two records of it, padded to line up in the log."""
+    before, after = rattler.Version(str(old.version)), rattler.Version(str(new.version))
+    return "upgrade  " if before < after else "downgrade" if after < before else "rebuild  "
+
+
+def log_changes(old: list[Record], new: list[Record]) -> None:
+    lines = change_lines(old, new)
+    log(f"solution: {len(new)} packages, {len(lines)} to change")
+    for line in lines:
+        log(line)
+
+
+async def solve(
+    request: Request, platform: str, channels: Iterable[str], specs: list[str], locked: list[Record]
+) -> list[Record]:
+    """Solve ``specs``, preferring the ``locked`` records so unrelated packages stay put."""
+    log(f"solving {', '.join(specs) or '(no dependencies)'}")
+    started = time.monotonic()
+    records = await rattler.solve(
+        sources=list(channels),
+        specs=specs,
+        gateway=rattler.Gateway(cache_dir=request.repodata_cache_dir, client=http_client()),
+        platforms=[platform, "noarch"],
+        locked_packages=locked,
+        virtual_packages=rattler.VirtualPackage.detect(),
+    )
+    log(f"solved in {time.monotonic() - started:.2f}s")
+    return records
+
+
+def cached(cache_dir: Path, record: Record) -> bool:
+    """Whether rattler's package cache already holds ``record`` extracted, so that an
+    install links it without fetching. rattler keeps each package in
+    ``<name>-<version>-<build>/`` beside a ``.lock`` file holding a revision (8 bytes) and
+    the archive's sha256 (32 bytes), as py-rattler 0.28 writes them. Anything else counts
+    as not cached: a wrong guess can only log a fetch that did not happen."""
+    if record.sha256 is None:
+        return False
+    lock = cache_dir / f"{record.name.normalized}-{record.version}-{record.build}.lock"
+    try:
+        stamp = lock.read_bytes()
+    except OSError:
+        return False
+    return len(stamp) == 40 and stamp[8:] == record.sha256
+
+
+class Reporter:
+    """Turns rattler's install callbacks into log lines naming the package and version.
+
+    rattler reports the same callbacks for a package it fetches as for one already in
+    its cache (and none for downloads from a ``file://`` channel), so the cache is looked
+    at first: the log then tells a fetch from a use of the cache."""
+
+    def __init__(self, old: list[Record], new: list[Record], cache_dir: Path) -> None:
+        self.old = {r.name.normalized: label(r) for r in old}
+        self.new = {r.name.normalized: label(r) for r in new}
+        self.cached = {r.name.normalized for r in new if cached(cache_dir, r)}
+        self.cache_names: dict[int, str] = {}
+        self.tokens = itertools.count(1)  # next() on a count is atomic; callbacks race
+        self.logged_percent: dict[int, int] = {}
+
+    def _token(self, name: str) -> int:
+        token = next(self.tokens)
+        self.cache_names[token] = name
+        return token
+
+    def on_populate_cache_start(self, operation: int, package_name: str) -> int:
+        doing = "using cached" if package_name in self.cached else "fetching"
+        log(f"{doing} {self.new.get(package_name, package_name)}")
+        return self._token(self.new.get(package_name, package_name))
+
+    def on_download_start(self, cache_entry: int) -> int:
+        log(f"downloading {self.cache_names.get(cache_entry, '?')}")
+        return cache_entry
+
+    def on_download_progress(self, download_idx: int, progress: int, total: int | None) -> None:
+        percent = progress * 100 // total if total else 0
+        if percent // 10 > self.logged_percent.get(download_idx, 0) // 10:
+            self.logged_percent[download_idx] = percent
+            log(f"downloading {self.cache_names.get(download_idx, '?')}: {percent}%")
+
+    def on_unlink_start(self, operation: int, package_name: str) -> int:
+        log(f"unlinking {self.old.get(package_name, package_name)}")
+        return operation
+
+    def on_link_start(self, operation: int, package_name: str) -> int:
+        log(f"linking {self.new.get(package_name, package_name)}")
+        return operation
+
+
+async def install(request: Request, old: list[Record], new: list[Record]) -> None:
+    """Make the prefix hold exactly ``new``; rattler works out the difference itself."""
+    prefix = request.workspace.prefix
+    await rattler.install(
+        new,
+        target_prefix=prefix,
+        cache_dir=request.cache_dir,
+        show_progress=False,
+        client=http_client(),
+        config=link_config(request.workspace.root),
+        reporter=Reporter(old, new, request.cache_dir),
+    )
+    log(f"prefix {prefix} holds {len(new)} packages")

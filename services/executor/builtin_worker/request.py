@@ -1,0 +1,50 @@
+"""The request the agent writes to the worker's stdin, and the failures a user can fix."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from services.executor.workspace import Workspace
+
+OPERATIONS = ("create", "install", "remove", "restore", "delete")
+
+
+class WorkerError(Exception):
+    """An expected failure whose message is shown to the user as is."""
+
+
+@dataclass(frozen=True)
+class Request:
+    """The JSON request read from stdin; paths are absolute and already validated."""
+
+    op: str
+    workspace: Workspace
+    cache_dir: Path
+    repodata_cache_dir: Path
+    trash_dir: Path
+    platform: str
+    name: str = ""
+    channels: tuple[str, ...] = ()
+    specs: tuple[str, ...] = ()
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Request:
+        try:
+            request = cls(
+                op=data["op"],
+                workspace=Workspace(Path(data["workspace"])),
+                cache_dir=Path(data["cache_dir"]),
+                repodata_cache_dir=Path(data["repodata_cache_dir"]),
+                trash_dir=Path(data["trash_dir"]),
+                platform=data["platform"],
+                name=data.get("name", ""),
+                channels=tuple(data.get("channels", ())),
+                specs=tuple(data.get("specs", ())),
+            )
+        except (KeyError, TypeError) as exc:
+            raise WorkerError(f"invalid request: missing or malformed {exc}") from exc
+        if request.op not in OPERATIONS:
+            raise WorkerError(f"invalid request: unknown op {request.op!r}")
+        return request

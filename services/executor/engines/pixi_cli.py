@@ -1,0 +1,107 @@
+"""The ``cli`` engine: drives the ``pixi`` binary, with a backup of pixi.toml and pixi.lock
+to put back when a change fails."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections import deque
+from collections.abc import Sequence
+from pathlib import Path
+
+from services.executor.engines.base import Operation, follow_tracked, spawn_tracked
+from services.executor.engines.builtin import BuiltinEngine
+from services.executor.process import Emit, OutputLine, Stream
+from services.executor.workspace import DataLayout, Workspace
+
+
+class PixiCliEngine:
+    """Drives the ``pixi`` binary; user specs always follow ``--`` so none reads as a flag.
+
+    pixi changes pixi.toml and pixi.lock itself, so before each change the two files are
+    copied to ``.darb/backup``; a failed or cancelled change puts them back and re-syncs
+    the prefix with ``pixi install --frozen``. Deleting is the same for every engine and
+    is left to the builtin worker.
+    """
+
+    name = "cli"
+
+    def __init__(
+        self, layout: DataLayout, pixi: str, platform: str, builtin: BuiltinEngine
+    ) -> None:
+        self._layout = layout
+        self._pixi = pixi
+        self._platform = platform
+        self._builtin = builtin
+
+    def commands(self, operation: Operation) -> list[list[str]]:
+        """The pixi invocations an operation consists of, in order."""
+        workspace, manifest = operation.workspace, str(operation.workspace.manifest)
+        if operation.kind == "create":
+            channels = [arg for channel in operation.channels for arg in ("--channel", channel)]
+            init = [self._pixi, "init", "--format", "pixi", *channels]
+            init += ["--platform", self._platform, str(workspace.root)]
+            add = [self._pixi, "add", "--manifest-path", manifest, "--", *operation.specs]
+            return [init, add]
+        if operation.kind in ("install", "remove"):
+            verb = "add" if operation.kind == "install" else "remove"
+            return [[self._pixi, verb, "--manifest-path", manifest, "--", *operation.specs]]
+        if operation.kind == "restore":
+            return [[self._pixi, "install", "--manifest-path", manifest, "--frozen"]]
+        raise ValueError(f"the pixi CLI engine has no {operation.kind!r} command")
+
+    async def run(self, operation: Operation, emit: Emit) -> str | None:
+        if operation.kind == "delete":
+            return await self._builtin.run(operation, emit)
+        if operation.kind == "restore":
+            _restore_backup(operation.workspace)
+        elif operation.kind != "create":
+            _take_backup(operation.workspace)
+        error = await self._run_all(self.commands(operation), emit)
+        if error is None:
+            _drop_backup(operation.workspace)
+        return error
+
+    async def _run_all(self, commands: Sequence[list[str]], emit: Emit) -> str | None:
+        stderr_tail: deque[str] = deque(maxlen=20)
+
+        def keep_tail(line: OutputLine) -> None:
+            if line.stream is Stream.STDERR:
+                stderr_tail.append(line.text)
+            emit(line)
+
+        for argv in commands:
+            process = await spawn_tracked(self._layout, argv)
+            exit_code = await follow_tracked(self._layout, process, keep_tail, f"pixi {argv[1]}")
+            if exit_code != 0:
+                detail = "\n".join(stderr_tail).strip()
+                return f"pixi {argv[1]} failed with code {exit_code}" + (
+                    f": {detail}" if detail else ""
+                )
+        return None
+
+
+def _backup_dir(workspace: Workspace) -> Path:
+    return workspace.state_dir / "backup"
+
+
+def _take_backup(workspace: Workspace) -> None:
+    backup = _backup_dir(workspace)
+    shutil.rmtree(backup, ignore_errors=True)
+    backup.mkdir(parents=True)
+    for source in (workspace.manifest, workspace.lockfile):
+        if source.is_file():
+            shutil.copy2(source, backup / source.name)
+    workspace.dirty_marker.touch()
+
+
+def _restore_backup(workspace: Workspace) -> None:
+    backup = _backup_dir(workspace)
+    for saved in (backup / "pixi.toml", backup / "pixi.lock"):
+        if saved.is_file():
+            os.replace(saved, workspace.root / saved.name)
+
+
+def _drop_backup(workspace: Workspace) -> None:
+    shutil.rmtree(_backup_dir(workspace), ignore_errors=True)
+    workspace.dirty_marker.unlink(missing_ok=True)
