@@ -33,6 +33,7 @@ node_modules/.bin/buf: package.json
 lint: proto node_modules/.bin/buf
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
 	node_modules/.bin/buf lint
 
 test: proto

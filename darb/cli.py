@@ -44,7 +44,14 @@ def _client(args: argparse.Namespace, token: str | None = None) -> Client:
         )
     }
     tls = args.tls or any(value is not None for value in pem.values())
-    return Client(_address(args), token, tls=tls, **pem)
+    return Client(
+        _address(args),
+        token,
+        tls=tls,
+        root_certificates=pem["root_certificates"],
+        certificate_chain=pem["certificate_chain"],
+        private_key=pem["private_key"],
+    )
 
 
 def _session(args: argparse.Namespace) -> Client:

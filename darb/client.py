@@ -135,7 +135,7 @@ class Client:
         while True:
             response = self._call(method, make_request(token))
             yield from items(response)
-            token = response.next_page_token  # type: ignore[attr-defined]
+            token = response.next_page_token
             if not token:
                 return
 

@@ -16,7 +16,10 @@ def is_serving(address: str, timeout: float = 3.0) -> bool:
     with grpc.insecure_channel(address) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
         try:
-            response = stub.Check(health_pb2.HealthCheckRequest(), timeout=timeout)
+            # types-grpcio-health-checking leaves the stub's methods out.
+            response = stub.Check(  # type: ignore[attr-defined]
+                health_pb2.HealthCheckRequest(), timeout=timeout
+            )
         except grpc.RpcError:
             return False
     return response.status == health_pb2.HealthCheckResponse.SERVING

@@ -6,8 +6,8 @@ import asyncio
 import gc
 import signal
 import sys
-from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from collections.abc import Callable, Coroutine
+from typing import Any, TypeVar
 
 from shared.config import ConfigError
 from shared.logs import configure
@@ -41,7 +41,7 @@ def settle_heap() -> None:
 def run_service(
     service: str,
     load_settings: Callable[[], Settings],
-    serve: Callable[[Settings], Awaitable[None]],
+    serve: Callable[[Settings], Coroutine[Any, Any, None]],
 ) -> int:
     """The ``python -m`` entry of a service: logging, settings, serve until stopped.
 

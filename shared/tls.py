@@ -2,21 +2,24 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import grpc
 
 from shared.config import TlsSettings
 
 
-def _read(path: object) -> bytes | None:
-    return path.read_bytes() if path is not None else None  # type: ignore[attr-defined]
+def _read(path: Path | None) -> bytes | None:
+    return path.read_bytes() if path is not None else None
 
 
 def server_credentials(tls: TlsSettings) -> grpc.ServerCredentials | None:
     """TLS server credentials, requiring client certificates when ``client_ca`` is set."""
     if not tls.serves_tls:
         return None
+    assert tls.key is not None and tls.cert is not None  # serves_tls: both are set
     return grpc.ssl_server_credentials(
-        [(_read(tls.key), _read(tls.cert))],
+        [(tls.key.read_bytes(), tls.cert.read_bytes())],
         root_certificates=_read(tls.client_ca),
         require_client_auth=tls.client_ca is not None,
     )

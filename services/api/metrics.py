@@ -161,13 +161,15 @@ class RpcMetrics(grpc.aio.ServerInterceptor):
     def __init__(self, metrics: Metrics) -> None:
         self._metrics = metrics
         # Wrapped once per method: a handler is the same object for every call.
-        self._wrapped: dict[str, grpc.RpcMethodHandler] = {}
+        self._wrapped: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
 
     async def intercept_service(
         self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        continuation: Callable[
+            [grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any] | None]
+        ],
         handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
+    ) -> grpc.RpcMethodHandler[Any, Any] | None:
         wrapped = self._wrapped.get(handler_call_details.method)
         if wrapped is not None:
             return wrapped
@@ -177,9 +179,9 @@ class RpcMetrics(grpc.aio.ServerInterceptor):
             self._wrapped[handler_call_details.method] = wrapped
         return wrapped
 
-    def _wrap(self, handler: grpc.RpcMethodHandler | None, method: str) -> Any:
+    def _wrap(self, handler: grpc.RpcMethodHandler[Any, Any] | None, method: str) -> Any:
         kind = _behavior_kind(handler)
-        if kind is None:
+        if handler is None or kind is None:
             return handler
         behavior = getattr(handler, kind)
         if inspect.isasyncgenfunction(behavior):
@@ -188,7 +190,8 @@ class RpcMetrics(grpc.aio.ServerInterceptor):
             wrapped = self._timed_call(behavior, method)
         else:
             return handler
-        return handler._replace(**{kind: wrapped})
+        # Handlers are grpc's namedtuples, which the stubs do not say.
+        return handler._replace(**{kind: wrapped})  # type: ignore[attr-defined]
 
     def _timed_call(self, behavior: Callable[..., Any], method: str) -> Callable[..., Any]:
         async def call(request: Any, context: grpc.aio.ServicerContext) -> Any:

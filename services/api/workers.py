@@ -14,9 +14,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import shutil
 import signal
 import sys
+
+from shared.subprocesses import die_with_parent
 
 WORKER_FLAG = "--rpc-worker"
 READY_TIMEOUT = 60.0
@@ -28,9 +29,7 @@ class WorkerFailed(RuntimeError):
 
 def _command() -> list[str]:
     """``python -m services.api --rpc-worker``, killed by the kernel if we die (Linux)."""
-    command = [sys.executable, "-m", "services.api", WORKER_FLAG]
-    setpriv = shutil.which("setpriv")
-    return [setpriv, "--pdeathsig", "TERM", "--", *command] if setpriv else command
+    return die_with_parent([sys.executable, "-m", "services.api", WORKER_FLAG], "TERM")
 
 
 async def start_workers(

@@ -20,7 +20,7 @@ import psycopg
 import psycopg.errors
 from psycopg.rows import namedtuple_row
 from psycopg.types.json import Json
-from sqlalchemy import JSON, Compiled, Executable
+from sqlalchemy import JSON, ClauseElement, Compiled
 from sqlalchemy.dialects.postgresql.psycopg import PGDialectAsync_psycopg
 
 # A connection idle for longer is pinged before use, as the SQLAlchemy pool's are.
@@ -35,7 +35,7 @@ class UniqueViolation(Exception):
 class Query:
     """A Core statement with named ``bindparam``s, run without the ORM."""
 
-    def __init__(self, statement: Executable) -> None:
+    def __init__(self, statement: ClauseElement) -> None:
         self.statement = statement
 
     @cached_property

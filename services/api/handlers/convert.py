@@ -39,7 +39,7 @@ def environment(row: Environment) -> pb.Environment:
         owner_id=row.owner_id,
         package_manager=row.package_manager,
         channels=row.channels,
-        status=pb.EnvironmentStatus.Value(f"ENVIRONMENT_STATUS_{row.status}"),
+        status=f"ENVIRONMENT_STATUS_{row.status}",
         error=row.error,
         created_at=timestamp(row.created_at),
         updated_at=timestamp(row.updated_at),
@@ -49,8 +49,8 @@ def environment(row: Environment) -> pb.Environment:
 def job(row: Job, logs: str = "") -> pb.Job:
     return pb.Job(
         id=row.id,
-        type=pb.JobType.Value(f"JOB_TYPE_{row.type}"),
-        status=pb.JobStatus.Value(f"JOB_STATUS_{row.status}"),
+        type=f"JOB_TYPE_{row.type}",
+        status=f"JOB_STATUS_{row.status}",
         environment_id=row.environment_id,
         error=row.error,
         logs=logs,

@@ -159,7 +159,8 @@ class JobService(pb_grpc.JobServiceServicer):
                         with contextlib.suppress(TimeoutError):
                             await asyncio.wait_for(subscription.stored_ready.wait(), poll)
                     subscription.gap_at = 0
-                    taken, stale = [], True
+                    taken: list[list[LineRow]] = []
+                    stale = True
                 elif read_all:
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(subscription.ready.wait(), poll)

@@ -30,9 +30,9 @@ def _valid_part(value: Any, kind: type) -> bool:
     not an int), an int within BIGINT, a string PostgreSQL can store."""
     if type(value) is not kind:
         return False
-    if kind is int:
+    if isinstance(value, int):
         return -(2**63) <= value < 2**63
-    return len(value) <= MAX_KEY_LENGTH and "\x00" not in value
+    return isinstance(value, str) and len(value) <= MAX_KEY_LENGTH and "\x00" not in value
 
 
 def decode(token: str, kinds: tuple[type, ...]) -> list[Any] | None:

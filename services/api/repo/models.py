@@ -15,6 +15,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    SQLColumnExpression,
     String,
     Text,
     literal_column,
@@ -64,7 +65,7 @@ ACTIVE_JOB_STATUSES = (JobStatus.PENDING, JobStatus.RUNNING)
 ACTIVE_JOBS_CONDITION = "status = 'PENDING' OR status = 'RUNNING'"
 
 
-def is_active(status: ColumnElement[str]) -> ColumnElement[bool]:
+def is_active(status: SQLColumnExpression[str]) -> ColumnElement[bool]:
     """``status`` is pending or running, with the statuses (our own constants) written
     into the SQL: an expanding IN list could not run on the direct psycopg path."""
     return or_(*(status == literal_column(f"'{value}'") for value in ACTIVE_JOB_STATUSES))

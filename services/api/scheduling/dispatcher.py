@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import socket
@@ -17,6 +18,7 @@ import time
 import uuid
 from asyncio import FIRST_COMPLETED
 from datetime import timedelta
+from typing import Any
 
 import grpc
 import psycopg
@@ -164,7 +166,7 @@ class Dispatcher:
             task = asyncio.create_task(self._run(claimed), name=f"darb-job-{claimed.id}")
             self._running[claimed.id] = task
             self._on_agent.add(claimed.id)
-            task.add_done_callback(lambda _t, job_id=claimed.id: self._done(job_id))
+            task.add_done_callback(functools.partial(self._done, claimed.id))
             self._bus.environment_changed_here(claimed.environment_id)
             self._bus.changed_here(claimed.id)  # other processes heard the claim's NOTIFY
 
@@ -173,7 +175,7 @@ class Dispatcher:
             self._on_agent.discard(job_id)
             self._bus.jobs_available.set()
 
-    def _done(self, job_id: str) -> None:
+    def _done(self, job_id: str, _task: object = None) -> None:
         self._off_agent(job_id)
         self._running.pop(job_id, None)
         self._cancels.pop(job_id, None)
@@ -220,7 +222,7 @@ class Dispatcher:
         """Runs the operation until it ends or something ends it first; leaving this
         function (also by cancellation) always stops the operation on the agent."""
         operation = asyncio.create_task(self._execute(job, executor, writer, may_move))
-        enders = {
+        enders: dict[asyncio.Task[Any], Outcome] = {
             asyncio.create_task(self._cancels[job.id].wait()): Outcome(
                 JobStatus.CANCELLED, CANCELLED_BY_REQUEST
             ),

@@ -103,26 +103,27 @@ class GrpcExecutorClient:
     def _call(
         self, stub: pb_grpc.ExecutorServiceStub, environment_id: str, payload: payloads.Payload
     ) -> grpc.aio.UnaryStreamCall:
+        metadata = self._metadata
         if isinstance(payload, payloads.CreatePayload):
-            request = pb.CreateEnvironmentRequest(
+            create = pb.CreateEnvironmentRequest(
                 environment_id=environment_id,
                 name=payload.name,
                 channels=payload.channels,
                 packages=payload.packages,
             )
-            return stub.CreateEnvironment(request, metadata=self._metadata)
+            return stub.CreateEnvironment(create, metadata=metadata)
         if isinstance(payload, payloads.InstallPayload):
-            request = pb.InstallPackagesRequest(
+            install = pb.InstallPackagesRequest(
                 environment_id=environment_id, packages=payload.packages
             )
-            return stub.InstallPackages(request, metadata=self._metadata)
+            return stub.InstallPackages(install, metadata=metadata)
         if isinstance(payload, payloads.RemovePayload):
-            request = pb.RemovePackagesRequest(
+            remove = pb.RemovePackagesRequest(
                 environment_id=environment_id, packages=payload.packages
             )
-            return stub.RemovePackages(request, metadata=self._metadata)
-        request = pb.DeleteEnvironmentRequest(environment_id=environment_id)
-        return stub.DeleteEnvironment(request, metadata=self._metadata)
+            return stub.RemovePackages(remove, metadata=metadata)
+        delete = pb.DeleteEnvironmentRequest(environment_id=environment_id)
+        return stub.DeleteEnvironment(delete, metadata=metadata)
 
     async def run(
         self, executor: str, environment_id: str, payload: payloads.Payload
