@@ -14,7 +14,6 @@ import asyncio
 import contextlib
 import logging
 import os
-import shutil
 import signal
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -22,6 +21,8 @@ from contextvars import ContextVar
 from enum import IntEnum
 from pathlib import Path
 from typing import NamedTuple
+
+from shared.subprocesses import die_with_parent
 
 log = logging.getLogger(__name__)
 MAX_LINE_BYTES = 64 * 1024
@@ -110,12 +111,6 @@ def _text(raw: bytes) -> str:
     return text.replace("\0", "\ufffd") if "\0" in text else text
 
 
-def die_with_parent(argv: Sequence[str]) -> list[str]:
-    """Prefix ``argv`` so the kernel kills the child if the agent itself dies (Linux)."""
-    setpriv = shutil.which("setpriv")
-    return [setpriv, "--pdeathsig", "KILL", "--", *argv] if setpriv else list(argv)
-
-
 def kill_group(pid: int) -> None:
     """SIGKILL every process in the group led by ``pid``; gone already is fine."""
     with contextlib.suppress(ProcessLookupError, PermissionError):
@@ -134,7 +129,7 @@ async def spawn_in_group(
     the group sweep at the agent's next start.
     """
     return await asyncio.create_subprocess_exec(
-        *die_with_parent(argv),
+        *die_with_parent(argv, "KILL"),
         stdin=asyncio.subprocess.PIPE,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
