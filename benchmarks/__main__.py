@@ -21,21 +21,20 @@ import psycopg
 import rattler
 import sqlalchemy
 
-from benchmarks import api_bench, executor_bench
+from benchmarks import api_bench, embedded_start, executor_bench
 from benchmarks.stack import WORKER_CONCURRENCY
 from benchmarks.stats import Row, target_met
 from shared.version import __version__
-from tests.support.postgres import SERVER_URL
+from tests.support.postgres import admin_conninfo
 
-STACKS = ("api", "builtin", "logs", "two-agents")
+STACKS = ("api", "builtin", "logs", "two-agents", "embedded")
 DOC = Path(__file__).resolve().parents[1] / "docs" / "benchmarks.md"
 # Earlier runs, kept by hand; appended to DOC.
 HISTORY = Path(__file__).resolve().parent / "history.md"
 
 
 def postgres_version() -> str:
-    conninfo = SERVER_URL.replace("postgresql+psycopg://", "postgresql://").rstrip("/")
-    with psycopg.connect(conninfo + "/postgres") as conn:
+    with psycopg.connect(admin_conninfo()) as conn:
         row = conn.execute("SHOW server_version").fetchone()
     return str(row[0]).split()[0] if row else "?"
 
@@ -68,7 +67,8 @@ def document(rows: list[Row], notes: list[str], minutes: float) -> str:
     stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     return (
         "# Benchmarks\n\n"
-        "Reproduce with `make bench`: PostgreSQL, executor agents and the control plane run as\n"
+        "Reproduce with `make bench`: PostgreSQL (the embedded server, on a Unix socket, unless\n"
+        "DARB_TEST_POSTGRES names another), executor agents and the control plane run as\n"
         "separate processes on loopback, with local conda channels (tests/support/channel.py).\n"
         "Lines for the log figures come from a stand-in `pixi` (benchmarks/standin.py) run by\n"
         "the agent's real `cli` engine. Other work on the machine makes the figures noisy.\n\n"
@@ -81,7 +81,9 @@ def document(rows: list[Row], notes: list[str], minutes: float) -> str:
         f"  agent vs py-rattler alone, {executor_bench.ROUNDS} rounds that alternate the two"
         " (medians; the added time is the median of the paired differences).\n"
         + api_bench.METHOD
-        + "\n"
+        + "- **make run** rows: benchmarks/embedded_start.py, "
+        + embedded_start.METHOD.format(rounds=embedded_start.ROUNDS)
+        + "\n\n"
         + HISTORY.read_text()
     )
 
@@ -103,7 +105,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="darb-bench-") as scratch:
         where = arguments.keep or Path(scratch)
         report = api_bench.main(where, sizes, set(arguments.only or ()))
-    rows += report.rows
+        rows += report.rows
+        if not arguments.only or "embedded" in arguments.only:
+            rows += embedded_start.main(where)
     minutes = (time.monotonic() - started) / 60
     print(f"\n{table(rows)}\n")
     print("".join(f"- {note}\n" for note in report.notes))
