@@ -23,7 +23,7 @@ def fsync_path(path: Path) -> None:
         os.close(fd)
 
 
-def write_staged(path: Path, write: Callable[[Path], None]) -> None:
+def write_staged(path: Path, write: Callable[[Path], object]) -> None:
     """Write ``path`` through a temp file and a rename, so it is never seen half-written."""
     tmp = path.with_name(f".{path.name}.tmp")
     write(tmp)
@@ -33,7 +33,7 @@ def write_staged(path: Path, write: Callable[[Path], None]) -> None:
     log(f"wrote {path.name}")
 
 
-def write_text(text: str) -> Callable[[Path], None]:
+def write_text(text: str) -> Callable[[Path], object]:
     return lambda path: path.write_text(text)
 
 

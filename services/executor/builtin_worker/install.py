@@ -10,6 +10,7 @@ import secrets
 import time
 from collections.abc import Iterable
 from pathlib import Path
+from typing import cast
 
 import rattler
 
@@ -98,7 +99,7 @@ async def solve(
         sources=list(channels),
         specs=specs,
         gateway=rattler.Gateway(cache_dir=request.repodata_cache_dir, client=http_client()),
-        platforms=[platform, "noarch"],
+        platforms=[rattler.Subdir(platform), rattler.Subdir("noarch")],
         locked_packages=locked,
         virtual_packages=rattler.VirtualPackage.detect(),
     )
@@ -124,6 +125,9 @@ def cached(cache_dir: Path, record: Record) -> bool:
 
 class Reporter:
     """Turns rattler's install callbacks into log lines naming the package and version.
+
+    It implements only the callbacks it needs: rattler's ``InstallerReporter`` protocol
+    allows that, though to a type checker the class does not satisfy it (hence the cast).
 
     rattler reports the same callbacks for a package it fetches as for one already in
     its cache (and none for downloads from a ``file://`` channel), so the cache is looked
@@ -176,6 +180,6 @@ async def install(request: Request, old: list[Record], new: list[Record]) -> Non
         show_progress=False,
         client=http_client(),
         config=link_config(request.workspace.root),
-        reporter=Reporter(old, new, request.cache_dir),
+        reporter=cast(rattler.InstallerReporter, Reporter(old, new, request.cache_dir)),
     )
     log(f"prefix {prefix} holds {len(new)} packages")
