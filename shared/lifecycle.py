@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import faulthandler
 import gc
+import logging
+import os
 import signal
 import sys
+import threading
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
 from shared.config import ConfigError
 from shared.logs import configure
 
+log = logging.getLogger(__name__)
 Settings = TypeVar("Settings")
 # Allocations between young-generation collections (CPython's default is 700).
 GC_YOUNG_THRESHOLD = 10_000
@@ -55,3 +60,18 @@ def run_service(
         print(f"darb {service}: {exc}", file=sys.stderr)
         return 2
     return 0
+
+
+def exit_after(seconds: float) -> None:
+    """The backstop of a stop: if the process still runs ``seconds`` from now, whatever it
+    waits for (a task that outlives its cancellation, a thread that does not return), it
+    prints every thread's stack and exits with code 1."""
+
+    def expire() -> None:
+        log.error("did not stop within %gs of the signal; exiting now", seconds)
+        faulthandler.dump_traceback(all_threads=True)
+        os._exit(1)
+
+    timer = threading.Timer(seconds, expire)
+    timer.daemon = True
+    timer.start()

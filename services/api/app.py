@@ -48,12 +48,12 @@ from services.api.metrics import (
 )
 from services.api.repo import users
 from services.api.scheduling.agents import AgentMonitor
-from services.api.scheduling.dispatcher import Dispatcher
+from services.api.scheduling.dispatcher import FINISH_ON_SHUTDOWN, Dispatcher
 from services.api.scheduling.executor_client import ExecutorClient, GrpcExecutorClient
 from services.api.state import AppState, EnvironmentCache
 from services.api.workers import start_workers, stop_workers
 from shared.config import ApiSettings
-from shared.lifecycle import settle_heap, stop_on_signals
+from shared.lifecycle import exit_after, settle_heap, stop_on_signals
 from shared.tls import add_port
 
 log = logging.getLogger("darb.api")
@@ -65,6 +65,9 @@ SERVICE_NAMES = [
     jobs_pb2.DESCRIPTOR.services_by_name["JobService"].full_name,
 ]
 STARTUP_DB_WAIT = 30.0
+# Beyond the grace and the recording of handed-back jobs, what a stop may take (the
+# embedded server's fast shutdown, closing connections) before the backstop ends it.
+STOP_MARGIN = 5.0
 # GetEnvironment answers: the TTL only bounds how long a lost notification goes unseen.
 ENVIRONMENT_TTL = 5.0
 ENVIRONMENT_ENTRIES = 10_000
@@ -125,6 +128,12 @@ class ControlPlane:
         await asyncio.gather(*stopping)
         await self.bus.stop()
         await self.db.close()
+
+
+def stop_deadline(settings: ApiSettings) -> float:
+    """Seconds from the stop signal after which the process exits whatever it waits for:
+    the grace, recording the jobs handed back, and a margin."""
+    return settings.shutdown_grace + FINISH_ON_SHUTDOWN + STOP_MARGIN
 
 
 async def _prepare_database(db: Database, settings: ApiSettings) -> None:
@@ -288,6 +297,7 @@ async def _serve_primary(settings: ApiSettings, stop: asyncio.Event) -> None:
     asyncio.get_running_loop().add_signal_handler(signal.SIGUSR1, plane.log_stats)
     await stop.wait()
     log.info("shutting down")
+    exit_after(stop_deadline(settings))
     await asyncio.gather(plane.stop(), stop_workers(rpc_workers, settings.shutdown_grace))
 
 
@@ -300,4 +310,5 @@ async def serve_rpc_worker(settings: ApiSettings) -> None:
     settle_heap()
     print(f"darb api worker {os.getpid()} listening on {settings.addr}", flush=True)
     await stop.wait()
+    exit_after(stop_deadline(settings))
     await plane.stop()

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import faulthandler
 import logging
-import os
-import threading
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -21,7 +18,7 @@ from services.executor.engines.pixi_cli import PixiCliEngine
 from services.executor.servicer import ExecutorServicer
 from services.executor.workspace import DataLayout
 from shared.config import ExecutorSettings
-from shared.lifecycle import settle_heap, stop_on_signals
+from shared.lifecycle import exit_after, settle_heap, stop_on_signals
 from shared.tls import add_port
 
 log = logging.getLogger(__name__)
@@ -89,18 +86,3 @@ async def serve(settings: ExecutorSettings) -> None:
     await server.stop(SHUTDOWN_GRACE_SECONDS)
     await servicer.stop(REPAIR_SECONDS)
     await builtin.close()
-
-
-def exit_after(seconds: float) -> None:
-    """The backstop of a stop: if the process still runs ``seconds`` from now, whatever it
-    waits for (a task that outlives its cancellation, a thread that does not return), it
-    prints every thread's stack and exits with code 1."""
-
-    def expire() -> None:
-        log.error("the agent did not stop within %gs of the signal; exiting now", seconds)
-        faulthandler.dump_traceback(all_threads=True)
-        os._exit(1)
-
-    timer = threading.Timer(seconds, expire)
-    timer.daemon = True
-    timer.start()

@@ -14,10 +14,10 @@ import pytest
 
 from darb.executor.v1 import executor_pb2_grpc
 from services.executor.server import SHUTDOWN_GRACE_SECONDS
+from testkit.processes import PROJECT_ROOT, group_members
 from tests.executor.helpers import create, prefix_versions, workspace_dir
 from tests.executor.test_agent_lifecycle import snapshot, start_big_install
 from tests.executor.test_spare_workers import settled
-from tests.support.processes import PROJECT_ROOT, group_members
 
 # What the agent may take beyond its grace period, from the signal to its exit.
 STOP_MARGIN_SECONDS = 5.0
@@ -107,7 +107,7 @@ def test_sigterm_while_the_caller_cancels_its_stream_stops_within_the_grace(
 def test_the_backstop_ends_a_process_that_does_not_stop_and_shows_where_it_hung():
     script = (
         "import time\n"
-        "from services.executor.server import exit_after\n"
+        "from shared.lifecycle import exit_after\n"
         "exit_after(0.5)\n"
         "time.sleep(60)  # stands in for a stop that never ends\n"
     )
