@@ -8,13 +8,14 @@ proto prefix (``JobStatus.COMPLETED``); unset timestamps are ``None``.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from enum import StrEnum
 from typing import TypeVar
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from darb.v1 import common_pb2 as pb
+from shared.timestamps import to_datetime
 
 
 class EnvironmentStatus(StrEnum):
@@ -58,7 +59,7 @@ def _time(message: object, field: str) -> datetime | None:
     if not message.HasField(field):  # type: ignore[attr-defined]
         return None
     stamp: Timestamp = getattr(message, field)
-    return stamp.ToDatetime(tzinfo=UTC)
+    return to_datetime(stamp)
 
 
 E = TypeVar("E", bound=StrEnum)

@@ -54,6 +54,7 @@ from services.executor.workspace import DataLayout, Workspace, is_environment_id
 from shared.config import ExecutorSettings
 from shared.logs import clip, headline, key_values
 from shared.specs import parse_specs, resolve_channels, validate_package_name
+from shared.timestamps import from_nanoseconds
 from shared.validation import validate_environment_name
 from shared.version import __version__
 
@@ -68,7 +69,8 @@ MAX_BATCH_CHARS = 256 * 1024
 # Lines waiting to be sent; beyond this the pipes are no longer read (see _Outbox).
 MAX_BUFFERED_LINES = 8 * MAX_BATCH_LINES
 MAX_BUFFERED_CHARS = 8 * MAX_BATCH_CHARS
-NANOS = 1_000_000_000
+# A cancelled operation or repair ends once its process group is reaped.
+CANCEL_SECONDS = 2 * REAP_SECONDS
 
 
 class ExecutorServicer(executor_pb2_grpc.ExecutorServiceServicer):
@@ -284,13 +286,12 @@ class ExecutorServicer(executor_pb2_grpc.ExecutorServiceServicer):
         self._stopping = True
         for task in self._operations:
             task.cancel()
-        # Each ends once its process group is reaped; its repair has started by then.
-        await _wait_all(self._operations, REAP_SECONDS * 2)
+        await _wait_all(self._operations, CANCEL_SECONDS)  # their repairs have started
         await _wait_all(self._repairs, repair_seconds)
         self._stopped = True
         for task in self._repairs:
             task.cancel()
-        await _wait_all(self._repairs, REAP_SECONDS * 2)
+        await _wait_all(self._repairs, CANCEL_SECONDS)
 
 
 async def _wait_all(tasks: set[Task], timeout: float) -> None:
@@ -410,7 +411,7 @@ class _LineStream:
                 message = self._response_type()
                 add = message.log_lines.lines.add
             if time_ns != stamped:
-                stamped, stamp = time_ns, Timestamp(seconds=time_ns // NANOS, nanos=time_ns % NANOS)
+                stamped, stamp = time_ns, from_nanoseconds(time_ns)
             self._seq += 1
             add(seq=self._seq, stream=stream, text=text, time=stamp)
             count += 1

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import UTC, datetime
+from datetime import datetime
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
@@ -12,14 +12,11 @@ from darb.v1 import jobs_pb2
 from services.api import payloads
 from services.api.records import LineRow, PackageRow
 from services.api.repo.models import Environment, Job, User
+from shared.timestamps import from_datetime
 
 
 def timestamp(value: datetime | None) -> Timestamp | None:
-    if value is None:
-        return None
-    stamp = Timestamp()
-    stamp.FromDatetime(value)
-    return stamp
+    return None if value is None else from_datetime(value)
 
 
 def user(row: User) -> pb.User:
@@ -65,24 +62,19 @@ def package(row: PackageRow) -> pb.Package:
     return pb.Package(name=row.name, version=row.version, build=row.build, channel=row.channel)
 
 
-EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 STREAMS = {"stdout": pb.LOG_STREAM_STDOUT, "stderr": pb.LOG_STREAM_STDERR}
 
 
 def watch_lines(rows: Sequence[LineRow]) -> jobs_pb2.WatchJobResponse:
     """One WatchJob event for consecutive lines. Built in place (a message per line that
     is then copied in costs several times more); lines read together share their time,
-    whose Timestamp is made once, with integer arithmetic."""
+    whose Timestamp is made once."""
     event = jobs_pb2.WatchJobResponse()
     add = event.log_lines.lines.add
     stamped: datetime | None = None
     stamp = Timestamp()
     for seq, stream, time, text in rows:
         if time != stamped:
-            delta = time - EPOCH
-            stamped = time
-            stamp = Timestamp(
-                seconds=delta.days * 86400 + delta.seconds, nanos=delta.microseconds * 1000
-            )
+            stamped, stamp = time, from_datetime(time)
         add(seq=seq, stream=STREAMS.get(stream, 0), text=text, time=stamp)
     return event

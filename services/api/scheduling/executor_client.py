@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from typing import Any, Protocol
 
 import grpc
@@ -15,6 +15,7 @@ from services.api import payloads
 from services.api.records import AgentState, PackageRow
 from services.api.repo.models import utcnow
 from shared.config import TlsSettings
+from shared.timestamps import to_datetime
 from shared.tls import channel_credentials
 
 # Codes after which the same call can simply be tried again: the agent is busy
@@ -30,7 +31,6 @@ CHANNEL_OPTIONS = (
 )
 
 
-EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 # (stream, time, text) of one line, as ``LogCap.extend`` takes it.
 LineTuple = tuple[str, datetime, str]
 
@@ -168,11 +168,7 @@ def _lines(lines: Sequence[Any]) -> list[LineTuple]:
         stamp = line.time
         if stamp.seconds != seconds or stamp.nanos != nanos:
             seconds, nanos = stamp.seconds, stamp.nanos
-            time = (
-                EPOCH + timedelta(seconds=seconds, microseconds=nanos // 1000)
-                if seconds or nanos
-                else utcnow()
-            )
+            time = to_datetime(stamp) if seconds or nanos else utcnow()
         tuples.append((STREAM_NAMES.get(line.stream, "stdout"), time, line.text))
     return tuples
 
