@@ -26,7 +26,7 @@ from darb.v1 import (
     users_pb2,
     users_pb2_grpc,
 )
-from shared.specs import InvalidInput
+from shared.errors import InvalidArgument
 from shared.validation import validate_environment_name
 
 DEFAULT_ADDRESS = "127.0.0.1:50051"
@@ -382,5 +382,5 @@ def _valid_name(name: str) -> str:
     """The service's own name rule (``shared.validation``), as an SDK error."""
     try:
         return validate_environment_name(name)
-    except InvalidInput as exc:
+    except InvalidArgument as exc:
         raise errors.InvalidArgument(str(exc)) from None

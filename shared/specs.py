@@ -18,6 +18,7 @@ from urllib.parse import unquote, urlsplit
 from rattler import Channel, MatchSpec
 
 from shared.config import ChannelPolicy
+from shared.errors import InvalidArgument
 
 MAX_SPEC_LENGTH = 256
 MAX_CHANNEL_LENGTH = 512
@@ -25,10 +26,6 @@ PACKAGE_NAME = re.compile(r"^[a-z0-9_][a-z0-9_.\-]{0,127}$")
 CHANNEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}(/[A-Za-z0-9_.\-]{1,128}){0,3}$")
 URL_SCHEMES = ("https", "http", "file")
 _URL_IN_SPEC = re.compile(r'url="([^"]*)"')
-
-
-class InvalidInput(ValueError):
-    """User input that must be refused with INVALID_ARGUMENT; the message says why."""
 
 
 @dataclass(frozen=True)
@@ -44,13 +41,13 @@ class ParsedSpec:
 
 def _check_text(kind: str, value: str, max_length: int) -> None:
     if not isinstance(value, str) or not value.strip():
-        raise InvalidInput(f"{kind} must not be empty")
+        raise InvalidArgument(f"{kind} must not be empty")
     if len(value) > max_length:
-        raise InvalidInput(f"{kind} {value[:40]!r}... is longer than {max_length} characters")
+        raise InvalidArgument(f"{kind} {value[:40]!r}... is longer than {max_length} characters")
     if any(unicodedata.category(ch) in ("Cc", "Cf", "Zl", "Zp") for ch in value):
-        raise InvalidInput(f"{kind} {value!r} contains control characters or line breaks")
+        raise InvalidArgument(f"{kind} {value!r} contains control characters or line breaks")
     if value.lstrip().startswith("-"):
-        raise InvalidInput(f"{kind} {value!r} must not start with '-'")
+        raise InvalidArgument(f"{kind} {value!r} must not start with '-'")
 
 
 def _channel_base_url(channel: str) -> str:
@@ -59,17 +56,17 @@ def _channel_base_url(channel: str) -> str:
         try:
             parts = urlsplit(channel)
         except ValueError as exc:  # e.g. an unclosed IPv6 bracket
-            raise InvalidInput(f"channel {channel!r} is not a valid URL: {exc}") from exc
+            raise InvalidArgument(f"channel {channel!r} is not a valid URL: {exc}") from exc
         if parts.scheme not in URL_SCHEMES:
-            raise InvalidInput(f"channel {channel!r}: scheme must be one of {URL_SCHEMES}")
+            raise InvalidArgument(f"channel {channel!r}: scheme must be one of {URL_SCHEMES}")
         # rattler decodes %2e%2e to '..', so the check must see the decoded path too.
         path = unquote(parts.path)
         if ".." in path.split("/") or parts.query or parts.fragment:
-            raise InvalidInput(f"channel {channel!r} must be a plain URL without '..'")
+            raise InvalidArgument(f"channel {channel!r} must be a plain URL without '..'")
         path = posixpath.normpath(path or "/")
         return f"{parts.scheme}://{parts.netloc}{path.rstrip('/')}/"
     if not CHANNEL_NAME.fullmatch(channel) or ".." in channel:
-        raise InvalidInput(f"channel {channel!r} is not a valid channel name or URL")
+        raise InvalidArgument(f"channel {channel!r} is not a valid channel name or URL")
     return str(Channel(channel).base_url)
 
 
@@ -87,7 +84,7 @@ def validate_channel(channel: str, policy: ChannelPolicy) -> str:
     """Return the channel unchanged if it is well formed and allowed."""
     _check_text("channel", channel, MAX_CHANNEL_LENGTH)
     if not _is_allowed(_channel_base_url(channel.strip()), policy):
-        raise InvalidInput(f"channel {channel!r} is not allowed (see DARB_ALLOWED_CHANNELS)")
+        raise InvalidArgument(f"channel {channel!r} is not allowed (see DARB_ALLOWED_CHANNELS)")
     return channel.strip()
 
 
@@ -96,7 +93,7 @@ def resolve_channels(channels: list[str], policy: ChannelPolicy) -> list[str]:
     chosen = list(channels) or list(policy.default_channels)
     validated = [validate_channel(channel, policy) for channel in chosen]
     if len(set(validated)) != len(validated):
-        raise InvalidInput("channels must not repeat")
+        raise InvalidArgument("channels must not repeat")
     return validated
 
 
@@ -106,17 +103,17 @@ def parse_spec(spec: str, policy: ChannelPolicy) -> ParsedSpec:
     try:
         match = MatchSpec(spec.strip(), strict=True)
     except Exception as exc:  # rattler raises its own exception types per failure
-        raise InvalidInput(f"package spec {spec!r} is not a valid match spec: {exc}") from exc
+        raise InvalidArgument(f"package spec {spec!r} is not a valid match spec: {exc}") from exc
     if match.name is None or not PACKAGE_NAME.fullmatch(match.name.normalized):
-        raise InvalidInput(f"package spec {spec!r} does not name a valid package")
+        raise InvalidArgument(f"package spec {spec!r} does not name a valid package")
     channel = None
     if match.channel is not None:
         channel = str(match.channel.base_url)
         if not _is_allowed(_channel_base_url(channel), policy):
-            raise InvalidInput(f"package spec {spec!r} names a channel that is not allowed")
+            raise InvalidArgument(f"package spec {spec!r} names a channel that is not allowed")
     for url in _URL_IN_SPEC.findall(str(match)):
         if not _is_allowed(_channel_base_url(url.rsplit("/", 2)[0]), policy):
-            raise InvalidInput(f"package spec {spec!r} points to a URL that is not allowed")
+            raise InvalidArgument(f"package spec {spec!r} points to a URL that is not allowed")
     return ParsedSpec(
         text=spec.strip(),
         name=match.name.normalized,
@@ -129,12 +126,12 @@ def parse_spec(spec: str, policy: ChannelPolicy) -> ParsedSpec:
 def parse_specs(specs: list[str], policy: ChannelPolicy) -> list[ParsedSpec]:
     """Validate a non-empty list of specs naming each package at most once."""
     if not specs:
-        raise InvalidInput("at least one package spec is required")
+        raise InvalidArgument("at least one package spec is required")
     parsed = [parse_spec(spec, policy) for spec in specs]
     names = [spec.name for spec in parsed]
     duplicates = sorted({name for name in names if names.count(name) > 1})
     if duplicates:
-        raise InvalidInput(f"package(s) named more than once: {', '.join(duplicates)}")
+        raise InvalidArgument(f"package(s) named more than once: {', '.join(duplicates)}")
     return parsed
 
 
@@ -143,5 +140,5 @@ def validate_package_name(name: str) -> str:
     _check_text("package name", name, 128)
     normalized = name.strip().lower()
     if not PACKAGE_NAME.fullmatch(normalized):
-        raise InvalidInput(f"package name {name!r} is not a valid conda package name")
+        raise InvalidArgument(f"package name {name!r} is not a valid conda package name")
     return normalized

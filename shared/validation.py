@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 
-from shared.specs import InvalidInput
+from shared.errors import InvalidArgument
 
 # Environment names and usernames: 1-64 characters of a-z 0-9 . _ -, starting with a
 # letter or digit. Matched whole (``fullmatch``): "abc\n" is not a name.
@@ -14,9 +14,9 @@ NAME_RULE = "1-64 characters of a-z, 0-9, '.', '_' or '-', starting with a lette
 
 
 def validate_name(kind: str, value: str) -> str:
-    """``value`` if it is a valid name, else ``InvalidInput`` naming ``kind``."""
+    """``value`` if it is a valid name, else ``InvalidArgument`` naming ``kind``."""
     if not NAME.fullmatch(value):
-        raise InvalidInput(f"{kind} {value[:80]!r} must be {NAME_RULE}")
+        raise InvalidArgument(f"{kind} {value[:80]!r} must be {NAME_RULE}")
     return value
 
 

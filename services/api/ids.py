@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 
-from services.api.errors import InvalidArgument
+from shared.errors import InvalidArgument
 
 
 def new_id() -> str:

@@ -1,4 +1,4 @@
-"""Typed errors of the agent and their one mapping to gRPC status codes."""
+"""The agent's one mapping of ``shared.errors`` to gRPC status codes."""
 
 from __future__ import annotations
 
@@ -10,51 +10,15 @@ from typing import Any, TypeVar
 
 import grpc
 
-from shared.specs import InvalidInput
+from shared.errors import ServiceError
 
 log = logging.getLogger(__name__)
 Handler = TypeVar("Handler", bound=Callable[..., Any])
 
 
-class AgentError(Exception):
-    """An error with a message meant for the caller."""
-
-    code = grpc.StatusCode.INTERNAL
-
-
-class InvalidArgument(AgentError):
-    code = grpc.StatusCode.INVALID_ARGUMENT
-
-
-class NotFound(AgentError):
-    code = grpc.StatusCode.NOT_FOUND
-
-
-class AlreadyExists(AgentError):
-    code = grpc.StatusCode.ALREADY_EXISTS
-
-
-class FailedPrecondition(AgentError):
-    code = grpc.StatusCode.FAILED_PRECONDITION
-
-
-class Aborted(AgentError):
-    code = grpc.StatusCode.ABORTED
-
-
-class ResourceExhausted(AgentError):
-    code = grpc.StatusCode.RESOURCE_EXHAUSTED
-
-
-class Unavailable(AgentError):
-    code = grpc.StatusCode.UNAVAILABLE
-
-
 def _status_of(exc: Exception) -> tuple[grpc.StatusCode, str]:
-    if isinstance(exc, AgentError):
+    if isinstance(exc, ServiceError):
         return exc.code, str(exc)
-    if isinstance(exc, InvalidInput):
-        return grpc.StatusCode.INVALID_ARGUMENT, str(exc)
     log.exception("unexpected error in an RPC", exc_info=exc)
     return grpc.StatusCode.INTERNAL, "internal error in the executor agent"
 

@@ -26,16 +26,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from darb.executor.v1 import executor_pb2 as pb
 from darb.executor.v1 import executor_pb2_grpc
 from services.executor.engines.base import Engine, Operation
-from services.executor.errors import (
-    Aborted,
-    AlreadyExists,
-    FailedPrecondition,
-    InvalidArgument,
-    NotFound,
-    ResourceExhausted,
-    Unavailable,
-    maps_errors,
-)
+from services.executor.errors import maps_errors
 from services.executor.packages import (
     EnvironmentState,
     InstalledPackage,
@@ -52,6 +43,15 @@ from services.executor.process import (
 )
 from services.executor.workspace import DataLayout, Workspace, is_environment_id
 from shared.config import ExecutorSettings
+from shared.errors import (
+    Aborted,
+    AlreadyExists,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    ResourceExhausted,
+    Unavailable,
+)
 from shared.logs import clip, headline, key_values
 from shared.specs import parse_specs, resolve_channels, validate_package_name
 from shared.timestamps import from_nanoseconds

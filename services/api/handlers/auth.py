@@ -10,12 +10,12 @@ from sqlalchemy.orm import Session
 from darb.v1 import auth_pb2 as pb
 from darb.v1 import auth_pb2_grpc as pb_grpc
 from services.api.auth.passwords import verify_password
-from services.api.errors import ResourceExhausted, Unauthenticated
 from services.api.handlers import convert
 from services.api.handlers.rpc import unary
 from services.api.repo import logins, users
 from services.api.repo.models import User
 from services.api.state import AppState
+from shared.errors import ResourceExhausted, Unauthenticated
 
 WRONG_CREDENTIALS = "unknown username or wrong password"
 # The users table holds at most this many characters, and PostgreSQL text never a NUL.

@@ -9,7 +9,6 @@ from sqlalchemy.orm import Session
 from darb.v1 import environments_pb2 as pb
 from darb.v1 import environments_pb2_grpc as pb_grpc
 from services.api import payloads
-from services.api.errors import FailedPrecondition, InvalidArgument, ResourceExhausted
 from services.api.events import JOBS_CHANNEL, EventBus
 from services.api.handlers import convert, paging
 from services.api.handlers.rpc import unary
@@ -19,6 +18,7 @@ from services.api.repo import creates, environments, jobs
 from services.api.repo.models import Environment, Job, User
 from services.api.state import AppState
 from shared.config import ApiLimits
+from shared.errors import FailedPrecondition, InvalidArgument, ResourceExhausted
 from shared.specs import parse_specs, resolve_channels, validate_package_name
 from shared.validation import validate_environment_name
 

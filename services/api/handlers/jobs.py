@@ -11,7 +11,6 @@ from sqlalchemy.orm import Session
 
 from darb.v1 import jobs_pb2 as pb
 from darb.v1 import jobs_pb2_grpc as pb_grpc
-from services.api.errors import InvalidArgument
 from services.api.handlers import convert, paging
 from services.api.handlers.rpc import streaming, unary
 from services.api.ids import parse_id
@@ -20,6 +19,7 @@ from services.api.repo import environments, jobs, log_lines
 from services.api.repo.finishes import end_job
 from services.api.repo.models import Job, JobStatus, User
 from services.api.state import AppState
+from shared.errors import InvalidArgument
 
 # A watcher reads at most this many lines from the table at a time, so joining a long
 # job late, or falling behind, costs bounded memory.

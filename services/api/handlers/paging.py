@@ -7,7 +7,7 @@ import binascii
 import json
 from typing import Any
 
-from services.api.errors import InvalidArgument
+from shared.errors import InvalidArgument
 
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 500

@@ -19,11 +19,10 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from services.api.auth.tokens import token_hash
-from services.api.errors import ServiceError, Unauthenticated
 from services.api.repo import users
 from services.api.repo.models import User
 from services.api.state import AppState
-from shared.specs import InvalidInput
+from shared.errors import ServiceError, Unauthenticated
 
 log = logging.getLogger(__name__)
 
@@ -34,8 +33,6 @@ Resp = TypeVar("Resp")
 def _status(exc: Exception) -> tuple[grpc.StatusCode, str]:
     if isinstance(exc, ServiceError):
         return exc.code, str(exc)
-    if isinstance(exc, InvalidInput):
-        return grpc.StatusCode.INVALID_ARGUMENT, str(exc)
     if isinstance(exc, OperationalError | PoolTimeout | psycopg.OperationalError) or (
         isinstance(exc, DBAPIError) and exc.connection_invalidated
     ):

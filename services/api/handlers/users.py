@@ -10,7 +10,6 @@ from sqlalchemy.orm import Session
 from darb.v1 import users_pb2 as pb
 from darb.v1 import users_pb2_grpc as pb_grpc
 from services.api.auth.passwords import hash_password
-from services.api.errors import FailedPrecondition, InvalidArgument, PermissionDenied
 from services.api.events import USER_CHANGED_CHANNEL
 from services.api.handlers import convert, paging
 from services.api.handlers.rpc import unary
@@ -18,6 +17,7 @@ from services.api.ids import parse_id
 from services.api.repo import users
 from services.api.repo.models import User
 from services.api.state import AppState
+from shared.errors import FailedPrecondition, InvalidArgument, PermissionDenied
 from shared.validation import validate_username
 
 T = TypeVar("T")

@@ -8,10 +8,10 @@ from sqlalchemy import Boolean, ColumnElement, and_, bindparam, or_, select, upd
 from sqlalchemy.orm import Session
 
 from services.api.database.direct import Query
-from services.api.errors import AlreadyExists, NotFound
 from services.api.ids import new_id
 from services.api.records import PackageRow
 from services.api.repo.models import Environment, EnvironmentStatus, InstalledPackage, User, utcnow
+from shared.errors import AlreadyExists, NotFound
 
 
 def _visible(environment_id: Any, owner_id: Any, admin: Any) -> ColumnElement[bool]:

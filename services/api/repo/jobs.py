@@ -21,7 +21,6 @@ from sqlalchemy.orm import Session, aliased
 
 from services.api import payloads
 from services.api.database.direct import Query
-from services.api.errors import FailedPrecondition, NotFound
 from services.api.ids import new_id
 from services.api.records import ClaimedJob
 from services.api.repo import environments, quotas
@@ -35,6 +34,7 @@ from services.api.repo.models import (
     is_active,
 )
 from shared.config import ApiLimits
+from shared.errors import FailedPrecondition, NotFound
 
 if TYPE_CHECKING:
     from services.api.database.db import Database

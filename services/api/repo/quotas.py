@@ -11,9 +11,9 @@ from typing import Any
 from sqlalchemy import ScalarSelect, Select, func, select
 from sqlalchemy.orm import Session
 
-from services.api.errors import ResourceExhausted
 from services.api.repo.models import Environment, Job, User, is_active
 from shared.config import ApiLimits
+from shared.errors import ResourceExhausted
 
 
 def _lock_owner(owner_id: Any) -> Select[tuple[str]]:

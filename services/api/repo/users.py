@@ -12,8 +12,8 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from services.api.auth.tokens import token_hash
-from services.api.errors import AlreadyExists, FailedPrecondition, NotFound
 from services.api.repo.models import ApiToken, Environment, Job, JobLogLine, User, utcnow
+from shared.errors import AlreadyExists, FailedPrecondition, NotFound
 
 
 def by_username(session: Session, username: str) -> User | None:

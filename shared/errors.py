@@ -1,4 +1,7 @@
-"""Errors a request can end with. ``services.api.handlers.rpc`` maps them to status codes."""
+"""The errors a request can end with, for both services: each carries the gRPC status
+code it maps to and a message that is safe to show the caller. Each service maps them
+to a status in one place (``services/api/handlers/rpc.py``,
+``services/executor/errors.py``); anything else is an internal error, logged there."""
 
 from __future__ import annotations
 
@@ -35,7 +38,15 @@ class FailedPrecondition(ServiceError):
     code = grpc.StatusCode.FAILED_PRECONDITION
 
 
+class Aborted(ServiceError):
+    code = grpc.StatusCode.ABORTED
+
+
 class ResourceExhausted(ServiceError):
     """A quota or size limit; the message names the limit and the setting that sets it."""
 
     code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+class Unavailable(ServiceError):
+    code = grpc.StatusCode.UNAVAILABLE
