@@ -25,7 +25,7 @@ from benchmarks import api_bench, embedded_start, executor_bench
 from benchmarks.stack import WORKER_CONCURRENCY
 from benchmarks.stats import Row, target_met
 from shared.version import __version__
-from tests.support.postgres import admin_conninfo
+from testkit.postgres import admin_conninfo
 
 STACKS = ("api", "builtin", "logs", "two-agents", "embedded")
 DOC = Path(__file__).resolve().parents[1] / "docs" / "benchmarks.md"
@@ -69,7 +69,7 @@ def document(rows: list[Row], notes: list[str], minutes: float) -> str:
         "# Benchmarks\n\n"
         "Reproduce with `make bench`: PostgreSQL (the embedded server, on a Unix socket, unless\n"
         "DARB_TEST_POSTGRES names another), executor agents and the control plane run as\n"
-        "separate processes on loopback, with local conda channels (tests/support/channel.py).\n"
+        "separate processes on loopback, with local conda channels (testkit/channel.py).\n"
         "Lines for the log figures come from a stand-in `pixi` (benchmarks/standin.py) run by\n"
         "the agent's real `cli` engine. Other work on the machine makes the figures noisy.\n\n"
         f"Last run: {stamp}, {minutes:.1f} minutes; {machine()};"

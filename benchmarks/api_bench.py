@@ -58,8 +58,8 @@ from benchmarks.stats import (
 from darb.executor.v1 import executor_pb2 as agent_pb
 from darb.v1 import common_pb2, environments_pb2, jobs_pb2
 from shared.config import ApiLimits
-from tests.support.channel import many_packages_channel
-from tests.support.processes import launch, stop
+from testkit.channel import many_packages_channel
+from testkit.processes import launch, stop
 
 PACKAGES = 100
 SMALL_SPEC = "pkg-000"  # one package: a job whose run is as short as the agent allows

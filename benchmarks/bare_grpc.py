@@ -39,7 +39,7 @@ async def serve() -> None:
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
     gc.freeze()  # as the control plane does after start-up
-    # The ready line tests.support.processes.launch waits for.
+    # The ready line testkit.processes.launch waits for.
     print(f"darb bare grpc listening on 127.0.0.1:{port}", flush=True)
     await server.wait_for_termination()
 

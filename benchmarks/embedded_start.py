@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 from benchmarks.stats import Row
-from tests.api.control_plane import api_env, start_api
+from testkit.control_plane import api_env, start_api
 
 ROUNDS = 5
 METHOD = (

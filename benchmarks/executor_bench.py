@@ -29,8 +29,8 @@ from pathlib import Path
 
 from benchmarks import real_environment
 from darb.executor.v1 import executor_pb2 as pb
-from tests.support.agent import AgentProcess, start_agent
-from tests.support.channel import many_packages_channel
+from testkit.agent import AgentProcess, start_agent
+from testkit.channel import many_packages_channel
 
 ROUNDS = 9
 REAL_ROUNDS = 5  # each cold round extracts the real environment

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from benchmarks import api_bench
 from benchmarks.stack import AioClient, Stack, running_stack, unused_address
-from tests.support.channel import many_packages_channel
+from testkit.channel import many_packages_channel
 
 # py-spy installs next to the interpreter, which is not on PATH under `.venv/bin/python`.
 PY_SPY = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")

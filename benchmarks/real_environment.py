@@ -25,7 +25,7 @@ import math
 import random
 from pathlib import Path
 
-from tests.support.channel import PREFIX_PLACEHOLDER, PackageSpec, build_package, index_channel
+from testkit.channel import PREFIX_PLACEHOLDER, PackageSpec, build_package, index_channel
 
 ROOT_SPEC = "flask"
 FILE_BYTES = 4096

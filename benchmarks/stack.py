@@ -22,9 +22,9 @@ import psycopg
 from darb.executor.v1 import executor_pb2_grpc
 from darb.v1 import environments_pb2_grpc, jobs_pb2_grpc, users_pb2
 from services.api.auth.tokens import token_hash
-from tests.api.control_plane import ApiProcess, api_env, start_api
-from tests.support.agent import AgentProcess, start_agent
-from tests.support.postgres import fresh_database, libpq_url
+from testkit.agent import AgentProcess, start_agent
+from testkit.control_plane import ApiProcess, api_env, start_api
+from testkit.postgres import fresh_database, libpq_url
 
 AGENT_TOKEN = "bench-agent-token"
 USER_PASSWORD = "bench-password-1"

@@ -39,9 +39,8 @@ def build_demo_channel(directory: Path) -> str:
         print(f"==> demo channel: {directory} (already built)", flush=True)
         return directory.as_uri()
     print(f"==> building the demo channel in {directory}", flush=True)
-    # The channel builder lives with the test support code, which is not installed.
-    sys.path.insert(0, str(ROOT))
-    from tests.support.channel import build_channel, standard_packages
+    # testkit is installed with the project (make venv); imported here, when it is needed.
+    from testkit.channel import build_channel, standard_packages
 
     return build_channel(directory, standard_packages())
 

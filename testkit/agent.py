@@ -12,7 +12,7 @@ from pathlib import Path
 import grpc
 
 from darb.executor.v1 import executor_pb2_grpc
-from tests.support.processes import launch, stop
+from testkit.processes import launch, stop
 
 
 @dataclass

@@ -24,7 +24,7 @@ from darb.v1 import (
     users_pb2,
     users_pb2_grpc,
 )
-from tests.support.processes import launch, stop
+from testkit.processes import launch, stop
 
 ADMIN_PASSWORD = "admin-secret-pw"
 TERMINAL = {

@@ -2,5 +2,5 @@
 
 from pathlib import Path
 
-DATA_DIR = Path(__file__).resolve().parents[1] / "data"
+DATA_DIR = Path(__file__).resolve().parents[1] / "tests" / "data"
 PIXI_SCHEMA = DATA_DIR / "pixi" / "manifest.schema.json"

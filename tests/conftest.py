@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.agent import AgentProcess, start_agent
-from tests.support.channel import standard_channel
-from tests.support.processes import PROJECT_ROOT
+from testkit.agent import AgentProcess, start_agent
+from testkit.channel import standard_channel
+from testkit.processes import PROJECT_ROOT
 
 # Built packages survive between runs here, so the 80 MB acme-big is made only once.
 PACKAGE_CACHE = PROJECT_ROOT / ".cache" / "test-packages"

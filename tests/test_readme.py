@@ -25,7 +25,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from tests.support.postgres import fresh_database, libpq_url
+from testkit.postgres import fresh_database, libpq_url
 
 ROOT = Path(__file__).resolve().parents[1]
 BLOCK = re.compile(r"^```(sh|python)\n(.*?)^```", re.S | re.M)

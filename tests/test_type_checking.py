@@ -7,7 +7,7 @@ from pathlib import Path
 
 from mypy import api
 
-from tests.support.processes import PROJECT_ROOT
+from testkit.processes import PROJECT_ROOT
 
 
 def test_mypy_catches_a_wrong_argument_type_at_a_call_site(tmp_path: Path) -> None:

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.api.control_plane import ApiProcess, api_env, start_api
-from tests.support.agent import AgentProcess
-from tests.support.postgres import fresh_database
+from testkit.agent import AgentProcess
+from testkit.control_plane import ApiProcess, api_env, start_api
+from testkit.postgres import fresh_database
 
 
 @pytest.fixture(scope="session")

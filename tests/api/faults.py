@@ -12,9 +12,9 @@ from pathlib import Path
 
 from darb.executor.v1 import executor_pb2
 from darb.v1 import common_pb2
-from tests.api.control_plane import ApiProcess, Client
-from tests.support.agent import AgentProcess
-from tests.support.processes import live_processes
+from testkit.agent import AgentProcess
+from testkit.control_plane import ApiProcess, Client
+from testkit.processes import live_processes
 
 ENGINE_LINE = re.compile(r"darb: builtin engine \((\w+)\) started \(pid (\d+)\)")
 STATS = re.compile(r"darb api stats: (\d+) watch subscriptions, (\d+) asyncio tasks")

@@ -9,7 +9,7 @@ import grpc
 import pytest
 
 from darb.v1 import auth_pb2, common_pb2, environments_pb2, jobs_pb2, users_pb2
-from tests.api.control_plane import ApiProcess, Client
+from testkit.control_plane import ApiProcess, Client
 
 
 def code_of(call: Callable[[], Any]) -> grpc.StatusCode:

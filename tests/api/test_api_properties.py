@@ -23,9 +23,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from darb.v1 import auth_pb2, common_pb2, environments_pb2, jobs_pb2, users_pb2
-from tests.api.control_plane import ApiProcess, Client, api_env, start_api
-from tests.support.agent import AgentProcess
-from tests.support.postgres import fresh_database
+from testkit.agent import AgentProcess
+from testkit.control_plane import ApiProcess, Client, api_env, start_api
+from testkit.postgres import fresh_database
 
 EXPECTED = {
     grpc.StatusCode.OK,

@@ -23,9 +23,9 @@ from darb.v1 import (
     jobs_pb2,
     users_pb2,
 )
-from tests.api.control_plane import ADMIN_PASSWORD, ApiProcess, Client, api_env, start_api
-from tests.support.agent import AgentProcess
-from tests.support.postgres import fresh_database
+from testkit.agent import AgentProcess
+from testkit.control_plane import ADMIN_PASSWORD, ApiProcess, Client, api_env, start_api
+from testkit.postgres import fresh_database
 
 OK = grpc.StatusCode.OK
 PRINCIPALS = ("owner", "other", "admin", "none", "expired")

@@ -19,9 +19,9 @@ from services.api.records import Outcome
 from services.api.repo import jobs
 from services.api.repo.finishes import end_job
 from services.api.repo.models import Environment, EnvironmentStatus, Job, JobStatus
-from tests.api.control_plane import ApiProcess
-from tests.support.postgres import fresh_database
-from tests.support.schema import QUIET, migrate_url, new_environment, new_user
+from testkit.control_plane import ApiProcess
+from testkit.postgres import fresh_database
+from testkit.schema import QUIET, migrate_url, new_environment, new_user
 
 ENVIRONMENTS = 12
 CLAIMERS = 8

@@ -19,10 +19,10 @@ import psycopg
 
 from darb.v1 import common_pb2
 from services.api.database.embedded import EmbeddedPostgres, process_alive
-from tests.api.control_plane import ADMIN_PASSWORD, ApiProcess, api_env
-from tests.support.agent import AgentProcess
-from tests.support.postgres import libpq_url
-from tests.support.processes import PROJECT_ROOT
+from testkit.agent import AgentProcess
+from testkit.control_plane import ADMIN_PASSWORD, ApiProcess, api_env
+from testkit.postgres import libpq_url
+from testkit.processes import PROJECT_ROOT
 
 START_TIMEOUT = 60
 

@@ -14,8 +14,8 @@ import psycopg
 import pytest
 
 from darb.v1 import common_pb2, environments_pb2
-from tests.api.control_plane import ApiProcess, Client
-from tests.support.postgres import libpq_url
+from testkit.control_plane import ApiProcess, Client
+from testkit.postgres import libpq_url
 
 PROMPTLY = 1.0  # seconds; far below the 5 s an entry may live
 

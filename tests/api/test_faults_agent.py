@@ -17,7 +17,8 @@ from collections.abc import Callable
 import pytest
 
 from darb.v1 import common_pb2
-from tests.api.control_plane import ApiProcess
+from testkit.agent import AgentProcess, start_agent
+from testkit.control_plane import ApiProcess
 from tests.api.faults import (
     agent_packages,
     disk_packages,
@@ -26,7 +27,6 @@ from tests.api.faults import (
     ready_environment,
     wait_until,
 )
-from tests.support.agent import AgentProcess, start_agent
 
 LEASE = 3
 # Generous bounds for a shared 2-core machine; the point is "bounded", not "fast".

@@ -17,7 +17,8 @@ import grpc
 
 from benchmarks.api_bench import logs_agent_env
 from darb.v1 import common_pb2
-from tests.api.control_plane import ApiProcess, Client
+from testkit.agent import AgentProcess
+from testkit.control_plane import ApiProcess, Client
 from tests.api.faults import (
     free_address,
     group_alive,
@@ -27,7 +28,6 @@ from tests.api.faults import (
     stats,
     wait_until,
 )
-from tests.support.agent import AgentProcess
 
 SLACK = 30
 

@@ -1,5 +1,5 @@
 """PostgreSQL restarted under a working control plane, for real: on a private server
-(``tests/support/pg_server.py``), since the run's shared one serves every other test.
+(``testkit/pg_server.py``), since the run's shared one serves every other test.
 """
 
 from __future__ import annotations
@@ -13,10 +13,10 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from darb.v1 import common_pb2
 from services.api.database.embedded import EmbeddedPostgres
-from tests.api.control_plane import ApiProcess
+from testkit.agent import AgentProcess
+from testkit.control_plane import ApiProcess
+from testkit.pg_server import private_postgres
 from tests.api.faults import install_engine_pid, ready_environment, wait_until
-from tests.support.agent import AgentProcess
-from tests.support.pg_server import private_postgres
 
 SLACK = 60
 OUTAGE = 5

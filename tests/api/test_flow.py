@@ -6,7 +6,7 @@ import grpc
 import pytest
 
 from darb.v1 import common_pb2, environments_pb2
-from tests.api.control_plane import ApiProcess
+from testkit.control_plane import ApiProcess
 
 
 def test_create_install_remove_export_delete(api: ApiProcess) -> None:

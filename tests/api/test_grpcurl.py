@@ -12,7 +12,7 @@ from typing import Any
 import grpc
 import pytest
 
-from tests.api.control_plane import ADMIN_PASSWORD, ApiProcess
+from testkit.control_plane import ADMIN_PASSWORD, ApiProcess
 
 GRPCURL = shutil.which("grpcurl", path=str(Path(sys.executable).parent)) or shutil.which("grpcurl")
 

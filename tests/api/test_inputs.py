@@ -6,7 +6,7 @@ import grpc
 import pytest
 
 from darb.v1 import common_pb2, environments_pb2, jobs_pb2, users_pb2
-from tests.api.control_plane import ApiProcess, Client
+from testkit.control_plane import ApiProcess, Client
 from tests.api.test_access import code_of
 
 INVALID = grpc.StatusCode.INVALID_ARGUMENT

@@ -33,8 +33,8 @@ from services.api.repo.models import (
     JobStatus,
     utcnow,
 )
-from tests.support.postgres import fresh_database, libpq_url
-from tests.support.schema import migrate_url, new_environment, new_user
+from testkit.postgres import fresh_database, libpq_url
+from testkit.schema import migrate_url, new_environment, new_user
 
 WORKER = "cp-1"
 AGENT = "agent-1:50051"

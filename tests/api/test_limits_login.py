@@ -13,8 +13,8 @@ import psycopg
 import pytest
 
 from darb.v1 import auth_pb2, common_pb2, environments_pb2, users_pb2
-from tests.api.control_plane import ApiProcess, Client
-from tests.support.postgres import fresh_database, libpq_url
+from testkit.control_plane import ApiProcess, Client
+from testkit.postgres import fresh_database, libpq_url
 
 UNAUTHENTICATED = grpc.StatusCode.UNAUTHENTICATED
 PASSWORD = "password-1"

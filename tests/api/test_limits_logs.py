@@ -12,8 +12,8 @@ from darb.v1 import common_pb2
 from services.api.joblog.cap import LogCap, cut_line
 from services.api.repo.jobs import LineRow
 from shared.config import ApiLimits
-from tests.api.control_plane import ApiProcess, watched_lines
-from tests.support.postgres import fresh_database
+from testkit.control_plane import ApiProcess, watched_lines
+from testkit.postgres import fresh_database
 
 NOW = datetime(2024, 1, 1, tzinfo=UTC)
 

@@ -11,9 +11,9 @@ import grpc
 import pytest
 
 from darb.v1 import common_pb2, environments_pb2, jobs_pb2
-from tests.api.control_plane import ApiProcess, Client, api_env, start_api
-from tests.support.agent import AgentProcess
-from tests.support.postgres import fresh_database
+from testkit.agent import AgentProcess
+from testkit.control_plane import ApiProcess, Client, api_env, start_api
+from testkit.postgres import fresh_database
 
 EXHAUSTED = grpc.StatusCode.RESOURCE_EXHAUSTED
 

@@ -32,9 +32,9 @@ from darb.v1 import (
     jobs_pb2_grpc,
     users_pb2,
 )
-from tests.api.control_plane import TERMINAL, ApiProcess, Client, watched_lines
+from testkit.control_plane import TERMINAL, ApiProcess, Client, watched_lines
+from testkit.postgres import fresh_database
 from tests.api.faults import rss_kib, stats, wait_until
-from tests.support.postgres import fresh_database
 
 USERS = 10
 CLIENTS_PER_USER = 5

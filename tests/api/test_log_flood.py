@@ -18,11 +18,11 @@ from benchmarks import standin
 from benchmarks.api_bench import logs_agent_env
 from darb.executor.v1 import executor_pb2 as pb
 from darb.v1 import common_pb2
-from tests.api.control_plane import TERMINAL, ApiProcess, watched_lines
+from testkit.agent import AgentProcess
+from testkit.control_plane import TERMINAL, ApiProcess, watched_lines
 from tests.api.faults import rss_kib
 from tests.executor.helpers import new_id
 from tests.executor.test_agent_lifecycle import PID_LINE
-from tests.support.agent import AgentProcess
 
 
 @pytest.fixture

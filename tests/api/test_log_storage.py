@@ -24,8 +24,8 @@ from services.api.repo import log_lines
 from services.api.repo.models import Job, JobStatus, utcnow
 from services.api.scheduling.executor_client import AgentLines
 from shared.config import ApiLimits
-from tests.support.postgres import fresh_database, libpq_url
-from tests.support.schema import new_environment, new_user
+from testkit.postgres import fresh_database, libpq_url
+from testkit.schema import new_environment, new_user
 
 AWKWARD = ["tab\there", "back\\slash \\N", "cr\rinside", "new\nline", "ünïcode 🙂", "", "\\."]
 

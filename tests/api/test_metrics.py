@@ -18,10 +18,10 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from darb.v1 import common_pb2, environments_pb2, jobs_pb2
 from services.api.metrics import parse_addr
-from tests.api.control_plane import ADMIN_PASSWORD, TERMINAL, ApiProcess, Client
+from testkit.agent import AgentProcess
+from testkit.control_plane import ADMIN_PASSWORD, TERMINAL, ApiProcess, Client
+from testkit.postgres import fresh_database
 from tests.api.faults import ready_environment
-from tests.support.agent import AgentProcess
-from tests.support.postgres import fresh_database
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 CREATE_METHOD = "darb.v1.EnvironmentService/CreateEnvironment"

@@ -12,9 +12,9 @@ from pathlib import Path
 import grpc
 
 from darb.v1 import common_pb2, users_pb2
-from tests.api.control_plane import ApiProcess, Client
-from tests.support.agent import AgentProcess
-from tests.support.processes import live_processes
+from testkit.agent import AgentProcess
+from testkit.control_plane import ApiProcess, Client
+from testkit.processes import live_processes
 
 CONNECTIONS = 12
 

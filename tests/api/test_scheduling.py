@@ -10,8 +10,8 @@ import grpc
 import pytest
 
 from darb.v1 import common_pb2, environments_pb2, jobs_pb2
-from tests.api.control_plane import ApiProcess, Client
-from tests.support.agent import AgentProcess
+from testkit.agent import AgentProcess
+from testkit.control_plane import ApiProcess, Client
 
 COMPLETED = common_pb2.JOB_STATUS_COMPLETED
 

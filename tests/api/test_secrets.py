@@ -8,8 +8,8 @@ from collections.abc import Callable
 import grpc
 
 from darb.v1 import auth_pb2, users_pb2
-from tests.api.control_plane import ADMIN_PASSWORD, ApiProcess
-from tests.support.postgres import fresh_database
+from testkit.control_plane import ADMIN_PASSWORD, ApiProcess
+from testkit.postgres import fresh_database
 
 
 def _secret() -> str:

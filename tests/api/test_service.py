@@ -20,9 +20,9 @@ from services.api.database.db import Database
 from services.api.database.migrate import migrate
 from services.api.repo.models import Base
 from shared.config import DEV_ADMIN_PASSWORD, ApiSettings, ConfigError
-from tests.api.control_plane import ApiProcess
-from tests.support.agent import AgentProcess
-from tests.support.postgres import fresh_database
+from testkit.agent import AgentProcess
+from testkit.control_plane import ApiProcess
+from testkit.postgres import fresh_database
 
 
 def test_health_and_reflection(api: ApiProcess) -> None:

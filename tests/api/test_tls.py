@@ -10,9 +10,9 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from darb.v1 import auth_pb2, auth_pb2_grpc
-from tests.api.control_plane import ADMIN_PASSWORD, ApiProcess
-from tests.support.certs import CertAuthority, Identity, make_ca
-from tests.support.postgres import fresh_database
+from testkit.certs import CertAuthority, Identity, make_ca
+from testkit.control_plane import ADMIN_PASSWORD, ApiProcess
+from testkit.postgres import fresh_database
 
 # Refusals happen in the handshake; no tight timing depends on this.
 TIMEOUT = 10

@@ -14,7 +14,7 @@ import grpc
 from rattler import PrefixRecord
 
 from darb.executor.v1 import executor_pb2 as pb
-from tests.support.agent import AgentProcess
+from testkit.agent import AgentProcess
 
 REQUESTS = {
     "CreateEnvironment": pb.CreateEnvironmentRequest,

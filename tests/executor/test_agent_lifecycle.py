@@ -10,6 +10,8 @@ import grpc
 import pytest
 
 from darb.executor.v1 import executor_pb2 as pb
+from testkit.agent import start_agent
+from testkit.processes import group_members
 from tests.executor.helpers import (
     call,
     call_when_idle,
@@ -18,8 +20,6 @@ from tests.executor.helpers import (
     stream_lines,
     workspace_dir,
 )
-from tests.support.agent import start_agent
-from tests.support.processes import group_members
 
 PID_LINE = re.compile(r"started \(pid (\d+)\)")
 

@@ -11,8 +11,8 @@ import jsonschema
 import pytest
 
 from darb.executor.v1 import executor_pb2 as pb
+from testkit.kit import PIXI_SCHEMA
 from tests.executor.helpers import call, create, new_id, prefix_versions, workspace_dir
-from tests.support.kit import PIXI_SCHEMA
 
 
 def test_get_info_describes_the_agent(shared_agent):

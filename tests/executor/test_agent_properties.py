@@ -25,8 +25,8 @@ from darb.executor.v1 import executor_pb2 as pb
 from darb.executor.v1 import executor_pb2_grpc
 from services.executor.workspace import is_environment_id
 from shared.config import ConfigError, ExecutorSettings
+from testkit.agent import AgentProcess
 from tests.executor.helpers import create
-from tests.support.agent import AgentProcess
 
 ACCEPTED = {
     grpc.StatusCode.INVALID_ARGUMENT,

@@ -20,9 +20,9 @@ import pytest
 
 from darb.executor.v1 import executor_pb2 as pb
 from services.executor.engines.base import SECRET_VARIABLES
+from testkit.agent import start_agent
 from tests.executor.helpers import call, create, new_id, stream_lines
 from tests.executor.test_agent_lifecycle import wait_until
-from tests.support.agent import start_agent
 
 TOKEN = "agent-secret-7f3a9c"
 WRONG = "wrong-secret-51be20"

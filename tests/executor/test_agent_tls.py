@@ -1,7 +1,7 @@
 """TLS and mutual TLS on the agent: a trusted control plane gets in, everyone else is
 refused before any RPC runs, and the agent token still applies inside TLS.
 
-Certificates come from a throw-away CA (``tests/support/certs.py``); the client side is
+Certificates come from a throw-away CA (``testkit/certs.py``); the client side is
 built with ``shared.tls``, the same code the control plane uses to call the agent.
 """
 
@@ -18,9 +18,9 @@ from darb.executor.v1 import executor_pb2 as pb
 from darb.executor.v1 import executor_pb2_grpc
 from shared.config import TlsSettings
 from shared.tls import channel_credentials
+from testkit.agent import AgentProcess, start_agent
+from testkit.certs import CertAuthority, Identity, make_ca
 from tests.executor.helpers import new_id
-from tests.support.agent import AgentProcess, start_agent
-from tests.support.certs import CertAuthority, Identity, make_ca
 
 TOKEN = "tls-t0ken"
 REFUSED = grpc.StatusCode.UNAVAILABLE  # a failed handshake never reaches the service

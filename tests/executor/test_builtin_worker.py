@@ -20,8 +20,8 @@ import rattler
 
 from services.executor.builtin_worker.install import link_config
 from services.executor.workspace import Workspace
-from tests.support.channel import PREFIX_PLACEHOLDER
-from tests.support.kit import PIXI_SCHEMA as SCHEMA
+from testkit.channel import PREFIX_PLACEHOLDER
+from testkit.kit import PIXI_SCHEMA as SCHEMA
 
 REPO = Path(__file__).resolve().parents[2]
 # Re-creates a prefix from pixi.lock alone. In a subprocess ending in os._exit: after an

@@ -24,9 +24,9 @@ from services.executor.engines.base import Operation
 from services.executor.engines.builtin import BuiltinEngine
 from services.executor.engines.pixi_cli import PixiCliEngine
 from services.executor.workspace import DataLayout
+from testkit.processes import group_members
 from tests.executor.helpers import call, create, new_id, stream_lines, workspace_dir
 from tests.executor.test_agent_lifecycle import PID_LINE, wait_until
-from tests.support.processes import group_members
 
 FAKE_PIXI = textwrap.dedent(
     """\

@@ -7,7 +7,7 @@ import asyncio
 import sys
 
 from services.executor.process import FLOW_CONTROL, REAP_SECONDS, follow_group, spawn_in_group
-from tests.support.processes import group_members
+from testkit.processes import group_members
 
 CHATTY = "while True: print('x' * 1000)"
 

@@ -11,9 +11,9 @@ import time
 from pathlib import Path
 
 from services.executor.engines.builtin import SETTLE_SECONDS, SPARES
+from testkit.agent import AgentProcess
 from tests.executor.helpers import create
 from tests.executor.test_agent_lifecycle import wait_until
-from tests.support.agent import AgentProcess
 
 PID_LINE = re.compile(r"started \(pid (\d+)\)")
 TICKS = os.sysconf("SC_CLK_TCK")

@@ -14,11 +14,11 @@ from pathlib import Path
 import pytest
 
 import darb
-from tests.api.control_plane import ApiProcess, api_env, start_api
-from tests.support.agent import AgentProcess, start_agent
-from tests.support.certs import CertAuthority, make_ca
-from tests.support.channel import PackageSpec, build_channel
-from tests.support.postgres import fresh_database
+from testkit.agent import AgentProcess, start_agent
+from testkit.certs import CertAuthority, make_ca
+from testkit.channel import PackageSpec, build_channel
+from testkit.control_plane import ApiProcess, api_env, start_api
+from testkit.postgres import fresh_database
 
 DARB = Path(sys.executable).parent / "darb"
 CLI_TIMEOUT = 180

@@ -8,9 +8,9 @@ import subprocess
 from pathlib import Path
 
 from darb.v1 import common_pb2
-from tests.api.control_plane import ApiProcess
+from testkit.certs import CertAuthority
+from testkit.control_plane import ApiProcess
 from tests.sdk.conftest import DARB, Account, Cli, cli_env
-from tests.support.certs import CertAuthority
 
 # JSON keys are exactly the proto field names, whatever the proto gains.
 USER_KEYS = {field.name for field in common_pb2.User.DESCRIPTOR.fields}

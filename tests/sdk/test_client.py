@@ -8,10 +8,10 @@ import pytest
 
 import darb
 from darb import errors
-from tests.api.control_plane import ADMIN_PASSWORD, ApiProcess
+from testkit.certs import CertAuthority
+from testkit.control_plane import ADMIN_PASSWORD, ApiProcess
 from tests.sdk.conftest import Account
 from tests.sdk.proxy import Proxy
-from tests.support.certs import CertAuthority
 
 
 def test_environment_and_package_flow(client: darb.Client) -> None:

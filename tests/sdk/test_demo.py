@@ -6,9 +6,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.api.control_plane import ADMIN_PASSWORD, ApiProcess
+from testkit.control_plane import ADMIN_PASSWORD, ApiProcess
+from testkit.processes import PROJECT_ROOT
 from tests.sdk.conftest import Channels, cli_env
-from tests.support.processes import PROJECT_ROOT
 
 DEMO = PROJECT_ROOT / "scripts" / "demo.py"
 
