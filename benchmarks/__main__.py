@@ -29,7 +29,8 @@ from testkit.postgres import admin_conninfo
 
 STACKS = ("api", "builtin", "logs", "two-agents", "embedded")
 DOC = Path(__file__).resolve().parents[1] / "docs" / "benchmarks.md"
-# Earlier runs, kept by hand; appended to DOC.
+# Measurements behind design choices and earlier runs, kept by hand; appended to DOC.
+DESIGN_NOTES = Path(__file__).resolve().parent / "design_notes.md"
 HISTORY = Path(__file__).resolve().parent / "history.md"
 
 
@@ -84,6 +85,8 @@ def document(rows: list[Row], notes: list[str], minutes: float) -> str:
         + "- **make run** rows: benchmarks/embedded_start.py, "
         + embedded_start.METHOD.format(rounds=embedded_start.ROUNDS)
         + "\n\n"
+        + DESIGN_NOTES.read_text()
+        + "\n"
         + HISTORY.read_text()
     )
 

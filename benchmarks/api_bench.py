@@ -256,7 +256,7 @@ async def dispatch_latency(stack: Stack, token: str, report: Report, samples: in
         claim.append(claimed)
         dispatch.append(started)
         # An idle stack: the agent refills its spare workers 0.5 s after an operation,
-        # and starting one takes a few tenths of a second.
+        # and starting one takes a while (see docs/benchmarks.md).
         await asyncio.sleep(1.0)
     await client.close()
     p50, p99 = percentile(dispatch, 50), percentile(dispatch, 99)
@@ -836,7 +836,7 @@ async def two_agents(
 ) -> None:
     """``jobs`` creates submitted at once to a control plane with two agents, against the
     agents' own throughput on the same work; medians of ``rounds`` alternating runs,
-    because one run of either varies by 10-20 % here."""
+    because one run of either varies widely here (see docs/benchmarks.md)."""
     for agent in stack.agents:  # both caches warm, so neither run pays the first download
         await _agent_create(AioAgent(agent.addr), [SMALL_SPEC])
     clients = [AioClient(stack.api.addr, token) for token in tokens]

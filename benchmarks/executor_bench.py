@@ -61,7 +61,8 @@ def write_back() -> None:
     """Writes every dirty page to disk before a timed run. Installing fsyncs each record
     in ``conda-meta/``, and on ext4 such an fsync also writes out data still dirty from
     earlier runs: without this, a warm create paid for the files the cold create before
-    it had extracted (about half of its time here), and each run for the one before."""
+    it had extracted (a large part of its time here, see docs/benchmarks.md), and each run
+    for the one before."""
     os.sync()
 
 

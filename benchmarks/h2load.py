@@ -1,12 +1,12 @@
 """Unary gRPC load from h2load (nghttp2's HTTP/2 benchmark tool, Debian's nghttp2-client).
 
-A Python gRPC client spends about as much CPU per call as the control plane does to
-serve it, and on 2 cores that caps what a figure can show. h2load costs a few
-microseconds a call. It knows HTTP/2, not gRPC: it sends one fixed, already framed
-request body and counts HTTP statuses, while gRPC puts its status in trailers. So every
-answer is checked by size: a success carries the one expected message, and an error
-carries no message at all, so the data received must be exactly that message times
-the number of calls.
+A Python gRPC client spends CPU per call on the scale of what the control plane spends
+to serve it, and on 2 cores that caps what a figure can show. h2load costs a small
+fraction of that (both in docs/benchmarks.md). It knows HTTP/2, not gRPC: it sends one
+fixed, already framed request body and counts HTTP statuses, while gRPC puts its status
+in trailers. So every answer is checked by size: a success carries the one expected
+message, and an error carries no message at all, so the data received must be exactly
+that message times the number of calls.
 """
 
 from __future__ import annotations

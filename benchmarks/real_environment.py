@@ -2,21 +2,21 @@
 
 The 100 tiny packages of the other figures are the worst case for a package cache: a
 cold create of them extracts almost nothing, so it is mostly the per-package linking
-that a warm create repeats (py-rattler alone is about 0.45 warm / cold on them). What a
-cache saves is fetching and extracting real packages, so the warm-cache figures that are
-judged use a real environment: the 30 linux-64 packages of pixi's own
-``examples/flask-hello-world/pixi.lock`` (Python 3.11.4, Flask 2.3.2 and their
-dependencies), rebuilt as local packages with the same names, versions, dependencies and
-compressed sizes (42.8 MB in all).
+that a warm create repeats (py-rattler alone saves little on them, see its warm / cold
+ratio in docs/benchmarks.md). What a cache saves is fetching and extracting real
+packages, so the warm-cache figures that are judged use a real environment: the 30
+linux-64 packages of pixi's own ``examples/flask-hello-world/pixi.lock`` (Python 3.11.4,
+Flask 2.3.2 and their dependencies), rebuilt as local packages with the same names,
+versions, dependencies and compressed sizes (42.8 MB in all).
 
 How the copies differ from the real packages. Two ways make a warm create look worse: the
 payload is random bytes cut into 4 KiB files (about 10,500 files, all hardlinked by a
 warm create), where a real package holds fewer, larger files that extract to several
 times their compressed size; and a local ``file://`` channel has no download, where a
 real cold create downloads 42.8 MB. One way cuts the other: bzip2 decompresses random
-bytes slowly (about 20-25 MB/s here, some 2 s of the cold create), where conda-forge's
-``.conda`` packages use zstd; that time stands in for the missing download, which takes
-about as long at 20-50 MB/s.
+bytes slowly (a good part of the cold create; the rate is in docs/benchmarks.md), where
+conda-forge's ``.conda`` packages use zstd; that time stands in for the missing download,
+which takes about as long at 20-50 MB/s.
 """
 
 from __future__ import annotations

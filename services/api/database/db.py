@@ -93,7 +93,8 @@ class Database:
 def ping_when_idle(engine: Engine) -> None:
     """Checks a pooled connection that sat idle before handing it out, so that one broken
     by a database restart is replaced instead of failing a request. A connection in steady
-    use is not pinged: that round trip would be a third of a cheap read's cost."""
+    use is not pinged: that round trip would add a good part of a cheap read's cost (see
+    docs/benchmarks.md)."""
 
     @event.listens_for(engine, "checkin")
     def _on_checkin(_dbapi_connection: Any, record: Any) -> None:

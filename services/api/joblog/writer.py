@@ -22,10 +22,11 @@ log = logging.getLogger(__name__)
 MAX_UNSTORED_LINES = 20_000
 MAX_UNSTORED_CHARS = 8 * 2**20
 # A trickle of lines waits this long for the lines that follow, so that they share one
-# statement: a small job's lines come in about three batches within 20 ms, and each
-# store is a round trip and a NOTIFY. Watchers in this process get lines from memory at
-# once; only other processes' watchers and GetJob see them this much later. A flood
-# (``log_lines.COPY_FROM_LINES`` pending) and a job's end are stored without waiting.
+# statement: a small job's lines come in a few batches closer together than this (see
+# docs/benchmarks.md), and each store is a round trip and a NOTIFY. Watchers in this
+# process get lines from memory at once; only other processes' watchers and GetJob see
+# them this much later. A flood (``log_lines.COPY_FROM_LINES`` pending) and a job's end
+# are stored without waiting.
 TRICKLE_DELAY = 0.025
 
 

@@ -23,8 +23,8 @@ from services.executor.builtin_worker.request import Request
 def http_client() -> rattler.Client:
     """One client for the whole operation, built by a spare before its request arrives.
 
-    Building one reads and parses the system's CA bundle (~20 ms), and ``solve`` and
-    ``install`` would each build their own when given none.
+    Building one reads and parses the system's CA bundle (its cost: docs/benchmarks.md),
+    and ``solve`` and ``install`` would each build their own when given none.
     """
     return rattler.Client.default_client()
 
@@ -36,16 +36,16 @@ def prepare() -> None:
     """
     with contextlib.suppress(Exception):  # functools.cache keeps no exception: tried again
         http_client()
-        rattler.VirtualPackage.detect()  # the first call of a process costs a few ms
+        rattler.VirtualPackage.detect()  # the first call of a process is the costly one
 
 
 def link_config(directory: Path) -> rattler.Config | None:
     """Tell rattler that symlinks work where the prefix lives, found out once.
 
     Left to itself, rattler tries a symlink in the prefix before linking each package, on
-    its blocking pool: about a fifth of a warm install of 100 small packages. One try in
-    the same directory tree answers the same question; if it fails, rattler goes on asking
-    per package.
+    its blocking pool: a good part of a warm install of many small packages (see
+    docs/benchmarks.md). One try in the same directory tree answers the same question; if
+    it fails, rattler goes on asking per package.
     """
     probe = directory / f".darb-symlink-probe-{secrets.token_hex(4)}"
     try:

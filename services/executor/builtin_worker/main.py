@@ -93,7 +93,7 @@ def main() -> None:
         warn(f"error: {error}")
     flush_output()
     write_result(args.result, error)
-    # Skip interpreter teardown: after an async rattler call it crashes in about one run in
-    # ten (SIGSEGV, or SIGABRT in PyGILState_Release), which would turn a finished operation
-    # into a crash in the agent's eyes.
+    # Skip interpreter teardown: after an async rattler call it crashes often enough to
+    # matter (SIGSEGV, or SIGABRT in PyGILState_Release; see docs/benchmarks.md), which
+    # would turn a finished operation into a crash in the agent's eyes.
     os._exit(0 if error is None else 1)

@@ -28,8 +28,8 @@ class _Worker:
 # Workers started ahead of time, so a burst of this many operations finds each its own.
 SPARES = 2
 # The pool is topped up once no operation has run for this long. Starting a worker
-# (Python and rattler's import, ~0.27 s of CPU) beside an operation slows it down (on 2
-# cores a warm create of 100 packages took ~25% longer), and so does starting one just
+# (Python and rattler's import) beside an operation takes CPU from it and slows it down
+# noticeably on 2 cores (see docs/benchmarks.md), and so does starting one just
 # before the next operation of a quick sequence: operations closer together than this
 # make the pool run dry instead.
 SETTLE_SECONDS = 0.5
