@@ -17,6 +17,8 @@ import grpc
 
 from benchmarks.api_bench import logs_agent_env
 from darb.v1 import common_pb2
+from services.api.app import STOP_MARGIN
+from services.api.scheduling.dispatcher import FINISH_ON_SHUTDOWN
 from testkit.agent import AgentProcess
 from testkit.control_plane import ApiProcess, Client
 from tests.api.faults import (
@@ -193,3 +195,32 @@ def test_gone_watchers_cost_nothing(
     assert tasks_after <= tasks_before + 2, (tasks_before, tasks_after)
     assert rss_after - rss_before < 16 * 1024, (rss_before, rss_after)
     assert client.get_job(job.id).status == common_pb2.JOB_STATUS_RUNNING
+
+
+def test_sigterm_ends_a_control_plane_whose_agent_stopped_answering(
+    own_database: str,
+    api_factory: Callable[..., ApiProcess],
+    agent_factory: Callable[..., AgentProcess],
+) -> None:
+    """The whole agent frozen (SIGSTOP) while the control plane streams a job from it:
+    SIGTERM still ends the control plane within its grace plus the recording of the
+    handed-back job and its margin (the backstop's deadline), with the job FAILED."""
+    agent = agent_factory()
+    grace = 2
+    api = api_factory(own_database, executors=agent.addr, DARB_SHUTDOWN_GRACE_SECONDS=str(grace))
+    client = api.new_user()
+    environment_id = ready_environment(client, "frozen-agent", ["acme-core"])
+    job = client.install(environment_id, ["acme-big"])
+    install_engine_pid(client, job.id)
+    agent.process.send_signal(signal.SIGSTOP)
+    try:
+        started = time.monotonic()
+        assert api.stop(signal.SIGTERM, timeout=grace + SLACK) == 0, api.log_text()[-3000:]
+        assert time.monotonic() - started < grace + FINISH_ON_SHUTDOWN + STOP_MARGIN
+    finally:
+        agent.process.send_signal(signal.SIGCONT)
+    later = api_factory(own_database, executors=agent.addr)
+    client = Client(grpc.insecure_channel(later.addr), token=client.token)
+    final = client.get_job(job.id)
+    assert final.status == common_pb2.JOB_STATUS_FAILED
+    assert "shut down before the job finished" in final.error
