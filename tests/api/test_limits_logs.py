@@ -10,7 +10,7 @@ import pytest
 
 from darb.v1 import common_pb2
 from services.api.joblog.cap import LogCap, cut_line
-from services.api.repo.jobs import LineRow
+from services.api.records import LineRow
 from shared.config import ApiLimits
 from testkit.control_plane import ApiProcess, watched_lines
 from testkit.postgres import fresh_database
