@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from services.api.repo.models import JobType
@@ -14,6 +14,13 @@ class CreatePayload:
     name: str
     channels: list[str]
     packages: list[str]
+    # Platforms to lock besides the agent's own.
+    platforms: list[str] = field(default_factory=list)
+    # An imported pixi.lock, installed as is (no solve); empty: solve ``packages``.
+    lockfile: str = ""
+    # What an import came from ("pixi.toml", "pixi.lock", "environment.yml"); empty
+    # for a plain create.
+    source: str = ""
 
 
 @dataclass(frozen=True)
@@ -31,13 +38,21 @@ class DeletePayload:
     """Nothing beyond the environment itself."""
 
 
-Payload = CreatePayload | InstallPayload | RemovePayload | DeletePayload
+@dataclass(frozen=True)
+class RollbackPayload:
+    """Back to this version's lock (read from ``environment_versions`` when it runs)."""
+
+    version: int
+
+
+Payload = CreatePayload | InstallPayload | RemovePayload | DeletePayload | RollbackPayload
 
 PAYLOAD_TYPES: dict[JobType, type[Payload]] = {
     JobType.CREATE_ENVIRONMENT: CreatePayload,
     JobType.INSTALL_PACKAGES: InstallPayload,
     JobType.REMOVE_PACKAGES: RemovePayload,
     JobType.DELETE_ENVIRONMENT: DeletePayload,
+    JobType.ROLLBACK_ENVIRONMENT: RollbackPayload,
 }
 
 
@@ -49,20 +64,38 @@ def dump(payload: Payload) -> dict[str, Any]:
     return dataclasses.asdict(payload)
 
 
+def _valid(kind: str, value: Any) -> bool:
+    if kind == "str":
+        return isinstance(value, str)
+    if kind == "int":
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, list) and all(isinstance(item, str) for item in value)
+
+
 def load(job_type: str, data: dict[str, Any]) -> Payload:
     """The payload of a stored job; raises if the row does not match its type."""
     payload = PAYLOAD_TYPES[JobType(job_type)](**data)
-    for field in dataclasses.fields(payload):
-        value = getattr(payload, field.name)
-        valid = (
-            isinstance(value, str)
-            if field.type == "str"
-            else isinstance(value, list) and all(isinstance(item, str) for item in value)
-        )
-        if not valid:
-            raise ValueError(f"{job_type} payload field {field.name} is {value!r}")
+    for item in dataclasses.fields(payload):
+        value = getattr(payload, item.name)
+        if not _valid(str(item.type), value):
+            raise ValueError(f"{job_type} payload field {item.name} is {value!r}")
     return payload
 
 
 def packages_of(payload: Payload) -> list[str]:
     return list(getattr(payload, "packages", []))
+
+
+def describe(payload: Payload) -> str:
+    """What a successful job did, as its version's description."""
+    if isinstance(payload, CreatePayload):
+        if payload.source:
+            return f"imported from {payload.source}"
+        return f"created with {', '.join(payload.packages)}"
+    if isinstance(payload, InstallPayload):
+        return f"installed {', '.join(payload.packages)}"
+    if isinstance(payload, RemovePayload):
+        return f"removed {', '.join(payload.packages)}"
+    if isinstance(payload, RollbackPayload):
+        return f"rolled back to version {payload.version}"
+    return "deleted"

@@ -27,11 +27,14 @@ class PackageRow:
 
 @dataclass(frozen=True)
 class AgentState:
-    """The environment as the agent reported it after an operation."""
+    """The environment as the agent reported it after an operation: the host platform's
+    packages, the two files, the lock's content hash and its platforms."""
 
     packages: list[PackageRow] = field(default_factory=list)
     manifest: str = ""
     lockfile: str = ""
+    content_hash: str = ""
+    platforms: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -40,6 +43,19 @@ class Outcome:
     error: str = ""
     # None when the agent did not report the environment (it is then left as stored).
     state: AgentState | None = None
+    # What a successful job did, for the version it adds ("installed acme-extras").
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class LockToApply:
+    """An agent's ApplyLock: the manifest's fields and the lock installed as is."""
+
+    name: str
+    channels: list[str]
+    platforms: list[str]
+    packages: list[str]
+    lockfile: str
 
 
 @dataclass(frozen=True)

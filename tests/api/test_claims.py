@@ -38,7 +38,7 @@ async def _seed(database: Database) -> None:
     owner = await new_user(database, "owner")
     for index in range(ENVIRONMENTS):
         environment, _ = await new_environment(database, owner, f"env-{index}")
-        await database.run(jobs.submit, environment, payloads.InstallPayload(["b"]))
+        await database.run(jobs.submit, environment, payloads.InstallPayload(["b"]), owner.id)
 
 
 def test_concurrent_claimers_take_each_job_once(url: str) -> None:

@@ -195,7 +195,11 @@ def _seed_rows(
     started = utcnow() - timedelta(seconds=3)
     for label, payload, status in case.jobs:
         is_create = isinstance(payload, payloads.CreatePayload)
-        job_id = create_id if is_create else jobs.submit(session, environment, payload).id
+        job_id = (
+            create_id
+            if is_create
+            else jobs.submit(session, environment, payload, environment.owner_id).id
+        )
         values: dict[str, Any] = {"status": status}
         if status != JobStatus.PENDING:
             values |= {"started_at": started, "claimed_by": WORKER}

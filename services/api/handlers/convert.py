@@ -8,10 +8,11 @@ from datetime import datetime
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from darb.v1 import common_pb2 as pb
-from darb.v1 import jobs_pb2
+from darb.v1 import environments_pb2, jobs_pb2
 from services.api import payloads
+from services.api.diffs import VersionDiff
 from services.api.records import LineRow, PackageRow
-from services.api.repo.models import Environment, Job, User
+from services.api.repo.models import Environment, EnvironmentVersion, Job, User
 from shared.timestamps import from_datetime
 
 
@@ -40,6 +41,8 @@ def environment(row: Environment) -> pb.Environment:
         error=row.error,
         created_at=timestamp(row.created_at),
         updated_at=timestamp(row.updated_at),
+        current_version=row.current_version,
+        platforms=row.platforms,
     )
 
 
@@ -60,6 +63,44 @@ def job(row: Job, logs: str = "") -> pb.Job:
 
 def package(row: PackageRow) -> pb.Package:
     return pb.Package(name=row.name, version=row.version, build=row.build, channel=row.channel)
+
+
+def version(row: EnvironmentVersion, texts: bool = False) -> environments_pb2.EnvironmentVersion:
+    """A version; its manifest and lock only with ``texts``."""
+    message = environments_pb2.EnvironmentVersion(
+        environment_id=row.environment_id,
+        version=row.version,
+        job_id=row.job_id,
+        created_by=row.created_by,
+        created_at=timestamp(row.created_at),
+        description=row.description,
+        content_hash=row.content_hash,
+        packages=[package(PackageRow(*values)) for values in row.packages],
+        platforms=row.platforms,
+    )
+    if texts:
+        message.manifest, message.lockfile = row.manifest, row.lockfile
+    return message
+
+
+def version_diff(result: VersionDiff) -> environments_pb2.DiffEnvironmentVersionsResponse:
+    return environments_pb2.DiffEnvironmentVersionsResponse(
+        added=[package(row) for row in result.added],
+        removed=[package(row) for row in result.removed],
+        changed=[environments_pb2.PackageChange(**vars(change)) for change in result.changed],
+        requested_added=[
+            environments_pb2.RequestedSpec(name=name, spec=spec)
+            for name, spec in result.requested_added
+        ],
+        requested_removed=[
+            environments_pb2.RequestedSpec(name=name, spec=spec)
+            for name, spec in result.requested_removed
+        ],
+        requested_changed=[
+            environments_pb2.RequestedSpecChange(name=name, from_spec=old, to_spec=new)
+            for name, old, new in result.requested_changed
+        ],
+    )
 
 
 STREAMS = {"stdout": pb.LOG_STREAM_STDOUT, "stderr": pb.LOG_STREAM_STDERR}

@@ -8,21 +8,33 @@ from sqlalchemy.orm import Session
 
 from darb.v1 import environments_pb2 as pb
 from darb.v1 import environments_pb2_grpc as pb_grpc
-from services.api import payloads
+from services.api import diffs, imports, payloads
 from services.api.events import JOBS_CHANNEL, EventBus
 from services.api.handlers import convert, paging
 from services.api.handlers.rpc import unary
 from services.api.ids import parse_id
 from services.api.records import PackageRow
-from services.api.repo import creates, environments, jobs
+from services.api.repo import creates, environments, jobs, versions
 from services.api.repo.models import Environment, Job, User
 from services.api.state import AppState
-from shared.config import ApiLimits
+from shared.config import ApiLimits, ApiSettings
 from shared.errors import FailedPrecondition, InvalidArgument, ResourceExhausted
-from shared.specs import parse_specs, resolve_channels, validate_package_name
+from shared.manifests import parse_manifest
+from shared.specs import (
+    parse_specs,
+    resolve_channels,
+    validate_channel,
+    validate_package_name,
+)
 from shared.validation import validate_environment_name
 
 PACKAGE_MANAGERS = ("pixi",)
+
+
+def _version_number(value: int, field: str) -> int:
+    if value < 0:
+        raise InvalidArgument(f"{field} must not be negative")
+    return value
 
 
 def _packages_in_request(packages: list[str], limits: ApiLimits) -> list[str]:
@@ -68,6 +80,46 @@ def _submit(
     return job
 
 
+def _create_payload(
+    name: str, request: pb.CreateEnvironmentRequest, settings: ApiSettings
+) -> payloads.CreatePayload:
+    """A plain create (specs to solve), or an import from the request's files."""
+    imported = imports.from_request(request, settings)
+    if imported is not None:
+        _packages_in_request(imported.packages, settings.limits)
+        return payloads.CreatePayload(
+            name,
+            imported.channels,
+            imported.packages,
+            imported.platforms,
+            imported.lockfile,
+            imported.source,
+        )
+    channels = resolve_channels(list(request.channels), settings.channels)
+    packages = _packages_in_request(list(request.packages), settings.limits)
+    specs = parse_specs(packages, settings.channels)
+    platforms = imports.validate_platforms(list(request.platforms))
+    return payloads.CreatePayload(name, channels, [spec.text for spec in specs], platforms)
+
+
+def _rollback_target(
+    session: Session, caller: User, environment_id: str, version: int, settings: ApiSettings
+) -> None:
+    """Refuses a rollback to a version that does not exist, or whose channels the
+    allowlist no longer admits (naming the channel)."""
+    environment = environments.get_visible(session, caller, environment_id)
+    target = versions.of(session, environment, version)
+    locked = [row[3] for row in target.packages]
+    for channel in [*parse_manifest(target.manifest).channels, *locked]:
+        try:
+            validate_channel(channel, settings.channels)
+        except InvalidArgument:
+            raise FailedPrecondition(
+                f"version {version} uses channel {channel!r}, which is no longer allowed"
+                " (DARB_ALLOWED_CHANNELS)"
+            ) from None
+
+
 def _export(session: Session, caller: User, environment_id: str) -> Environment:
     environment = environments.get_visible(session, caller, environment_id)
     if not environment.manifest:
@@ -77,9 +129,23 @@ def _export(session: Session, caller: User, environment_id: str) -> Environment:
     return environment
 
 
-def _packages(session: Session, caller: User, environment_id: str) -> list[PackageRow]:
-    environments.get_visible(session, caller, environment_id)
-    return environments.packages(session, environment_id)
+def _packages(
+    session: Session, caller: User, environment_id: str, platform: str
+) -> list[PackageRow]:
+    environment = environments.get_visible(session, caller, environment_id)
+    if not platform or platform == imports.host_platform():
+        return environments.packages(session, environment_id)
+    return diffs.packages(versions.of(session, environment, 0), platform)
+
+
+def _diff(
+    session: Session, caller: User, request: pb.DiffEnvironmentVersionsRequest
+) -> diffs.VersionDiff:
+    environment_id = parse_id(request.environment_id, "environment_id")
+    environment = environments.get_visible(session, caller, environment_id, deleted=True)
+    old = versions.of(session, environment, request.from_version)
+    new = versions.of(session, environment, request.to_version)
+    return diffs.diff(old, new, request.platform)
 
 
 class EnvironmentService(pb_grpc.EnvironmentServiceServicer):
@@ -104,12 +170,8 @@ class EnvironmentService(pb_grpc.EnvironmentServiceServicer):
             raise InvalidArgument(
                 f"package_manager {manager[:40]!r} is not supported; use one of {PACKAGE_MANAGERS}"
             )
-        settings = self.state.settings
-        channels = resolve_channels(list(request.channels), settings.channels)
-        packages = _packages_in_request(list(request.packages), settings.limits)
-        specs = parse_specs(packages, settings.channels)
-        payload = payloads.CreatePayload(name, channels, [spec.text for spec in specs])
-        executor = random.choice(settings.executors)
+        payload = _create_payload(name, request, self.state.settings)
+        executor = random.choice(self.state.settings.executors)
         environment, job = await _create(self.state, caller, payload, executor)
         self.state.bus.jobs_available.set()  # other processes heard the commit's NOTIFY
         return pb.CreateEnvironmentResponse(
@@ -183,7 +245,7 @@ class EnvironmentService(pb_grpc.EnvironmentServiceServicer):
         self, request: pb.ListPackagesRequest, caller: User
     ) -> pb.ListPackagesResponse:
         environment_id = parse_id(request.environment_id, "environment_id")
-        rows = await self.state.db.read(_packages, caller, environment_id)
+        rows = await self.state.db.read(_packages, caller, environment_id, request.platform)
         return pb.ListPackagesResponse(packages=[convert.package(row) for row in rows])
 
     @unary()
@@ -193,3 +255,48 @@ class EnvironmentService(pb_grpc.EnvironmentServiceServicer):
         environment_id = parse_id(request.id, "id")
         row = await self.state.db.read(_export, caller, environment_id)
         return pb.ExportEnvironmentResponse(manifest=row.manifest, lockfile=row.lockfile)
+
+    @unary()
+    async def ListEnvironmentVersions(
+        self, request: pb.ListEnvironmentVersionsRequest, caller: User
+    ) -> pb.ListEnvironmentVersionsResponse:
+        environment_id = parse_id(request.environment_id, "environment_id")
+        size = paging.page_size(request.page_size)
+        after = paging.decode(request.page_token, (int,))
+        below = after[0] if after else None
+        rows = await self.state.db.read(versions.page, caller, environment_id, below, size + 1)
+        token = paging.encode([rows[size - 1].version]) if len(rows) > size else ""
+        return pb.ListEnvironmentVersionsResponse(
+            versions=[convert.version(row) for row in rows[:size]], next_page_token=token
+        )
+
+    @unary()
+    async def GetEnvironmentVersion(
+        self, request: pb.GetEnvironmentVersionRequest, caller: User
+    ) -> pb.GetEnvironmentVersionResponse:
+        environment_id = parse_id(request.environment_id, "environment_id")
+        version = _version_number(request.version, "version")
+        row = await self.state.db.read(versions.get, caller, environment_id, version)
+        return pb.GetEnvironmentVersionResponse(version=convert.version(row, texts=True))
+
+    @unary()
+    async def RollbackEnvironment(
+        self, request: pb.RollbackEnvironmentRequest, caller: User
+    ) -> pb.RollbackEnvironmentResponse:
+        environment_id = parse_id(request.environment_id, "environment_id")
+        version = _version_number(request.version, "version")
+        if version == 0:
+            raise InvalidArgument("version is required (1, 2, ...)")
+        settings = self.state.settings
+        await self.state.db.read(_rollback_target, caller, environment_id, version, settings)
+        job = await self._queue(caller, environment_id, payloads.RollbackPayload(version))
+        return pb.RollbackEnvironmentResponse(job=convert.job(job))
+
+    @unary()
+    async def DiffEnvironmentVersions(
+        self, request: pb.DiffEnvironmentVersionsRequest, caller: User
+    ) -> pb.DiffEnvironmentVersionsResponse:
+        _version_number(request.from_version, "from_version")
+        _version_number(request.to_version, "to_version")
+        result = await self.state.db.read(_diff, caller, request)
+        return convert.version_diff(result)

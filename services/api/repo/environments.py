@@ -26,7 +26,7 @@ def _visible(environment_id: Any, owner_id: Any, admin: Any) -> ColumnElement[bo
 # What convert.environment reads: not the manifest and lock, which can be large.
 SUMMARY_COLUMNS = (
     *("id", "owner_id", "name", "package_manager", "channels"),
-    *("status", "error", "created_at", "updated_at"),
+    *("status", "error", "created_at", "updated_at", "current_version", "platforms"),
 )
 # For the direct path (see services/api/direct.py); parameters: id, owner, admin.
 VISIBLE = Query(
@@ -41,10 +41,20 @@ def not_found(environment_id: str) -> NotFound:
 
 
 def get_visible(
-    session: Session, caller: User, environment_id: str, for_update: bool = False
+    session: Session,
+    caller: User,
+    environment_id: str,
+    for_update: bool = False,
+    deleted: bool = False,
 ) -> Environment:
-    """A live environment the caller owns (or any, for admins); NotFound otherwise."""
-    query = select(Environment).where(_visible(environment_id, caller.id, caller.is_admin))
+    """A live environment the caller owns (or any, for admins), or with ``deleted`` also
+    one that was deleted (its history stays readable); NotFound otherwise."""
+    condition = _visible(environment_id, caller.id, caller.is_admin)
+    if deleted:
+        condition = Environment.id == environment_id
+        if not caller.is_admin:
+            condition = and_(condition, Environment.owner_id == caller.id)
+    query = select(Environment).where(condition)
     if for_update:
         query = query.with_for_update()
     environment = session.scalars(query).one_or_none()
@@ -71,6 +81,8 @@ def new(
         lockfile="",
         created_at=now,
         updated_at=now,
+        current_version=0,
+        platforms=[],
     )
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import text
+from sqlalchemy import JSON, bindparam, text
 
 from services.api.database.db import Database
 from services.api.database.direct import Query
@@ -17,6 +17,7 @@ from services.api.repo.models import JobStatus
 _PARAMETERS = (
     *("job_id", "expected", "worker_id", "status", "error", "has_state"),
     *("manifest", "lockfile", "names", "versions", "builds", "channels"),
+    *("description", "content_hash", "platforms"),
     *("job_channel", "jobs_channel", "notify_prefix"),
 )
 # One row per ended job, in the order of ``EndedJob``'s fields.
@@ -26,7 +27,7 @@ FINISH_JOB = Query(
         " o_completed_at FROM darb_finish_job("
         + ", ".join(f":{name}" for name in _PARAMETERS)
         + ")"
-    )
+    ).bindparams(bindparam("platforms", type_=JSON))
 )
 
 
@@ -66,6 +67,9 @@ def _params(
         "versions": [package.version for package in packages],
         "builds": [package.build for package in packages],
         "channels": [package.channel for package in packages],
+        "description": outcome.description,
+        "content_hash": state.content_hash if state is not None else "",
+        "platforms": state.platforms if state is not None else [],
         "job_channel": job_channel,
         "jobs_channel": jobs_channel,
         "notify_prefix": prefix,

@@ -42,18 +42,19 @@ if TYPE_CHECKING:
 
 # The columns a new job is given; the others have defaults or are set later.
 _NEW_COLUMNS = (
-    *("id", "environment_id", "owner_id", "type", "status", "payload", "error"),
-    "cancel_requested",
+    *("id", "environment_id", "owner_id", "created_by", "type", "status", "payload"),
+    *("error", "cancel_requested"),
 )
 
 
-def new(environment_id: str, owner_id: str, payload: payloads.Payload) -> Job:
+def new(environment_id: str, owner_id: str, payload: payloads.Payload, created_by: str = "") -> Job:
     """A PENDING job not yet stored (``submit``, or ``darb_create_environment`` for a
     create, inserts it and stamps its ``created_at``)."""
     return Job(
         id=new_id(),
         environment_id=environment_id,
         owner_id=owner_id,
+        created_by=created_by or owner_id,
         type=payloads.job_type_of(payload),
         status=JobStatus.PENDING,
         payload=payloads.dump(payload),
@@ -62,10 +63,12 @@ def new(environment_id: str, owner_id: str, payload: payloads.Payload) -> Job:
     )
 
 
-def submit(session: Session, environment: Environment, payload: payloads.Payload) -> Job:
+def submit(
+    session: Session, environment: Environment, payload: payloads.Payload, created_by: str
+) -> Job:
     """Inserts a new job with one Core INSERT (the ORM's unit of work would cost several
     times as much), stamped with the database's clock."""
-    job = new(environment.id, environment.owner_id, payload)
+    job = new(environment.id, environment.owner_id, payload, created_by)
     values = {name: getattr(job, name) for name in _NEW_COLUMNS}
     statement = insert(Job).values(**values, created_at=func.now()).returning(Job.created_at)
     job.created_at = session.execute(statement).scalar_one()
@@ -97,7 +100,7 @@ def queue(
     else:
         quotas.lock_owner(session, environment.owner_id)
         quotas.check_active_jobs(session, environment.owner_id, limits.max_active_jobs_per_user)
-    return submit(session, environment, payload)
+    return submit(session, environment, payload, caller.id)
 
 
 def _claimable() -> ScalarSelect[int]:

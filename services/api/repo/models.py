@@ -46,6 +46,7 @@ class JobType(enum.StrEnum):
     INSTALL_PACKAGES = "INSTALL_PACKAGES"
     REMOVE_PACKAGES = "REMOVE_PACKAGES"
     DELETE_ENVIRONMENT = "DELETE_ENVIRONMENT"
+    ROLLBACK_ENVIRONMENT = "ROLLBACK_ENVIRONMENT"
 
 
 class JobStatus(enum.StrEnum):
@@ -134,6 +135,30 @@ class Environment(Base):
     created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
     deleted_at: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
+    # 0 until the create succeeds; then the number of the newest EnvironmentVersion.
+    current_version: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    platforms: Mapped[list[str]] = mapped_column(JSON, default=list, server_default="[]")
+
+
+class EnvironmentVersion(Base):
+    """The state a successful job left (``darb_finish_job`` writes it): immutable.
+    ``packages`` are the host platform's, as ``[name, version, build, channel]``."""
+
+    __tablename__ = "environment_versions"
+
+    environment_id: Mapped[str] = mapped_column(
+        ForeignKey("environments.id", ondelete="CASCADE"), primary_key=True
+    )
+    version: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    job_id: Mapped[str] = mapped_column(String(36))
+    created_by: Mapped[str] = mapped_column(String(36))
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    description: Mapped[str] = mapped_column(Text)
+    content_hash: Mapped[str] = mapped_column(String(64))
+    platforms: Mapped[list[str]] = mapped_column(JSON)
+    packages: Mapped[list[list[str]]] = mapped_column(JSON)
+    manifest: Mapped[str] = mapped_column(Text)
+    lockfile: Mapped[str] = mapped_column(Text)
 
 
 class InstalledPackage(Base):
@@ -172,6 +197,8 @@ class Job(Base):
     id: Mapped[str] = mapped_column(String(36), unique=True)
     environment_id: Mapped[str] = mapped_column(ForeignKey("environments.id"))
     owner_id: Mapped[str] = mapped_column(ForeignKey("users.id"), index=True)
+    # The user who submitted the job (the owner, or an admin).
+    created_by: Mapped[str] = mapped_column(String(36))
     type: Mapped[str] = mapped_column(String(32))
     status: Mapped[str] = mapped_column(String(16))
     payload: Mapped[dict[str, Any]] = mapped_column(JSON)

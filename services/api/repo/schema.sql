@@ -69,10 +69,10 @@ BEGIN
                                   status, error, manifest, lockfile, created_at, updated_at)
             VALUES (p_environment_id, p_owner_id, p_name, p_package_manager, p_channels,
                     p_executor, p_environment_status, '', '', '', o_created_at, o_created_at);
-        INSERT INTO jobs (id, environment_id, owner_id, type, status, payload, error,
-                          cancel_requested, created_at)
-            VALUES (p_job_id, p_environment_id, p_owner_id, p_job_type, p_job_status,
-                    p_payload, '', false, o_created_at);
+        INSERT INTO jobs (id, environment_id, owner_id, created_by, type, status, payload,
+                          error, cancel_requested, created_at)
+            VALUES (p_job_id, p_environment_id, p_owner_id, p_owner_id, p_job_type,
+                    p_job_status, p_payload, '', false, o_created_at);
         PERFORM pg_notify(p_notify_channel, p_notify_payload);
     END IF;
     RETURN NEXT;
@@ -81,13 +81,16 @@ $$;
 
 
 -- A job's end in one call: the job's and its environment's rows, the installed
--- packages, the jobs queued behind a failed create and the NOTIFYs. Ends the job only
--- if it is still p_expected (and, given p_worker_id, still claimed by that worker);
--- returns one row per ended job: this one first, then those failed behind it.
+-- packages, the version a successful change adds (p_description, p_content_hash and
+-- p_platforms describe it), the jobs queued behind a failed create and the NOTIFYs.
+-- Ends the job only if it is still p_expected (and, given p_worker_id, still claimed by
+-- that worker); returns one row per ended job: this one first, then those failed
+-- behind it.
 CREATE FUNCTION darb_finish_job(
     p_job_id varchar, p_expected varchar, p_worker_id varchar, p_status varchar,
     p_error text, p_has_state boolean, p_manifest text, p_lockfile text,
     p_names text[], p_versions text[], p_builds text[], p_channels text[],
+    p_description text, p_content_hash text, p_platforms json,
     p_job_channel text, p_jobs_channel text, p_notify_prefix text
 ) RETURNS TABLE (
     o_id varchar, o_environment_id varchar, o_type varchar, o_status varchar,
@@ -115,6 +118,20 @@ BEGIN
         DELETE FROM installed_packages WHERE environment_id = v_env.id;
         INSERT INTO installed_packages (environment_id, name, version, build, channel)
             SELECT v_env.id, p.name, p.version, p.build, p.channel
+            FROM unnest(p_names, p_versions, p_builds, p_channels)
+                AS p (name, version, build, channel);
+    END IF;
+    IF v_succeeded AND p_has_state AND v_job.type <> 'DELETE_ENVIRONMENT' THEN
+        v_env.current_version := v_env.current_version + 1;
+        v_env.platforms := p_platforms;
+        INSERT INTO environment_versions (environment_id, version, job_id, created_by,
+                                          created_at, description, content_hash, platforms,
+                                          packages, manifest, lockfile)
+            SELECT v_env.id, v_env.current_version, v_job.id, v_job.created_by, now(),
+                   p_description, p_content_hash, p_platforms,
+                   coalesce(json_agg(json_build_array(p.name, p.version, p.build, p.channel)
+                                     ORDER BY p.name), '[]'),
+                   p_manifest, p_lockfile
             FROM unnest(p_names, p_versions, p_builds, p_channels)
                 AS p (name, version, build, channel);
     END IF;
@@ -148,6 +165,8 @@ BEGIN
     END IF;
     UPDATE environments SET status = v_env.status, error = v_env.error,
                             manifest = v_env.manifest, lockfile = v_env.lockfile,
+                            current_version = v_env.current_version,
+                            platforms = v_env.platforms,
                             updated_at = now(), deleted_at = v_env.deleted_at
         WHERE id = v_env.id;
     RETURN QUERY

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import logging
 import os
@@ -30,11 +31,16 @@ from services.api.events import JOB_CHANGED_CHANNEL, EventBus
 from services.api.joblog.writer import LineWriter
 from services.api.metrics import JobObserver, Metrics
 from services.api.records import CANCELLED_BY_REQUEST, AgentState, ClaimedJob, Outcome
-from services.api.repo import environments, jobs
+from services.api.repo import environments, jobs, versions
 from services.api.repo.finishes import end_job
 from services.api.repo.models import JobStatus
 from services.api.scheduling.agents import AgentMonitor
-from services.api.scheduling.executor_client import AgentLines, ExecutorClient, ExecutorError
+from services.api.scheduling.executor_client import (
+    AgentLines,
+    ExecutorClient,
+    ExecutorError,
+    Operation,
+)
 from shared.config import ApiLimits
 
 log = logging.getLogger(__name__)
@@ -193,6 +199,8 @@ class Dispatcher:
         outcome = Outcome(JobStatus.FAILED, SHUTDOWN)  # kept if ``drain`` cancels this task
         try:
             outcome = await self._supervise(job, writer)
+            if outcome.status == JobStatus.COMPLETED:
+                outcome = dataclasses.replace(outcome, description=payloads.describe(job.payload))
         except Exception:
             log.exception("job %s failed in the control plane", job.id)
             outcome = Outcome(JobStatus.FAILED, "internal error in the control plane")
@@ -266,12 +274,13 @@ class Dispatcher:
         ``RETRY_WINDOW``; ``UNAVAILABLE`` before the agent sent anything is ``REFUSED``
         when ``may_move``, else retried until the agent watchdog in ``_supervise_on``
         declares the agent lost."""
+        operation = await self._operation(job)
         deadline = time.monotonic() + RETRY_WINDOW
         delay = 0.2
         while True:
             heard = False
             try:
-                async for event in self._client.run(executor, job.environment_id, job.payload):
+                async for event in self._client.run(executor, job.environment_id, operation):
                     heard = True
                     if isinstance(event, AgentLines):
                         await writer.add(event)  # waits while storing lags behind
@@ -294,6 +303,15 @@ class Dispatcher:
                 if gone and isinstance(job.payload, payloads.DeletePayload):
                     return Outcome(JobStatus.COMPLETED, "", AgentState())
                 return Outcome(JobStatus.FAILED, f"executor: {exc.message}")
+
+    async def _operation(self, job: ClaimedJob) -> Operation:
+        """What the agent is asked to do: the job's payload, or for a rollback the target
+        version's lock with its manifest's fields."""
+        if not isinstance(job.payload, payloads.RollbackPayload):
+            return job.payload
+        return await self._db.read(
+            versions.lock_to_apply, job.environment_id, job.environment_name, job.payload.version
+        )
 
     async def _heartbeat(self, job_id: str, cancel: asyncio.Event) -> None:
         """Renews the lease (the claim set the first) and notices cancels another

@@ -12,9 +12,10 @@ import grpc
 from darb.executor.v1 import executor_pb2 as pb
 from darb.executor.v1 import executor_pb2_grpc as pb_grpc
 from services.api import payloads
-from services.api.records import AgentState, PackageRow
+from services.api.records import AgentState, LockToApply, PackageRow
 from services.api.repo.models import utcnow
 from shared.config import TlsSettings
+from shared.manifests import manifest_platforms
 from shared.timestamps import to_datetime
 from shared.tls import channel_credentials
 
@@ -31,6 +32,8 @@ CHANNEL_OPTIONS = (
 )
 
 
+# What an agent is asked to do: a job's payload, or a lock to apply (a rollback).
+Operation = payloads.Payload | LockToApply
 # (stream, time, text) of one line, as ``LogCap.extend`` takes it.
 LineTuple = tuple[str, datetime, str]
 
@@ -65,7 +68,7 @@ class ExecutorError(Exception):
 
 class ExecutorClient(Protocol):
     def run(
-        self, executor: str, environment_id: str, payload: payloads.Payload
+        self, executor: str, environment_id: str, operation: Operation
     ) -> AsyncIterator[AgentLines | AgentResult]:
         """Streams the operation's lines in batches and then its result; raises
         ExecutorError.
@@ -101,34 +104,55 @@ class GrpcExecutorClient:
         return self._stubs[addr][1]
 
     def _call(
-        self, stub: pb_grpc.ExecutorServiceStub, environment_id: str, payload: payloads.Payload
+        self, stub: pb_grpc.ExecutorServiceStub, environment_id: str, operation: Operation
     ) -> grpc.aio.UnaryStreamCall:
         metadata = self._metadata
-        if isinstance(payload, payloads.CreatePayload):
+        if isinstance(operation, payloads.CreatePayload) and operation.lockfile:
+            operation = LockToApply(
+                operation.name,
+                operation.channels,
+                operation.platforms,
+                operation.packages,
+                operation.lockfile,
+            )
+        if isinstance(operation, LockToApply):
+            apply = pb.ApplyLockRequest(
+                environment_id=environment_id,
+                name=operation.name,
+                channels=operation.channels,
+                platforms=operation.platforms,
+                packages=operation.packages,
+                lockfile=operation.lockfile,
+            )
+            return stub.ApplyLock(apply, metadata=metadata)
+        if isinstance(operation, payloads.CreatePayload):
             create = pb.CreateEnvironmentRequest(
                 environment_id=environment_id,
-                name=payload.name,
-                channels=payload.channels,
-                packages=payload.packages,
+                name=operation.name,
+                channels=operation.channels,
+                packages=operation.packages,
+                platforms=operation.platforms,
             )
             return stub.CreateEnvironment(create, metadata=metadata)
-        if isinstance(payload, payloads.InstallPayload):
+        if isinstance(operation, payloads.InstallPayload):
             install = pb.InstallPackagesRequest(
-                environment_id=environment_id, packages=payload.packages
+                environment_id=environment_id, packages=operation.packages
             )
             return stub.InstallPackages(install, metadata=metadata)
-        if isinstance(payload, payloads.RemovePayload):
+        if isinstance(operation, payloads.RemovePayload):
             remove = pb.RemovePackagesRequest(
-                environment_id=environment_id, packages=payload.packages
+                environment_id=environment_id, packages=operation.packages
             )
             return stub.RemovePackages(remove, metadata=metadata)
+        if isinstance(operation, payloads.RollbackPayload):  # the dispatcher resolves these
+            raise TypeError("a rollback reaches the agent as a LockToApply")
         delete = pb.DeleteEnvironmentRequest(environment_id=environment_id)
         return stub.DeleteEnvironment(delete, metadata=metadata)
 
     async def run(
-        self, executor: str, environment_id: str, payload: payloads.Payload
+        self, executor: str, environment_id: str, operation: Operation
     ) -> AsyncIterator[AgentLines | AgentResult]:
-        call = self._call(self._stub(executor), environment_id, payload)
+        call = self._call(self._stub(executor), environment_id, operation)
         try:
             async for message in call:
                 if message.HasField("log_lines"):
@@ -175,8 +199,6 @@ def _lines(lines: Sequence[Any]) -> list[LineTuple]:
 
 def _result(result: pb.OperationResult) -> AgentResult:
     packages = [PackageRow(p.name, p.version, p.build, p.channel) for p in result.packages]
-    return AgentResult(
-        success=result.success,
-        error=result.error,
-        state=AgentState(packages, result.manifest, result.lockfile),
-    )
+    platforms = manifest_platforms(result.manifest) if result.manifest else []
+    state = AgentState(packages, result.manifest, result.lockfile, result.content_hash, platforms)
+    return AgentResult(success=result.success, error=result.error, state=state)
