@@ -12,6 +12,7 @@ from darb.errors import DarbError
 from darb.models import (
     Environment,
     EnvironmentStatus,
+    EnvironmentVersion,
     Export,
     Job,
     JobStatus,
@@ -19,7 +20,11 @@ from darb.models import (
     LogLine,
     LogStream,
     Package,
+    PackageChange,
+    RequestedSpec,
+    RequestedSpecChange,
     User,
+    VersionDiff,
 )
 
 __all__ = [
@@ -27,6 +32,7 @@ __all__ = [
     "DarbError",
     "Environment",
     "EnvironmentStatus",
+    "EnvironmentVersion",
     "Export",
     "Job",
     "JobStatus",
@@ -34,6 +40,10 @@ __all__ = [
     "LogLine",
     "LogStream",
     "Package",
+    "PackageChange",
+    "RequestedSpec",
+    "RequestedSpecChange",
     "User",
+    "VersionDiff",
     "errors",
 ]

@@ -15,7 +15,17 @@ from typing import Any, TypeVar
 import grpc
 
 from darb import errors
-from darb.models import Environment, Export, Job, JobStatus, LogLine, Package, User
+from darb.models import (
+    Environment,
+    EnvironmentVersion,
+    Export,
+    Job,
+    JobStatus,
+    LogLine,
+    Package,
+    User,
+    VersionDiff,
+)
 from darb.v1 import (
     auth_pb2,
     auth_pb2_grpc,
@@ -141,7 +151,8 @@ class Client:
 
 
 class Environments:
-    """``client.environments``: create, inspect, export and delete environments."""
+    """``client.environments``: create, inspect, export and delete environments, and
+    read, compare and roll back their versions."""
 
     def __init__(self, client: Client, stub: environments_pb2_grpc.EnvironmentServiceStub) -> None:
         self._client = client
@@ -153,14 +164,29 @@ class Environments:
         packages: Iterable[str] = (),
         channels: Iterable[str] = (),
         package_manager: str = "pixi",
+        *,
+        manifest: str = "",
+        lockfile: str = "",
+        environment_yml: str = "",
+        platforms: Iterable[str] = (),
     ) -> tuple[Environment, Job]:
         """Records the environment and queues its create job; returns both. A name the
-        service would refuse is refused here (``InvalidArgument``) without a call."""
+        service would refuse is refused here (``InvalidArgument``) without a call.
+
+        An import gives ``manifest`` (a pixi.toml text, installed exactly as ``lockfile``
+        locks it when that is given, solved otherwise) or ``environment_yml`` (a conda
+        environment.yml text) instead of ``packages`` and ``channels``. ``platforms`` are
+        conda platforms to lock besides the agent's own (e.g. ``osx-arm64``).
+        """
         request = environments_pb2.CreateEnvironmentRequest(
             name=_valid_name(name),
             packages=list(packages),
             channels=list(channels),
             package_manager=package_manager,
+            manifest=manifest,
+            lockfile=lockfile,
+            environment_yml=environment_yml,
+            platforms=list(platforms),
         )
         response = self._client._call(self._stub.CreateEnvironment, request)
         return Environment.from_proto(response.environment), Job.from_proto(response.job)
@@ -219,6 +245,49 @@ class Environments:
         response = self._client._call(self._stub.ExportEnvironment, request)
         return Export(manifest=response.manifest, lockfile=response.lockfile)
 
+    def versions(self, environment_id: str, page_size: int = 0) -> Iterator[EnvironmentVersion]:
+        """Every version of the environment, newest first, across all pages; without
+        their texts (``manifest`` and ``lockfile`` are empty: see ``version``)."""
+        for message in self._client._pages(
+            self._stub.ListEnvironmentVersions,
+            lambda token: environments_pb2.ListEnvironmentVersionsRequest(
+                environment_id=environment_id, page_size=page_size, page_token=token
+            ),
+            lambda response: response.versions,
+        ):
+            yield EnvironmentVersion.from_proto(message)
+
+    def version(self, environment_id: str, version: int = 0) -> EnvironmentVersion:
+        """One version with its pixi.toml and pixi.lock texts; 0 is the current one."""
+        request = environments_pb2.GetEnvironmentVersionRequest(
+            environment_id=environment_id, version=version
+        )
+        response = self._client._call(self._stub.GetEnvironmentVersion, request)
+        return EnvironmentVersion.from_proto(response.version)
+
+    def rollback(self, environment_id: str, version: int) -> Job:
+        """Queues a job that installs exactly the lock of an earlier ``version`` (which
+        makes a new version) and returns it."""
+        request = environments_pb2.RollbackEnvironmentRequest(
+            environment_id=environment_id, version=version
+        )
+        return Job.from_proto(self._client._call(self._stub.RollbackEnvironment, request).job)
+
+    def diff(
+        self, environment_id: str, from_version: int, to_version: int = 0, platform: str = ""
+    ) -> VersionDiff:
+        """What changed from ``from_version`` to ``to_version`` (0: the current one), for
+        ``platform`` (one of the environment's; empty: the agent's)."""
+        request = environments_pb2.DiffEnvironmentVersionsRequest(
+            environment_id=environment_id,
+            from_version=from_version,
+            to_version=to_version,
+            platform=platform,
+        )
+        return VersionDiff.from_proto(
+            self._client._call(self._stub.DiffEnvironmentVersions, request)
+        )
+
 
 class Packages:
     """``client.packages``: change and list what an environment holds."""
@@ -241,9 +310,12 @@ class Packages:
         )
         return Job.from_proto(self._client._call(self._stub.RemovePackages, request).job)
 
-    def list(self, environment_id: str) -> list[Package]:
-        """What is installed now, by name."""
-        request = environments_pb2.ListPackagesRequest(environment_id=environment_id)
+    def list(self, environment_id: str, platform: str = "") -> list[Package]:
+        """What is installed now, by name; for another of the environment's
+        ``platforms``, what its current lock holds for that platform."""
+        request = environments_pb2.ListPackagesRequest(
+            environment_id=environment_id, platform=platform
+        )
         response = self._client._call(self._stub.ListPackages, request)
         return [Package.from_proto(message) for message in response.packages]
 

@@ -7,7 +7,7 @@ proto prefix (``JobStatus.COMPLETED``); unset timestamps are ``None``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from datetime import datetime
 from enum import StrEnum
 from typing import TypeVar
@@ -15,6 +15,7 @@ from typing import TypeVar
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from darb.v1 import common_pb2 as pb
+from darb.v1 import environments_pb2
 from shared.timestamps import to_datetime
 
 
@@ -33,6 +34,7 @@ class JobType(StrEnum):
     INSTALL_PACKAGES = "INSTALL_PACKAGES"
     REMOVE_PACKAGES = "REMOVE_PACKAGES"
     DELETE_ENVIRONMENT = "DELETE_ENVIRONMENT"
+    ROLLBACK_ENVIRONMENT = "ROLLBACK_ENVIRONMENT"
 
 
 class JobStatus(StrEnum):
@@ -100,6 +102,9 @@ class Environment:
     error: str
     created_at: datetime | None
     updated_at: datetime | None
+    # The number of the current version (see ``EnvironmentVersion``); 0 until created.
+    current_version: int
+    platforms: tuple[str, ...]
 
     @classmethod
     def from_proto(cls, message: pb.Environment) -> Environment:
@@ -115,6 +120,8 @@ class Environment:
             error=message.error,
             created_at=_time(message, "created_at"),
             updated_at=_time(message, "updated_at"),
+            current_version=message.current_version,
+            platforms=tuple(message.platforms),
         )
 
 
@@ -182,3 +189,117 @@ class Export:
 
     manifest: str
     lockfile: str
+
+
+@dataclass(frozen=True)
+class EnvironmentVersion:
+    """The state one successful job left, immutable. ``packages`` are those of the
+    agent's platform; ``manifest`` and ``lockfile`` (the pixi.toml and pixi.lock texts)
+    are empty in a listing and filled by ``client.environments.version``."""
+
+    environment_id: str
+    version: int
+    job_id: str
+    created_by: str
+    created_at: datetime | None
+    description: str
+    content_hash: str
+    packages: tuple[Package, ...]
+    platforms: tuple[str, ...]
+    manifest: str
+    lockfile: str
+
+    @classmethod
+    def from_proto(cls, message: environments_pb2.EnvironmentVersion) -> EnvironmentVersion:
+        return cls(
+            environment_id=message.environment_id,
+            version=message.version,
+            job_id=message.job_id,
+            created_by=message.created_by,
+            created_at=_time(message, "created_at"),
+            description=message.description,
+            content_hash=message.content_hash,
+            packages=tuple(Package.from_proto(package) for package in message.packages),
+            platforms=tuple(message.platforms),
+            manifest=message.manifest,
+            lockfile=message.lockfile,
+        )
+
+
+@dataclass(frozen=True)
+class PackageChange:
+    """A package both versions have, in another version or build."""
+
+    name: str
+    from_version: str
+    to_version: str
+    from_build: str
+    to_build: str
+
+    @classmethod
+    def from_proto(cls, message: environments_pb2.PackageChange) -> PackageChange:
+        return cls(
+            message.name,
+            message.from_version,
+            message.to_version,
+            message.from_build,
+            message.to_build,
+        )
+
+
+@dataclass(frozen=True)
+class RequestedSpec:
+    """A dependency as the manifest states it: ``spec`` is a match spec such as
+    ``acme-core >=1.1``."""
+
+    name: str
+    spec: str
+
+    @classmethod
+    def from_proto(cls, message: environments_pb2.RequestedSpec) -> RequestedSpec:
+        return cls(message.name, message.spec)
+
+
+@dataclass(frozen=True)
+class RequestedSpecChange:
+    """A dependency both manifests state, differently."""
+
+    name: str
+    from_spec: str
+    to_spec: str
+
+    @classmethod
+    def from_proto(cls, message: environments_pb2.RequestedSpecChange) -> RequestedSpecChange:
+        return cls(message.name, message.from_spec, message.to_spec)
+
+
+@dataclass(frozen=True)
+class VersionDiff:
+    """What differs between two versions, each list by name: the installed packages
+    (``added``, ``removed``, ``changed``) and what the user asked for (``requested_*``,
+    the manifests' dependencies)."""
+
+    added: tuple[Package, ...]
+    removed: tuple[Package, ...]
+    changed: tuple[PackageChange, ...]
+    requested_added: tuple[RequestedSpec, ...]
+    requested_removed: tuple[RequestedSpec, ...]
+    requested_changed: tuple[RequestedSpecChange, ...]
+
+    @property
+    def empty(self) -> bool:
+        """True when the two versions install and request the same."""
+        return not any(getattr(self, field.name) for field in fields(self))
+
+    @classmethod
+    def from_proto(cls, message: environments_pb2.DiffEnvironmentVersionsResponse) -> VersionDiff:
+        return cls(
+            added=tuple(Package.from_proto(package) for package in message.added),
+            removed=tuple(Package.from_proto(package) for package in message.removed),
+            changed=tuple(PackageChange.from_proto(change) for change in message.changed),
+            requested_added=tuple(RequestedSpec.from_proto(s) for s in message.requested_added),
+            requested_removed=tuple(RequestedSpec.from_proto(s) for s in message.requested_removed),
+            requested_changed=tuple(
+                RequestedSpecChange.from_proto(s) for s in message.requested_changed
+            ),
+        )
