@@ -16,8 +16,16 @@ from pathlib import Path
 
 from darb import credentials, errors
 from darb.client import DEFAULT_ADDRESS, Client
-from darb.models import Environment, Job, JobStatus, LogLine
-from darb.terminal import Spinner, print_fields, print_json, print_table, when
+from darb.models import Environment, EnvironmentVersion, Job, JobStatus, LogLine
+from darb.terminal import (
+    Spinner,
+    arrow,
+    diff_lines,
+    print_fields,
+    print_json,
+    print_table,
+    when,
+)
 
 ADDRESS_ENV = "DARB_API_ADDR"
 INTERRUPTED = 130
@@ -159,10 +167,34 @@ def cmd_whoami(args: argparse.Namespace) -> int:
 
 
 def cmd_env_create(args: argparse.Namespace) -> int:
+    files = _import_files(args)
     with _session(args) as client:
-        environment, job = client.environments.create(args.name, args.packages, args.channels)
-        print(f"Creating environment {environment.name} ({environment.id}), job {job.id}")
+        environment, job = client.environments.create(
+            args.name, args.packages, args.channels, platforms=args.platforms, **files
+        )
+        source = f" from {args.source}" if args.source else ""
+        print(f"Creating environment {environment.name} ({environment.id}){source}, job {job.id}")
         return _submitted(client, job, args)
+
+
+def _import_files(args: argparse.Namespace) -> dict[str, str]:
+    """The create request's import texts: ``--from`` is an environment.yml when it ends
+    in .yml or .yaml, a pixi.toml otherwise; ``--lock`` is that pixi.toml's pixi.lock."""
+    if args.source is None:
+        if args.lock:
+            raise CliError("--lock needs --from (the pixi.toml it locks)")
+        return {}
+    if args.packages or args.channels:
+        raise CliError("--from takes the packages and channels from the file; drop -p and -c")
+    source = Path(args.source)
+    if source.suffix.lower() in (".yml", ".yaml"):
+        if args.lock:
+            raise CliError("--lock goes with a pixi.toml, not with an environment.yml")
+        return {"environment_yml": source.read_text()}
+    files = {"manifest": source.read_text()}
+    if args.lock:
+        files["lockfile"] = Path(args.lock).read_text()
+    return files
 
 
 def cmd_env_list(args: argparse.Namespace) -> int:
@@ -181,10 +213,16 @@ def cmd_env_list(args: argparse.Namespace) -> int:
 def cmd_env_show(args: argparse.Namespace) -> int:
     with _session(args) as client:
         environment = client.environments.resolve(args.env)
+        version = None
+        if args.version is not None or args.files:
+            version = client.environments.version(environment.id, args.version or 0)
+        by = _user_names(client) if version and args.output == "text" else {}
     if args.output == "json":
-        print_json(environment)
-    else:
+        print_json(version or environment)
+    elif version is None:
         print_fields(_environment_fields(environment))
+    else:
+        _print_version(environment, version, by, args.files)
     return 0
 
 
@@ -193,8 +231,10 @@ def _environment_fields(environment: Environment) -> list[tuple[str, str]]:
         ("name", environment.name),
         ("id", environment.id),
         ("status", environment.status),
+        ("version", str(environment.current_version or "-")),
         ("package manager", environment.package_manager),
         ("channels", ", ".join(environment.channels)),
+        ("platforms", ", ".join(environment.platforms) or "-"),
         ("owner", environment.owner_id),
         ("created", when(environment.created_at)),
         ("updated", when(environment.updated_at)),
@@ -202,6 +242,41 @@ def _environment_fields(environment: Environment) -> list[tuple[str, str]]:
     if environment.error:
         fields.insert(3, ("error", environment.error))
     return fields
+
+
+def _print_version(
+    environment: Environment, version: EnvironmentVersion, by: dict[str, str], files: bool
+) -> None:
+    """A version's fields and packages, then with ``files`` its pixi.toml and pixi.lock."""
+    current = " (current)" if version.version == environment.current_version else ""
+    print_fields(
+        [
+            ("environment", f"{environment.name} ({environment.id})"),
+            ("version", f"{version.version}{current}"),
+            ("description", version.description),
+            ("by", by.get(version.created_by, version.created_by)),
+            ("created", when(version.created_at)),
+            ("job", version.job_id),
+            ("hash", version.content_hash),
+            ("platforms", ", ".join(version.platforms)),
+        ]
+    )
+    print()
+    print_table(
+        ("NAME", "VERSION", "BUILD", "CHANNEL"),
+        ((p.name, p.version, p.build, p.channel) for p in version.packages),
+    )
+    if files:
+        for name, text in (("pixi.toml", version.manifest), ("pixi.lock", version.lockfile)):
+            print(f"\n==> {name} <==")
+            print(text, end="" if text.endswith("\n") else "\n")
+
+
+def _user_names(client: Client) -> dict[str, str]:
+    """The caller's username by id: what a version's ``created_by`` can be shown as
+    (other users' ids stay ids; only admins may list users)."""
+    user = client.whoami()
+    return {user.id: user.username}
 
 
 def cmd_env_delete(args: argparse.Namespace) -> int:
@@ -214,9 +289,15 @@ def cmd_env_delete(args: argparse.Namespace) -> int:
 
 def cmd_env_export(args: argparse.Namespace) -> int:
     with _session(args) as client:
-        export = client.environments.export(client.environments.resolve(args.env).id)
+        environment_id = client.environments.resolve(args.env).id
+        if args.version:
+            version = client.environments.version(environment_id, args.version)
+            texts = (version.manifest, version.lockfile)
+        else:
+            export = client.environments.export(environment_id)
+            texts = (export.manifest, export.lockfile)
     directory = Path(args.dir)
-    files = {directory / "pixi.toml": export.manifest, directory / "pixi.lock": export.lockfile}
+    files = dict(zip((directory / "pixi.toml", directory / "pixi.lock"), texts, strict=True))
     existing = [str(path) for path in files if path.exists()]
     if existing and not args.force:
         raise CliError(f"{' and '.join(existing)} already exist; use --force to overwrite")
@@ -225,6 +306,63 @@ def cmd_env_export(args: argparse.Namespace) -> int:
         path.write_text(text)
     print(f"Wrote {' and '.join(str(path) for path in files)}")
     return 0
+
+
+# Commands: history
+
+
+def cmd_env_history(args: argparse.Namespace) -> int:
+    with _session(args) as client:
+        environment = client.environments.resolve(args.env)
+        versions = list(client.environments.versions(environment.id))
+        by = _user_names(client) if args.output == "text" else {}
+    if args.output == "json":
+        print_json(versions)
+        return 0
+    print_table(
+        ("VERSION", "WHEN", "BY", "DESCRIPTION", "HASH"),
+        (
+            (
+                str(v.version),
+                when(v.created_at),
+                by.get(v.created_by, v.created_by),
+                v.description,
+                v.content_hash[:12],
+            )
+            for v in versions
+        ),
+    )
+    return 0
+
+
+def cmd_env_diff(args: argparse.Namespace) -> int:
+    with _session(args) as client:
+        environment = client.environments.resolve(args.env)
+        diff = client.environments.diff(environment.id, args.a, args.b, args.platform)
+    if args.output == "json":
+        print_json(diff)
+        return 0
+    names = [_version_name(number, environment) for number in (args.a, args.b)]
+    platform = f" ({args.platform})" if args.platform else ""
+    print(f"{environment.name}{platform}: {names[0]} {arrow()} {names[1]}")
+    for line in diff_lines(diff):
+        print(line)
+    return 0
+
+
+def _version_name(number: int, environment: Environment) -> str:
+    current = environment.current_version
+    if number in (0, current):
+        return f"version {current} (current)"
+    return f"version {number}"
+
+
+def cmd_env_rollback(args: argparse.Namespace) -> int:
+    with _session(args) as client:
+        environment = client.environments.resolve(args.env)
+        job = client.environments.rollback(environment.id, args.version)
+        print(f"Rolling back {environment.name} to version {args.version}, job {job.id}")
+        return _submitted(client, job, args)
 
 
 # Commands: packages
@@ -418,6 +556,124 @@ def _usage(parser: argparse.ArgumentParser) -> int:
     return 2
 
 
+def _version_number(least: int) -> Callable[[str], int]:
+    """An argparse type: a version number of at least ``least``."""
+
+    def parse(text: str) -> int:
+        try:
+            number = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a version number") from None
+        if number < least:
+            raise argparse.ArgumentTypeError(f"a version number is {least} or more")
+        return number
+
+    return parse
+
+
+def _env_parsers(top: _Commands) -> None:
+    env = top.group_parser("env", "create, inspect, export, delete and roll back environments")
+    _create_parser(env)
+    env.add("list", cmd_env_list, "list environments", aliases=["ls"], output=True)
+    show = env.add("show", cmd_env_show, "show an environment or one of its versions", output=True)
+    show.add_argument("env", metavar="ENV", help="name or id")
+    show.add_argument(
+        "--version",
+        type=_version_number(0),
+        metavar="N",
+        help="show version N (0: the current one) and its packages instead",
+    )
+    show.add_argument(
+        "--files",
+        action="store_true",
+        help="also print the pixi.toml and pixi.lock (of the current version without --version)",
+    )
+    env.add(
+        "delete", cmd_env_delete, "delete an environment", aliases=["rm"], wait=True
+    ).add_argument("env", metavar="ENV", help="name or id")
+    export = env.add(
+        "export", cmd_env_export, "write the pixi.toml and pixi.lock of an environment"
+    )
+    export.add_argument("env", metavar="ENV", help="name or id")
+    export.add_argument("-d", "--dir", default=".", help="directory to write to (default: .)")
+    export.add_argument("--force", action="store_true", help="overwrite existing files")
+    export.add_argument(
+        "--version", type=_version_number(0), default=0, metavar="N", help="an earlier version's"
+    )
+    _history_parsers(env)
+
+
+def _create_parser(env: _Commands) -> None:
+    create = env.add("create", cmd_env_create, "create an environment", wait=True)
+    create.add_argument("name")
+    create.add_argument(
+        "-p",
+        "--package",
+        dest="packages",
+        action="append",
+        default=[],
+        metavar="SPEC",
+        help="a conda match spec to install (repeatable; at least one, unless --from)",
+    )
+    create.add_argument(
+        "-c",
+        "--channel",
+        dest="channels",
+        action="append",
+        default=[],
+        metavar="CHANNEL",
+        help="a channel name or URL (repeatable; default: the server's channels)",
+    )
+    create.add_argument(
+        "--from",
+        dest="source",
+        metavar="FILE",
+        help="import a pixi.toml, or a conda environment.yml (.yml/.yaml), instead of -p/-c",
+    )
+    create.add_argument(
+        "--lock",
+        metavar="PIXI_LOCK",
+        help="the pixi.lock of --from's pixi.toml: installed as locked",
+    )
+    create.add_argument(
+        "--platform",
+        dest="platforms",
+        action="append",
+        default=[],
+        metavar="PLATFORM",
+        help="a conda platform to lock besides the server's own, e.g. osx-arm64 (repeatable)",
+    )
+
+
+def _history_parsers(env: _Commands) -> None:
+    history = env.add(
+        "history", cmd_env_history, "list an environment's versions, newest first", output=True
+    )
+    history.add_argument("env", metavar="ENV", help="name or id")
+    diff = env.add("diff", cmd_env_diff, "compare two versions of an environment", output=True)
+    diff.add_argument("env", metavar="ENV", help="name or id")
+    diff.add_argument("a", metavar="A", type=_version_number(0), help="the older version")
+    diff.add_argument(
+        "b",
+        metavar="B",
+        type=_version_number(0),
+        nargs="?",
+        default=0,
+        help="the newer version (default: the current one)",
+    )
+    diff.add_argument(
+        "--platform", default="", help="one of the environment's platforms (default: the server's)"
+    )
+    rollback = env.add(
+        "rollback",
+        cmd_env_rollback,
+        "install exactly an earlier version's lock again (as a new version)",
+        wait=True,
+    )
+    rollback.add_argument("env", metavar="ENV", help="name or id")
+    rollback.add_argument("version", metavar="N", type=_version_number(1), help="the version")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="darb", description="Create and manage pixi/conda environments on a darb server."
@@ -431,40 +687,7 @@ def build_parser() -> argparse.ArgumentParser:
     top.add("logout", cmd_logout, "forget the saved token for this server")
     top.add("whoami", cmd_whoami, "show the logged-in user", output=True)
 
-    env = top.group_parser("env", "create, inspect, export and delete environments")
-    create = env.add("create", cmd_env_create, "create an environment", wait=True)
-    create.add_argument("name")
-    create.add_argument(
-        "-p",
-        "--package",
-        dest="packages",
-        action="append",
-        default=[],
-        metavar="SPEC",
-        help="a conda match spec to install (repeatable; at least one)",
-    )
-    create.add_argument(
-        "-c",
-        "--channel",
-        dest="channels",
-        action="append",
-        default=[],
-        metavar="CHANNEL",
-        help="a channel name or URL (repeatable; default: the server's channels)",
-    )
-    env.add("list", cmd_env_list, "list environments", aliases=["ls"], output=True)
-    env.add("show", cmd_env_show, "show an environment", output=True).add_argument(
-        "env", metavar="ENV", help="name or id"
-    )
-    env.add(
-        "delete", cmd_env_delete, "delete an environment", aliases=["rm"], wait=True
-    ).add_argument("env", metavar="ENV", help="name or id")
-    export = env.add(
-        "export", cmd_env_export, "write the pixi.toml and pixi.lock of an environment"
-    )
-    export.add_argument("env", metavar="ENV", help="name or id")
-    export.add_argument("-d", "--dir", default=".", help="directory to write to (default: .)")
-    export.add_argument("--force", action="store_true", help="overwrite existing files")
+    _env_parsers(top)
 
     pkg = top.group_parser("pkg", "install, remove and list packages")
     add = pkg.add("add", cmd_pkg_add, "install packages", aliases=["install"], wait=True)

@@ -1,4 +1,5 @@
-"""What the CLI prints: tables, JSON, key/value blocks and the job spinner."""
+"""What the CLI prints: tables, JSON, key/value blocks, version diffs and the job
+spinner."""
 
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime
 from types import TracebackType
 from typing import Any, TextIO
+
+from darb.models import Package, PackageChange, RequestedSpecChange, VersionDiff
 
 
 def when(value: datetime | None) -> str:
@@ -49,6 +52,61 @@ def print_fields(fields: Iterable[tuple[str, str]]) -> None:
     width = max(len(key) for key, _ in fields) + 1
     for key, value in fields:
         print(f"{key + ':':<{width}} {value}")
+
+
+def arrow() -> str:
+    """``→``, or ``->`` where standard output cannot encode it."""
+    try:
+        "→".encode(sys.stdout.encoding or "ascii")
+    except (UnicodeEncodeError, LookupError):
+        return "->"
+    return "→"
+
+
+def diff_lines(diff: VersionDiff) -> list[str]:
+    """A version diff for people: the installed packages (``+ name version``, ``- name
+    version``, ``~ name old → new``), then the requested specs the same way; each
+    section by name."""
+    if diff.empty:
+        return ["no differences"]
+    packages = [
+        *((p.name, f"+ {_package(p)}") for p in diff.added),
+        *((p.name, f"- {_package(p)}") for p in diff.removed),
+        *((c.name, f"~ {_package_change(c)}") for c in diff.changed),
+    ]
+    requested = [
+        *((s.name, f"+ {s.spec}") for s in diff.requested_added),
+        *((s.name, f"- {s.spec}") for s in diff.requested_removed),
+        *((c.name, f"~ {_spec_change(c)}") for c in diff.requested_changed),
+    ]
+    lines = []
+    for title, entries in (("packages", packages), ("requested (the manifest)", requested)):
+        lines.append(f"{title}:" if entries else f"{title}: no changes")
+        lines.extend(f"  {line}" for _, line in sorted(entries))
+    return lines
+
+
+def _package(package: Package) -> str:
+    return f"{package.name} {package.version}"
+
+
+def _package_change(change: PackageChange) -> str:
+    old, new = change.from_version, change.to_version
+    if old == new:  # a rebuild: the builds tell them apart
+        old, new = f"{old} ({change.from_build})", f"{new} ({change.to_build})"
+    return f"{change.name} {old} {arrow()} {new}"
+
+
+def _spec_change(change: RequestedSpecChange) -> str:
+    old, new = (_constraint(change.name, spec) for spec in (change.from_spec, change.to_spec))
+    return f"{change.name} {old} {arrow()} {new}"
+
+
+def _constraint(name: str, spec: str) -> str:
+    """A spec without its leading package name (``*`` for any version)."""
+    if spec == name:
+        return "*"
+    return spec.removeprefix(f"{name} ")
 
 
 class Spinner:
