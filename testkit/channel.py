@@ -37,7 +37,8 @@ _INDEX_SCRIPT = (
 
 @dataclass(frozen=True)
 class PackageSpec:
-    """One package to write: payload files, prefix-patched text files, optional bulk."""
+    """One package to write: payload files, prefix-patched text files, optional bulk;
+    ``noarch: generic`` unless it is built for one platform's ``subdir``."""
 
     name: str
     version: str
@@ -46,6 +47,7 @@ class PackageSpec:
     files: dict[str, bytes] = field(default_factory=dict)
     prefix_files: dict[str, str] = field(default_factory=dict)
     size_bytes: int = 0
+    subdir: str = "noarch"
 
     @property
     def build(self) -> str:
@@ -87,10 +89,11 @@ def _info_files(spec: PackageSpec, payload: dict[str, tuple[bytes, bool]]) -> di
         "build_number": spec.build_number,
         "depends": list(spec.depends),
         "license": "BSD-3-Clause",
-        "noarch": "generic",
-        "subdir": "noarch",
+        "subdir": spec.subdir,
         "timestamp": TIMESTAMP_MS,
     }
+    if spec.subdir == "noarch":
+        index["noarch"] = "generic"
     paths = [_paths_entry(p, data, pre) for p, (data, pre) in sorted(payload.items())]
     return {
         "info/index.json": json.dumps(index, indent=2).encode(),
@@ -134,9 +137,9 @@ def index_channel(channel_dir: Path) -> str:
 
 
 def build_channel(channel_dir: Path, packages: Iterable[PackageSpec]) -> str:
-    """Write ``packages`` to ``channel_dir/noarch/``, index it and return its URL."""
+    """Write ``packages`` to ``channel_dir/<subdir>/``, index it and return its URL."""
     for spec in packages:
-        build_package(channel_dir / "noarch", spec)
+        build_package(channel_dir / spec.subdir, spec)
     return index_channel(channel_dir)
 
 
@@ -194,18 +197,35 @@ def standard_packages() -> list[PackageSpec]:
         ),
         PackageSpec("acme-tool", "1.0", prefix_files={"bin/acme-tool": ACME_TOOL_SCRIPT}),
         PackageSpec("acme-broken", "1.0", depends=("does-not-exist",)),
+        *native_packages(),
+    ]
+
+
+def native_packages() -> list[PackageSpec]:
+    """Packages built per platform: ``acme-native`` for linux-64 (needing glibc) and for
+    osx-arm64 (needing macOS 11), ``acme-linux-only`` for linux-64 alone."""
+    native = {"share/acme-native/README": b"native\n"}
+    return [
+        PackageSpec(
+            "acme-native", "1.0", depends=("__glibc >=2.17",), files=native, subdir="linux-64"
+        ),
+        PackageSpec(
+            "acme-native", "1.0", depends=("__osx >=11",), files=native, subdir="osx-arm64"
+        ),
+        PackageSpec("acme-linux-only", "1.0", subdir="linux-64"),
     ]
 
 
 def standard_channel(channel_dir: Path, big_cache_dir: Path | None = None) -> str:
     """The fixture channel: acme-core 1.0/1.1/2.0, acme-utils, acme-extras, acme-tool,
-    acme-big (~80 MB, slow to link) and acme-broken (unsolvable). Returns its URL.
+    acme-big (~80 MB, slow to link), acme-broken (unsolvable) and the per-platform
+    ``native_packages``. Returns its URL.
 
     ``acme-big`` takes seconds to build, so it is built once under ``big_cache_dir``
     (keyed by this module's content hash) and hard-linked into the channel.
     """
     for spec in standard_packages():
-        build_package(channel_dir / "noarch", spec)
+        build_package(channel_dir / spec.subdir, spec)
     if big_cache_dir is None:
         build_package(channel_dir / "noarch", ACME_BIG)
     else:
