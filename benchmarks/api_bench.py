@@ -34,7 +34,7 @@ import grpc
 import psycopg
 from google.protobuf.message import Message
 
-from benchmarks import executor_bench, h2load, real_environment, standin
+from benchmarks import executor_bench, h2load, history_bench, real_environment, standin
 from benchmarks.stack import (
     WORKER_CONCURRENCY,
     AioAgent,
@@ -136,6 +136,14 @@ METHOD = """\
   plane's processes and of every PostgreSQL process, over the jobs. All three share the
   2 cores, so when the cores are what limits both runs, the run through the control
   plane can reach at best the agents' share of that CPU of the agents' own rate.
+- **rollback** (builtin stack, benchmarks/history_bench.py): the flask environment is
+  created (version 1, which warms the agent's cache) and emptied by removing flask; each
+  round rolls it back to version 1 through the control plane (from the RPC to the
+  watcher hearing COMPLETED) and empties it again, and py-rattler alone installs version
+  1's lock into a new prefix from the same cache (its own process, timed inside).
+  Medians of the rounds.
+- **diff**: DiffEnvironmentVersions of two versions of 300 packages (30 changed, one
+  added, one removed), written straight into the database, 500 calls from one client.
 """
 
 
@@ -905,9 +913,11 @@ async def api_figures(stack: Stack, channel: str, sizes: Sizes, report: Report) 
 async def builtin_figures(
     stack: Stack, channel: str, specs: list[str], sizes: Sizes, report: Report
 ) -> None:
-    [(_, token)] = stack.new_users(1)
+    [(user_id, token)] = stack.new_users(1)
     await dispatch_latency(stack, token, report, sizes.dispatch_samples)
     await create_overhead(stack, token, channel, specs, report, sizes.overhead_rounds)
+    report.rows += await history_bench.rollback(stack, token, sizes.overhead_rounds)
+    report.rows += await history_bench.diff(stack, user_id, token, channel)
 
 
 async def log_figures(stack: Stack, sizes: Sizes, report: Report) -> None:
