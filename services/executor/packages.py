@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from rattler import LockFile
 
 from services.executor.workspace import Workspace
+from shared.lockhash import content_hash
 
 
 @dataclass(frozen=True)
@@ -21,40 +22,55 @@ class InstalledPackage:
     channel: str
 
 
-def locked_packages(workspace: Workspace) -> list[InstalledPackage]:
-    """The packages of the default environment for the lock's platform, sorted by name."""
+def locked_packages(workspace: Workspace, platform: str) -> list[InstalledPackage]:
+    """The packages of the default environment for ``platform`` (the host's: the others
+    are locked, not installed), sorted by name."""
     if not workspace.lockfile.is_file():
         return []
-    lock = LockFile.from_path(workspace.lockfile)
+    return packages_of(LockFile.from_path(workspace.lockfile), platform)
+
+
+def packages_of(lock: LockFile, platform: str) -> list[InstalledPackage]:
     environment = lock.default_environment()
     if environment is None:
         return []
-    packages = []
-    for platform in environment.platforms():
-        for record in environment.conda_repodata_records_for_platform(platform) or []:
-            packages.append(
-                InstalledPackage(
-                    name=record.name.normalized,
-                    version=str(record.version),
-                    build=str(record.build),
-                    channel=str(record.channel or ""),
-                )
-            )
+    records = [
+        record
+        for locked in environment.platforms()
+        if locked.name == platform
+        for record in environment.conda_repodata_records_for_platform(locked) or []
+    ]
+    packages = [
+        InstalledPackage(
+            name=record.name.normalized,
+            version=str(record.version),
+            build=str(record.build),
+            channel=str(record.channel or ""),
+        )
+        for record in records
+    ]
     return sorted(packages, key=lambda package: package.name)
 
 
 @dataclass(frozen=True)
 class EnvironmentState:
-    """What an operation result reports: packages and the two files' text."""
+    """What an operation result reports: packages, the two files' text and the lock's
+    content hash (``shared.lockhash``)."""
 
     packages: list[InstalledPackage]
     manifest: str
     lockfile: str
+    content_hash: str
 
 
-def read_state(workspace: Workspace) -> EnvironmentState:
-    """The committed state; empty for an environment that does not exist (any more)."""
+def read_state(workspace: Workspace, platform: str) -> EnvironmentState:
+    """The committed state, with the packages installed for ``platform``; empty for an
+    environment that does not exist (any more)."""
     if not workspace.exists():
-        return EnvironmentState([], "", "")
-    lockfile = workspace.lockfile.read_text() if workspace.lockfile.is_file() else ""
-    return EnvironmentState(locked_packages(workspace), workspace.manifest.read_text(), lockfile)
+        return EnvironmentState([], "", "", "")
+    manifest = workspace.manifest.read_text()
+    if not workspace.lockfile.is_file():
+        return EnvironmentState([], manifest, "", "")
+    lock = LockFile.from_path(workspace.lockfile)
+    lockfile = workspace.lockfile.read_text()
+    return EnvironmentState(packages_of(lock, platform), manifest, lockfile, content_hash(lock))

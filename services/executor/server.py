@@ -35,7 +35,7 @@ def build_engines(layout: DataLayout, platform: str) -> tuple[BuiltinEngine, dic
     engines: dict[str, Engine] = {"builtin": builtin}
     pixi = available_engines().get("cli")
     if pixi:
-        engines["cli"] = PixiCliEngine(layout, pixi, platform, builtin)
+        engines["cli"] = PixiCliEngine(layout, pixi, builtin)
     return builtin, engines
 
 

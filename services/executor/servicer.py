@@ -53,6 +53,7 @@ from shared.errors import (
     Unavailable,
 )
 from shared.logs import clip, headline, key_values
+from shared.platforms import validate_platforms
 from shared.specs import parse_specs, resolve_channels, validate_package_name
 from shared.timestamps import from_nanoseconds
 from shared.validation import validate_environment_name
@@ -109,15 +110,13 @@ class ExecutorServicer(executor_pb2_grpc.ExecutorServiceServicer):
     ) -> AsyncIterator[pb.CreateEnvironmentResponse]:
         workspace = self._workspace(request.environment_id)
         self._check_count(request.packages, request.channels)
-        policy = self._settings.channels
         operation = Operation(
             "create",
             workspace,
             name=validate_environment_name(request.name),
-            channels=tuple(resolve_channels(list(request.channels), policy)),
-            specs=tuple(s.text for s in parse_specs(list(request.packages), policy))
-            if request.packages
-            else (),
+            channels=self._channels(request.channels),
+            specs=self._specs(request.packages),
+            platforms=self._with_host(validate_platforms(request.platforms)),
         )
         async for message in self._operate(operation, pb.CreateEnvironmentResponse):
             yield message
@@ -161,13 +160,26 @@ class ExecutorServicer(executor_pb2_grpc.ExecutorServiceServicer):
         workspace = self._workspace(request.environment_id)
         if not workspace.exists():
             raise NotFound(f"environment {request.environment_id} does not exist")
-        packages = await asyncio.to_thread(locked_packages, workspace)
+        packages = await asyncio.to_thread(locked_packages, workspace, self._platform)
         return pb.ListPackagesResponse(packages=[_package_message(p) for p in packages])
 
     def _workspace(self, environment_id: str) -> Workspace:
         if not is_environment_id(environment_id):
             raise InvalidArgument("environment_id must be a lower-case UUID")
         return self._layout.workspace(environment_id)
+
+    def _channels(self, channels: Sequence[str]) -> tuple[str, ...]:
+        return tuple(resolve_channels(list(channels), self._settings.channels))
+
+    def _specs(self, packages: Sequence[str]) -> tuple[str, ...]:
+        """Validated specs; none is a manifest without dependencies."""
+        if not packages:
+            return ()
+        return tuple(s.text for s in parse_specs(list(packages), self._settings.channels))
+
+    def _with_host(self, platforms: tuple[str, ...]) -> tuple[str, ...]:
+        """A manifest's platforms: the host's first, then the others asked for."""
+        return (self._platform, *(p for p in platforms if p != self._platform))
 
     def _check_count(self, packages: Sequence[str], channels: Sequence[str] = ()) -> None:
         """Bound the work one request can ask for before any of it is parsed: validation
@@ -239,7 +251,7 @@ class ExecutorServicer(executor_pb2_grpc.ExecutorServiceServicer):
         if operation.kind != "delete":
             error = await _recover(workspace, engine, emit)
             if error:
-                state = await asyncio.to_thread(read_state, workspace)
+                state = await asyncio.to_thread(read_state, workspace, self._platform)
                 return stream.result(f"the environment could not be repaired: {error}", state)
         timeout = self._settings.operation_timeout
         try:
@@ -250,7 +262,7 @@ class ExecutorServicer(executor_pb2_grpc.ExecutorServiceServicer):
             error = f"timed out after {timeout:g} seconds; the operation was stopped"
         if error is not None:
             await _recover(workspace, engine, emit)
-        state = await asyncio.to_thread(read_state, workspace)
+        state = await asyncio.to_thread(read_state, workspace, self._platform)
         return stream.result(error, state)
 
     def _repair(self, operation: Operation, engine: Engine) -> None:
@@ -430,6 +442,7 @@ class _LineStream:
             packages=[_package_message(p) for p in state.packages],
             manifest=state.manifest,
             lockfile=state.lockfile,
+            content_hash=state.content_hash,
         )
         return self._response_type(result=result)
 

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-from rattler import PrefixRecord
+from rattler import LockFile, PrefixRecord
 
 from darb.executor.v1 import executor_pb2 as pb
 from testkit.agent import AgentProcess
@@ -105,6 +105,29 @@ def prefix_versions(prefix: Path) -> dict[str, str]:
     """What is really installed in a prefix, from its conda-meta records."""
     records = [PrefixRecord.from_path(p) for p in (prefix / "conda-meta").glob("*.json")]
     return {record.name.normalized: str(record.version) for record in records}
+
+
+Build = tuple[str, str, str, str]  # name, version, build, subdir
+
+
+def installed_builds(prefix: Path) -> set[Build]:
+    """What is really installed in a prefix, build for build, from conda-meta."""
+    records = [PrefixRecord.from_path(p) for p in (prefix / "conda-meta").glob("*.json")]
+    return {(r.name.normalized, str(r.version), str(r.build), r.subdir) for r in records}
+
+
+def locked_builds(lockfile: Path) -> dict[str, set[Build]]:
+    """Platform -> the builds a pixi.lock holds for it in its default environment."""
+    lock = LockFile.from_path(lockfile)
+    environment = lock.environment("default")
+    assert environment is not None
+    return {
+        platform.name: {
+            (r.name.normalized, str(r.version), str(r.build), r.subdir)
+            for r in environment.conda_repodata_records_for_platform(platform) or []
+        }
+        for platform in lock.platforms()
+    }
 
 
 def manifest_dependencies(text: str) -> dict[str, object]:

@@ -66,6 +66,26 @@ def test_a_channel_inside_the_allowlist_prefix_but_escaping_it_is_refused(
 
 
 @pytest.mark.parametrize(
+    ("platforms", "expected"),
+    [
+        (["linux-128"], "'linux-128' is not one of"),
+        (["noarch"], "'noarch' is not one of"),
+        (["freebsd-64"], "'freebsd-64' is not one of"),
+        (["osx-arm64", "osx-arm64"], "must not repeat"),
+        (
+            [f"{os}-{arch}" for os in ("linux", "osx") for arch in ("64", "arm64")]
+            + ["win-64", "win-32", "win-arm64", "zos-z", "linux-s390x"],
+            "limit is 8",
+        ),
+    ],
+)
+def test_bad_platforms_are_invalid_argument(shared_agent, platforms, expected):
+    code, details = _create_status(shared_agent, platforms=platforms, packages=["acme-core"])
+    assert code == grpc.StatusCode.INVALID_ARGUMENT
+    assert expected in details
+
+
+@pytest.mark.parametrize(
     "environment_id",
     [
         "",

@@ -220,7 +220,7 @@ def test_unsolvable_install_fails_with_solver_explanation_and_changes_nothing(da
     assert outcome.returncode == 1
     assert outcome.result is not None and outcome.result["success"] is False
     error = outcome.result["error"]
-    assert error.startswith("cannot solve the environment: ")
+    assert error.startswith("cannot solve for linux-64: ")
     assert "acme-broken 1.0 would require" in error and "does-not-exist" in error
     assert "Traceback" not in outcome.stderr
     assert outcome.stderr == f"error: {error}\n"

@@ -85,10 +85,13 @@ def cli_agent(agent_factory, fake_pixi):
 
 def test_commands_put_user_specs_after_a_double_dash(tmp_path):
     layout = DataLayout(tmp_path)
-    engine = PixiCliEngine(layout, "/usr/bin/pixi", "linux-64", BuiltinEngine(layout, "linux-64"))
+    engine = PixiCliEngine(layout, "/usr/bin/pixi", BuiltinEngine(layout, "linux-64"))
     workspace = layout.workspace(new_id())
     manifest = str(workspace.manifest)
-    create_op = Operation("create", workspace, "demo", ("file:///c",), ("acme-core >=1",))
+    platforms = ("linux-64", "osx-arm64")
+    create_op = Operation(
+        "create", workspace, "demo", ("file:///c",), ("acme-core >=1",), platforms=platforms
+    )
     assert engine.commands(create_op) == [
         [
             "/usr/bin/pixi",
@@ -99,6 +102,8 @@ def test_commands_put_user_specs_after_a_double_dash(tmp_path):
             "file:///c",
             "--platform",
             "linux-64",
+            "--platform",
+            "osx-arm64",
             str(workspace.root),
         ],
         ["/usr/bin/pixi", "add", "--manifest-path", manifest, "--", "acme-core >=1"],

@@ -3,6 +3,7 @@ line."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import functools
 import itertools
@@ -13,10 +14,13 @@ from pathlib import Path
 from typing import cast
 
 import rattler
+from rattler.exceptions import SolverError
+from rattler.package.build_string import BuildString
 
-from services.executor.builtin_worker.lockfile import Record
+from services.executor.builtin_worker.lockfile import Record, Solution
+from services.executor.builtin_worker.manifest import Manifest
 from services.executor.builtin_worker.output import log
-from services.executor.builtin_worker.request import Request
+from services.executor.builtin_worker.request import Request, WorkerError
 
 
 @functools.cache
@@ -89,22 +93,77 @@ def log_changes(old: list[Record], new: list[Record]) -> None:
         log(line)
 
 
+# pixi's defaults for a manifest without ``[system-requirements]``, as (name, version):
+# what another platform's solve assumes of the machines the lock is for.
+VirtualSet = tuple[tuple[str, str], ...]
+LINUX_VIRTUAL: VirtualSet = (("__unix", "0"), ("__linux", "4.18"), ("__glibc", "2.28"))
+OSX_VIRTUAL: VirtualSet = (("__unix", "0"), ("__osx", "13.0"))
+WINDOWS_VIRTUAL: VirtualSet = (("__win", "0"),)
+UNIX_VIRTUAL: VirtualSet = (("__unix", "0"),)
+
+
+def virtual_packages(
+    platform: str, host: str
+) -> list[rattler.VirtualPackage] | list[rattler.GenericVirtualPackage]:
+    """Detected on the host; for another platform, its family's fixed set above."""
+    if platform == host:
+        return rattler.VirtualPackage.detect()
+    return [
+        rattler.GenericVirtualPackage(
+            rattler.PackageName(name), rattler.Version(version), BuildString("0")
+        )
+        for name, version in foreign_virtual_set(rattler.Subdir(platform))
+    ]
+
+
+def foreign_virtual_set(subdir: rattler.Subdir) -> VirtualSet:
+    if subdir.is_linux:
+        return LINUX_VIRTUAL
+    if subdir.is_osx:
+        return OSX_VIRTUAL
+    if subdir.is_windows:
+        return WINDOWS_VIRTUAL
+    return UNIX_VIRTUAL if subdir.is_unix else ()
+
+
 async def solve(
-    request: Request, platform: str, channels: Iterable[str], specs: list[str], locked: list[Record]
+    request: Request,
+    gateway: rattler.Gateway,
+    platform: str,
+    channels: Iterable[str],
+    specs: list[str],
+    locked: list[Record],
 ) -> list[Record]:
-    """Solve ``specs``, preferring the ``locked`` records so unrelated packages stay put."""
-    log(f"solving {', '.join(specs) or '(no dependencies)'}")
+    """Solve ``specs`` for ``platform``, preferring the ``locked`` records so unrelated
+    packages stay put; a failure names the platform."""
     started = time.monotonic()
-    records = await rattler.solve(
-        sources=list(channels),
-        specs=specs,
-        gateway=rattler.Gateway(cache_dir=request.repodata_cache_dir, client=http_client()),
-        platforms=[rattler.Subdir(platform), rattler.Subdir("noarch")],
-        locked_packages=locked,
-        virtual_packages=rattler.VirtualPackage.detect(),
-    )
-    log(f"solved in {time.monotonic() - started:.2f}s")
+    try:
+        records = await rattler.solve(
+            sources=list(channels),
+            specs=specs,
+            gateway=gateway,
+            platforms=[rattler.Subdir(platform), rattler.Subdir("noarch")],
+            locked_packages=locked,
+            virtual_packages=virtual_packages(platform, request.platform),
+        )
+    except SolverError as exc:
+        raise WorkerError(f"cannot solve for {platform}: {str(exc).strip()}") from exc
+    log(f"solved for {platform} in {time.monotonic() - started:.2f}s")
     return records
+
+
+async def solve_all(request: Request, manifest: Manifest, locked: Solution) -> Solution:
+    """Solve the manifest's specs for each of its platforms, all at once."""
+    specs = manifest.specs()
+    log(f"solving {', '.join(specs) or '(no dependencies)'} for {', '.join(manifest.platforms)}")
+    gateway = rattler.Gateway(cache_dir=request.repodata_cache_dir, client=http_client())
+    solutions = await asyncio.gather(
+        *(
+            solve(request, gateway, p, manifest.channels, specs, locked.get(p, []))
+            for p in manifest.platforms
+        )
+    )
+    return dict(zip(manifest.platforms, solutions, strict=True))
 
 
 def cached(cache_dir: Path, record: Record) -> bool:

@@ -1,4 +1,4 @@
-"""pixi.lock: built from solved records, read back as records."""
+"""pixi.lock: built from solved records per platform, read back as records per platform."""
 
 from __future__ import annotations
 
@@ -9,26 +9,34 @@ import rattler
 
 ENVIRONMENT = "default"
 Record = rattler.RepoDataRecord
+# Records per platform name, e.g. {"linux-64": [...], "osx-arm64": [...]}.
+Solution = dict[str, list[Record]]
 
 
-def build_lock(
-    platform: rattler.LockPlatform, channels: Iterable[str], records: list[Record]
-) -> rattler.LockFile:
-    lock = rattler.LockFile([platform])
+def build_lock(channels: Iterable[str], solution: Solution) -> rattler.LockFile:
+    platforms = {name: rattler.LockPlatform(name) for name in solution}
+    lock = rattler.LockFile(list(platforms.values()))
     lock.set_channels(ENVIRONMENT, [rattler.LockChannel(c) for c in channels])
-    for record in records:
-        lock.add_conda_package(ENVIRONMENT, platform, record)
+    for name, records in solution.items():
+        for record in records:
+            lock.add_conda_package(ENVIRONMENT, platforms[name], record)
     return lock
 
 
-def read_lock(path: Path) -> tuple[rattler.LockPlatform, list[Record]]:
-    """The platform and records of pixi.lock.
+def lock_records(lock: rattler.LockFile) -> Solution:
+    """The records of every platform of the lock's default environment.
 
-    The platform object must come from the lock itself: a fresh ``LockPlatform`` passed to
+    The platform objects must come from the lock itself: a fresh ``LockPlatform`` passed to
     ``conda_repodata_records_for_platform`` made rattler panic.
     """
-    lock = rattler.LockFile.from_path(path)
-    platform = lock.platforms()[0]
     environment = lock.environment(ENVIRONMENT)
-    records = environment.conda_repodata_records_for_platform(platform) if environment else None
-    return platform, records or []
+    return {
+        platform.name: (environment.conda_repodata_records_for_platform(platform) or [])
+        if environment
+        else []
+        for platform in lock.platforms()
+    }
+
+
+def read_lock(path: Path) -> Solution:
+    return lock_records(rattler.LockFile.from_path(path))

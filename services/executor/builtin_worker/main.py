@@ -21,7 +21,6 @@ from rattler.exceptions import (
     InvalidPackageNameError,
     LinkError,
     ParseCondaLockError,
-    SolverError,
     TransactionError,
 )
 
@@ -33,7 +32,6 @@ from services.executor.builtin_worker.request import Request, WorkerError
 
 # Failures a user can cause or fix: reported by their message alone, without a traceback.
 EXPECTED_ERRORS: dict[type[BaseException], str] = {
-    SolverError: "cannot solve the environment",
     GatewayError: "cannot read the channels",
     FetchRepoDataError: "cannot read the channels",
     InstallerError: "cannot install the packages",

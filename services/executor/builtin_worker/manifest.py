@@ -50,31 +50,40 @@ def dependency_spec(name: str, entry: Dependency) -> str:
 
 
 def manifest_text(
-    name: str, channels: Iterable[str], platform: str, deps: dict[str, Dependency]
+    name: str, channels: Iterable[str], platforms: Iterable[str], deps: dict[str, Dependency]
 ) -> str:
-    workspace = {"name": name, "channels": list(channels), "platforms": [platform]}
+    workspace = {"name": name, "channels": list(channels), "platforms": list(platforms)}
     return tomli_w.dumps({"workspace": workspace, "dependencies": deps})
 
 
 @dataclass(frozen=True)
 class Manifest:
-    """The parts of pixi.toml that darb writes and reads back."""
+    """The parts of pixi.toml that darb writes and reads back; ``platforms`` are those
+    solved and locked (the host's is the one installed)."""
 
     name: str
     channels: tuple[str, ...]
-    platform: str
+    platforms: tuple[str, ...]
     dependencies: dict[str, Dependency]
 
     @classmethod
     def read(cls, path: Path) -> Manifest:
         data = tomllib.loads(path.read_text())
         workspace = data["workspace"]
-        platform = workspace["platforms"][0]
+        platforms = tuple(workspace["platforms"])
         deps = data.get("dependencies", {})
-        return cls(workspace["name"], tuple(workspace["channels"]), platform, deps)
+        return cls(workspace["name"], tuple(workspace["channels"]), platforms, deps)
+
+    @classmethod
+    def of(
+        cls, name: str, channels: Iterable[str], platforms: Iterable[str], specs: Iterable[str]
+    ) -> Manifest:
+        """The manifest darb writes for these fields; refuses specs it cannot record."""
+        deps = dict(dependency_entry(spec) for spec in specs)
+        return cls(name, tuple(channels), tuple(platforms), deps)
 
     def specs(self) -> list[str]:
         return [dependency_spec(name, entry) for name, entry in self.dependencies.items()]
 
     def text(self) -> str:
-        return manifest_text(self.name, self.channels, self.platform, self.dependencies)
+        return manifest_text(self.name, self.channels, self.platforms, self.dependencies)

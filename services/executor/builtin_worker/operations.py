@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import secrets
 import shutil
+from dataclasses import replace
 
 import rattler
 
 from services.executor.builtin_worker.files import commit, roll_forward, write_staged, write_text
-from services.executor.builtin_worker.install import install, label, log_changes, solve
+from services.executor.builtin_worker.install import install, label, log_changes, solve_all
 from services.executor.builtin_worker.lockfile import build_lock, read_lock
 from services.executor.builtin_worker.manifest import Dependency, Manifest, dependency_entry
 from services.executor.builtin_worker.output import log, warn
@@ -17,17 +18,17 @@ from services.executor.builtin_worker.request import Request, WorkerError
 
 async def create(request: Request) -> None:
     ws = request.workspace
-    deps = dict(dependency_entry(spec) for spec in request.specs)
-    manifest = Manifest(request.name, request.channels, request.platform, deps)
-    log(f"create {request.name!r} for {request.platform}: {', '.join(request.specs)}")
+    manifest = Manifest.of(
+        request.name, request.channels, request.manifest_platforms(), request.specs
+    )
+    log(f"create {request.name!r} for {', '.join(manifest.platforms)}: {', '.join(request.specs)}")
     log(f"channels: {', '.join(request.channels)}")
-    records = await solve(request, request.platform, request.channels, manifest.specs(), [])
+    solution = await solve_all(request, manifest, {})
+    records = solution[request.platform]
     log_changes([], records)
     ws.root.mkdir(parents=True)
     await install(request, [], records)
-    platform = rattler.LockPlatform(request.platform)
-    lock = build_lock(platform, request.channels, records)
-    write_staged(ws.lockfile, lock.to_path)
+    write_staged(ws.lockfile, build_lock(request.channels, solution).to_path)
     write_staged(ws.manifest, write_text(manifest.text()))
 
 
@@ -43,22 +44,24 @@ def next_dependencies(request: Request, current: dict[str, Dependency]) -> dict[
 
 
 async def update(request: Request) -> None:
-    """Install or remove: solve, then change the prefix and commit manifest and lock."""
+    """Install or remove: solve every platform, then change the prefix and commit."""
     ws = request.workspace
     if not ws.exists():
         raise WorkerError(f"environment {ws.root.name} does not exist")
     manifest = Manifest.read(ws.manifest)
-    platform, old = read_lock(ws.lockfile)
+    if request.platform not in manifest.platforms:
+        raise WorkerError(f"the environment is not for this agent's platform {request.platform}")
+    locked = read_lock(ws.lockfile)
     log(f"{request.op}: {', '.join(request.specs)}")
     log(f"channels: {', '.join(manifest.channels)}")
-    deps = next_dependencies(request, manifest.dependencies)
-    new_manifest = Manifest(manifest.name, manifest.channels, manifest.platform, deps)
-    records = await solve(request, platform.name, manifest.channels, new_manifest.specs(), old)
-    log_changes(old, records)
+    new_manifest = replace(manifest, dependencies=next_dependencies(request, manifest.dependencies))
+    solution = await solve_all(request, new_manifest, locked)
+    old, new = locked.get(request.platform, []), solution[request.platform]
+    log_changes(old, new)
     ws.state_dir.mkdir(exist_ok=True)
     ws.dirty_marker.touch()
-    await install(request, old, records)
-    commit(ws, new_manifest, build_lock(platform, manifest.channels, records))
+    await install(request, old, new)
+    commit(ws, new_manifest, build_lock(manifest.channels, solution))
     ws.dirty_marker.unlink()
 
 
@@ -74,7 +77,7 @@ async def restore(request: Request) -> None:
         log("discarding an uncommitted transaction")
         shutil.rmtree(ws.txn_dir)
     if ws.dirty_marker.exists():
-        _, records = read_lock(ws.lockfile)
+        records = read_lock(ws.lockfile).get(request.platform, [])
         log(f"rebuilding the prefix from pixi.lock ({len(records)} packages)")
         shutil.rmtree(ws.prefix, ignore_errors=True)
         await install(request, [], records)
@@ -89,7 +92,7 @@ async def delete(request: Request) -> None:
         log("environment does not exist: nothing to delete")
         return
     if ws.lockfile.exists():
-        for record in read_lock(ws.lockfile)[1]:
+        for record in read_lock(ws.lockfile).get(request.platform, []):
             log(f"removing {label(record)}")
     request.trash_dir.mkdir(parents=True, exist_ok=True)
     trash = request.trash_dir / f"{ws.root.name}.{secrets.token_hex(4)}"

@@ -17,7 +17,9 @@ class WorkerError(Exception):
 
 @dataclass(frozen=True)
 class Request:
-    """The JSON request read from stdin; paths are absolute and already validated."""
+    """The JSON request read from stdin; paths are absolute and already validated.
+    ``platforms`` are the manifest's for create (``platform``, the host's, is always among
+    them)."""
 
     op: str
     workspace: Workspace
@@ -28,6 +30,7 @@ class Request:
     name: str = ""
     channels: tuple[str, ...] = ()
     specs: tuple[str, ...] = ()
+    platforms: tuple[str, ...] = ()
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Request:
@@ -42,9 +45,14 @@ class Request:
                 name=data.get("name", ""),
                 channels=tuple(data.get("channels", ())),
                 specs=tuple(data.get("specs", ())),
+                platforms=tuple(data.get("platforms", ())),
             )
         except (KeyError, TypeError) as exc:
             raise WorkerError(f"invalid request: missing or malformed {exc}") from exc
         if request.op not in OPERATIONS:
             raise WorkerError(f"invalid request: unknown op {request.op!r}")
         return request
+
+    def manifest_platforms(self) -> tuple[str, ...]:
+        """The platforms a created manifest lists: the host's first."""
+        return (self.platform, *(p for p in self.platforms if p != self.platform))

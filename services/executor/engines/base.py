@@ -18,13 +18,15 @@ SECRET_VARIABLES = ("DARB_AGENT_TOKEN", "DARB_ADMIN_PASSWORD", "DARB_DATABASE_UR
 
 @dataclass(frozen=True)
 class Operation:
-    """One unit of work on one environment; specs are already validated."""
+    """One unit of work on one environment; specs are already validated. ``platforms`` are
+    the manifest's (the host's first)."""
 
     kind: OperationKind
     workspace: Workspace
     name: str = ""
     channels: tuple[str, ...] = ()
     specs: tuple[str, ...] = field(default=())
+    platforms: tuple[str, ...] = ()
 
 
 class Engine(Protocol):

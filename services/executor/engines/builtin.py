@@ -120,6 +120,7 @@ class BuiltinEngine:
             "name": operation.name,
             "channels": list(operation.channels),
             "specs": list(operation.specs),
+            "platforms": list(operation.platforms),
         }
 
     async def run(self, operation: Operation, emit: Emit) -> str | None:

@@ -26,12 +26,9 @@ class PixiCliEngine:
 
     name = "cli"
 
-    def __init__(
-        self, layout: DataLayout, pixi: str, platform: str, builtin: BuiltinEngine
-    ) -> None:
+    def __init__(self, layout: DataLayout, pixi: str, builtin: BuiltinEngine) -> None:
         self._layout = layout
         self._pixi = pixi
-        self._platform = platform
         self._builtin = builtin
 
     def commands(self, operation: Operation) -> list[list[str]]:
@@ -39,8 +36,11 @@ class PixiCliEngine:
         workspace, manifest = operation.workspace, str(operation.workspace.manifest)
         if operation.kind == "create":
             channels = [arg for channel in operation.channels for arg in ("--channel", channel)]
-            init = [self._pixi, "init", "--format", "pixi", *channels]
-            init += ["--platform", self._platform, str(workspace.root)]
+            platforms = [
+                arg for platform in operation.platforms for arg in ("--platform", platform)
+            ]
+            init = [self._pixi, "init", "--format", "pixi", *channels, *platforms]
+            init.append(str(workspace.root))
             add = [self._pixi, "add", "--manifest-path", manifest, "--", *operation.specs]
             return [init, add]
         if operation.kind in ("install", "remove"):
