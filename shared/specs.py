@@ -22,6 +22,7 @@ from shared.errors import InvalidArgument
 
 MAX_SPEC_LENGTH = 256
 MAX_CHANNEL_LENGTH = 512
+MAX_PACKAGE_URL_LENGTH = 1024
 PACKAGE_NAME = re.compile(r"^[a-z0-9_][a-z0-9_.\-]{0,127}$")
 CHANNEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}(/[A-Za-z0-9_.\-]{1,128}){0,3}$")
 URL_SCHEMES = ("https", "http", "file")
@@ -86,6 +87,19 @@ def validate_channel(channel: str, policy: ChannelPolicy) -> str:
     if not _is_allowed(_channel_base_url(channel.strip()), policy):
         raise InvalidArgument(f"channel {channel!r} is not allowed (see DARB_ALLOWED_CHANNELS)")
     return channel.strip()
+
+
+def validate_package_url(url: str, policy: ChannelPolicy) -> str:
+    """A package archive's URL (``<channel>/<subdir>/<file>``), if its channel is allowed."""
+    _check_text("package URL", url, MAX_PACKAGE_URL_LENGTH)
+    channel = url.rsplit("/", 2)[0]
+    try:
+        allowed = "://" in channel and _is_allowed(_channel_base_url(channel), policy)
+    except InvalidArgument as exc:
+        raise InvalidArgument(f"package URL {url!r} is not valid: {exc}") from exc
+    if not allowed:
+        raise InvalidArgument(f"package URL {url!r} is not in an allowed channel")
+    return url
 
 
 def resolve_channels(channels: list[str], policy: ChannelPolicy) -> list[str]:

@@ -17,6 +17,7 @@ import logging
 import shutil
 import time
 import tomllib
+import uuid
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, Sequence
 from types import TracebackType
 from typing import Any
@@ -27,6 +28,7 @@ from darb.executor.v1 import executor_pb2 as pb
 from darb.executor.v1 import executor_pb2_grpc
 from services.executor.engines.base import Engine, Operation
 from services.executor.errors import maps_errors
+from services.executor.locks import stage_lock
 from services.executor.packages import (
     EnvironmentState,
     InstalledPackage,
@@ -120,6 +122,29 @@ class ExecutorServicer(executor_pb2_grpc.ExecutorServiceServicer):
         )
         async for message in self._operate(operation, pb.CreateEnvironmentResponse):
             yield message
+
+    @maps_errors
+    async def ApplyLock(
+        self, request: pb.ApplyLockRequest, context: Any
+    ) -> AsyncIterator[pb.ApplyLockResponse]:
+        workspace = self._workspace(request.environment_id)
+        self._check_count(request.packages, request.channels)
+        platforms = validate_platforms(request.platforms)
+        if self._platform not in platforms:
+            raise InvalidArgument(f"platforms must include this agent's platform {self._platform}")
+        name = validate_environment_name(request.name)
+        channels, specs = self._channels(request.channels), self._specs(request.packages)
+        staged = self._layout.runs / f"{uuid.uuid4().hex}.lock"
+        policy = self._settings.channels
+        try:
+            await asyncio.to_thread(stage_lock, staged, request.lockfile, self._platform, policy)
+            operation = Operation(
+                "apply", workspace, name, channels, specs, platforms=platforms, lockfile=staged
+            )
+            async for message in self._operate(operation, pb.ApplyLockResponse):
+                yield message
+        finally:
+            staged.unlink(missing_ok=True)  # the operation is over: _operate waited for it
 
     @maps_errors
     async def InstallPackages(
@@ -319,6 +344,8 @@ async def _wait_all(tasks: set[Task], timeout: float) -> None:
 def _check_preconditions(operation: Operation) -> None:
     workspace = operation.workspace
     environment_id = workspace.root.name
+    if operation.kind == "apply":
+        return  # onto the environment, or a new one
     if operation.kind == "create":
         if workspace.exists():
             raise AlreadyExists(f"environment {environment_id} already exists")

@@ -21,6 +21,7 @@ REQUESTS = {
     "InstallPackages": pb.InstallPackagesRequest,
     "RemovePackages": pb.RemovePackagesRequest,
     "DeleteEnvironment": pb.DeleteEnvironmentRequest,
+    "ApplyLock": pb.ApplyLockRequest,
 }
 
 

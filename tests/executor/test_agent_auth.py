@@ -22,6 +22,9 @@ CALLS = {
     "InstallPackages": pb.InstallPackagesRequest(environment_id=new_id(), packages=["a"]),
     "RemovePackages": pb.RemovePackagesRequest(environment_id=new_id(), packages=["a"]),
     "DeleteEnvironment": pb.DeleteEnvironmentRequest(environment_id=new_id()),
+    "ApplyLock": pb.ApplyLockRequest(
+        environment_id=new_id(), name="x", platforms=["linux-64"], lockfile="version: 6"
+    ),
 }
 
 

@@ -48,6 +48,9 @@ FAKE_PIXI = textwrap.dedent(
     if args[0] in ("add", "remove"):
         with manifest.open("a") as out:
             out.write("".join(f'{{s}} = "*"\\n' for s in specs if args[0] == "add"))
+    if args[0] == "install" and "acme-fail" in manifest.read_text():
+        print("error: acme-fail is not in pixi.lock", file=sys.stderr, flush=True)
+        sys.exit(4)
     for i in range(3):
         print(f"out {{i}}", flush=True)
         print(f"err {{i}}", file=sys.stderr, flush=True)
@@ -167,6 +170,37 @@ def test_cancel_kills_pixi_and_its_children_and_restores(agent_factory, fake_pix
     assert wait_until(lambda: manifest.read_text() == before, 10)
     with pytest.raises(grpc.RpcError):
         list(stream)
+
+
+def test_apply_writes_darbs_manifest_and_the_lock_then_installs_it_frozen(
+    agent_factory, fake_pixi, shared_agent
+):
+    _, source = create(shared_agent, "acme-core")  # the builtin engine makes a real lock
+    agent = cli_agent(agent_factory, fake_pixi)
+
+    def apply(environment_id: str, spec: str):
+        fields = {"name": "demo", "platforms": ["linux-64"], "lockfile": source.result.lockfile}
+        return call(agent, "ApplyLock", environment_id=environment_id, packages=[spec], **fields)
+
+    environment_id = new_id()
+    outcome = apply(environment_id, "acme-core")
+    assert outcome.result.success, outcome.result.error
+    root = workspace_dir(agent, environment_id)
+    applied = (source.result.manifest, source.result.lockfile)
+    assert ((root / "pixi.toml").read_text(), (root / "pixi.lock").read_text()) == applied
+    install = ["install", "--manifest-path", str(root / "pixi.toml"), "--frozen"]
+    assert recorded(fake_pixi[1]) == [install]
+    assert not (root / ".darb" / "dirty").exists()
+
+    failed = apply(environment_id, "acme-fail")
+    assert not failed.result.success and "acme-fail is not in pixi.lock" in failed.result.error
+    assert ((root / "pixi.toml").read_text(), (root / "pixi.lock").read_text()) == applied
+    assert recorded(fake_pixi[1])[-2:] == [install, install]  # the failed one, the restore
+
+    new = new_id()
+    failed_new = apply(new, "acme-fail")
+    assert not failed_new.result.success
+    assert not workspace_dir(agent, new).exists()
 
 
 @pytest.mark.skipif(shutil.which("pixi") is None, reason="pixi is not installed on this host")

@@ -8,8 +8,6 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
-import rattler
-
 from services.executor.builtin_worker.manifest import Manifest
 from services.executor.builtin_worker.output import log
 from services.executor.workspace import Workspace
@@ -47,12 +45,13 @@ def roll_forward(ws: Workspace) -> None:
     shutil.rmtree(ws.txn_dir)
 
 
-def commit(ws: Workspace, manifest: Manifest, lock: rattler.LockFile) -> None:
-    """Stage the next manifest and lock, mark them complete, then move them into place."""
+def commit(ws: Workspace, manifest: Manifest, write_lock: Callable[[Path], object]) -> None:
+    """Stage the next manifest and the lock ``write_lock`` writes, mark them complete, then
+    move them into place."""
     shutil.rmtree(ws.txn_dir, ignore_errors=True)
     ws.txn_dir.mkdir(parents=True)
     (ws.txn_dir / ws.manifest.name).write_text(manifest.text())
-    lock.to_path(ws.txn_dir / ws.lockfile.name)
+    write_lock(ws.txn_dir / ws.lockfile.name)
     for name in (ws.manifest.name, ws.lockfile.name):
         fsync_path(ws.txn_dir / name)
     ws.commit_marker.touch()

@@ -1,23 +1,31 @@
-"""The operations a request names: create, install and remove, restore, delete."""
+"""The operations a request names: create, install and remove, apply, restore, delete."""
 
 from __future__ import annotations
 
 import secrets
 import shutil
+from collections.abc import Callable
 from dataclasses import replace
+from pathlib import Path
 
 import rattler
 
 from services.executor.builtin_worker.files import commit, roll_forward, write_staged, write_text
 from services.executor.builtin_worker.install import install, label, log_changes, solve_all
-from services.executor.builtin_worker.lockfile import build_lock, read_lock
+from services.executor.builtin_worker.lockfile import (
+    Record,
+    build_lock,
+    lock_records,
+    read_lock,
+)
 from services.executor.builtin_worker.manifest import Dependency, Manifest, dependency_entry
 from services.executor.builtin_worker.output import log, warn
 from services.executor.builtin_worker.request import Request, WorkerError
 
+WriteLock = Callable[[Path], object]
+
 
 async def create(request: Request) -> None:
-    ws = request.workspace
     manifest = Manifest.of(
         request.name, request.channels, request.manifest_platforms(), request.specs
     )
@@ -26,9 +34,17 @@ async def create(request: Request) -> None:
     solution = await solve_all(request, manifest, {})
     records = solution[request.platform]
     log_changes([], records)
+    await first_install(request, manifest, records, build_lock(request.channels, solution).to_path)
+
+
+async def first_install(
+    request: Request, manifest: Manifest, records: list[Record], write_lock: WriteLock
+) -> None:
+    """A new workspace: the prefix, then pixi.lock, then pixi.toml (the commit point)."""
+    ws = request.workspace
     ws.root.mkdir(parents=True)
     await install(request, [], records)
-    write_staged(ws.lockfile, build_lock(request.channels, solution).to_path)
+    write_staged(ws.lockfile, write_lock)
     write_staged(ws.manifest, write_text(manifest.text()))
 
 
@@ -58,11 +74,53 @@ async def update(request: Request) -> None:
     solution = await solve_all(request, new_manifest, locked)
     old, new = locked.get(request.platform, []), solution[request.platform]
     log_changes(old, new)
+    lock = build_lock(manifest.channels, solution)
+    await change(request, old, new, new_manifest, lock.to_path)
+
+
+async def change(
+    request: Request,
+    old: list[Record],
+    new: list[Record],
+    manifest: Manifest,
+    write_lock: WriteLock,
+) -> None:
+    """An existing workspace: mark the prefix dirty, change it, commit manifest and lock."""
+    ws = request.workspace
     ws.state_dir.mkdir(exist_ok=True)
     ws.dirty_marker.touch()
     await install(request, old, new)
-    commit(ws, new_manifest, build_lock(manifest.channels, solution))
+    commit(ws, manifest, write_lock)
     ws.dirty_marker.unlink()
+
+
+async def apply(request: Request) -> None:
+    """Make the environment what a lock says: its host records installed as they are (no
+    solve), the lock written as given, the manifest from the request."""
+    ws = request.workspace
+    if request.lockfile is None:
+        raise WorkerError("invalid request: apply needs a lockfile")
+    manifest = Manifest.of(
+        request.name, request.channels, request.manifest_platforms(), request.specs
+    )
+    records = lock_records(rattler.LockFile.from_path(request.lockfile)).get(request.platform)
+    if records is None:
+        raise WorkerError(f"the lock has no platform {request.platform}")
+    log(f"apply: {len(records)} packages from the lock for {request.platform}")
+    log(f"channels: {', '.join(request.channels)}")
+    write_lock = copy_of(request.lockfile)
+    if not ws.exists():
+        log_changes([], records)
+        await first_install(request, manifest, records, write_lock)
+        return
+    old = read_lock(ws.lockfile).get(request.platform, [])
+    log_changes(old, records)
+    await change(request, old, records, manifest, write_lock)
+
+
+def copy_of(source: Path) -> WriteLock:
+    """Writes ``source``'s bytes as they are."""
+    return lambda path: shutil.copyfile(source, path)
 
 
 async def restore(request: Request) -> None:
@@ -108,6 +166,7 @@ HANDLERS = {
     "create": create,
     "install": update,
     "remove": update,
+    "apply": apply,
     "restore": restore,
     "delete": delete,
 }

@@ -8,7 +8,7 @@ from typing import Any
 
 from services.executor.workspace import Workspace
 
-OPERATIONS = ("create", "install", "remove", "restore", "delete")
+OPERATIONS = ("create", "install", "remove", "restore", "delete", "apply")
 
 
 class WorkerError(Exception):
@@ -18,8 +18,8 @@ class WorkerError(Exception):
 @dataclass(frozen=True)
 class Request:
     """The JSON request read from stdin; paths are absolute and already validated.
-    ``platforms`` are the manifest's for create (``platform``, the host's, is always among
-    them)."""
+    ``platforms`` are the manifest's for create and apply (``platform``, the host's, is
+    always among them); ``lockfile`` is the lock an apply installs and writes."""
 
     op: str
     workspace: Workspace
@@ -31,6 +31,7 @@ class Request:
     channels: tuple[str, ...] = ()
     specs: tuple[str, ...] = ()
     platforms: tuple[str, ...] = ()
+    lockfile: Path | None = None
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Request:
@@ -46,6 +47,7 @@ class Request:
                 channels=tuple(data.get("channels", ())),
                 specs=tuple(data.get("specs", ())),
                 platforms=tuple(data.get("platforms", ())),
+                lockfile=Path(data["lockfile"]) if data.get("lockfile") else None,
             )
         except (KeyError, TypeError) as exc:
             raise WorkerError(f"invalid request: missing or malformed {exc}") from exc
@@ -54,5 +56,5 @@ class Request:
         return request
 
     def manifest_platforms(self) -> tuple[str, ...]:
-        """The platforms a created manifest lists: the host's first."""
+        """The platforms a created or applied manifest lists: the host's first."""
         return (self.platform, *(p for p in self.platforms if p != self.platform))

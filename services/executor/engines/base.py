@@ -6,12 +6,13 @@ import os
 from asyncio.subprocess import Process
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal, Protocol
 
 from services.executor.process import Emit, Stream, follow_group, line_of, spawn_in_group
 from services.executor.workspace import DataLayout, Workspace
 
-OperationKind = Literal["create", "install", "remove", "delete", "restore"]
+OperationKind = Literal["create", "install", "remove", "delete", "restore", "apply"]
 # Variables a package manager never needs; the agent token above all stays in the agent.
 SECRET_VARIABLES = ("DARB_AGENT_TOKEN", "DARB_ADMIN_PASSWORD", "DARB_DATABASE_URL")
 
@@ -19,7 +20,7 @@ SECRET_VARIABLES = ("DARB_AGENT_TOKEN", "DARB_ADMIN_PASSWORD", "DARB_DATABASE_UR
 @dataclass(frozen=True)
 class Operation:
     """One unit of work on one environment; specs are already validated. ``platforms`` are
-    the manifest's (the host's first)."""
+    the manifest's (the host's first); ``lockfile`` is the staged lock an apply writes."""
 
     kind: OperationKind
     workspace: Workspace
@@ -27,6 +28,7 @@ class Operation:
     channels: tuple[str, ...] = ()
     specs: tuple[str, ...] = field(default=())
     platforms: tuple[str, ...] = ()
+    lockfile: Path | None = None
 
 
 class Engine(Protocol):

@@ -121,6 +121,7 @@ class BuiltinEngine:
             "channels": list(operation.channels),
             "specs": list(operation.specs),
             "platforms": list(operation.platforms),
+            "lockfile": str(operation.lockfile or ""),
         }
 
     async def run(self, operation: Operation, emit: Emit) -> str | None:

@@ -9,6 +9,8 @@ from collections import deque
 from collections.abc import Sequence
 from pathlib import Path
 
+from services.executor.builtin_worker.manifest import Manifest
+from services.executor.builtin_worker.request import WorkerError
 from services.executor.engines.base import Operation, follow_tracked, spawn_tracked
 from services.executor.engines.builtin import BuiltinEngine
 from services.executor.process import Emit, OutputLine, Stream
@@ -20,8 +22,9 @@ class PixiCliEngine:
 
     pixi changes pixi.toml and pixi.lock itself, so before each change the two files are
     copied to ``.darb/backup``; a failed or cancelled change puts them back and re-syncs
-    the prefix with ``pixi install --frozen``. Deleting is the same for every engine and
-    is left to the builtin worker.
+    the prefix with ``pixi install --frozen``. An apply writes both files itself (darb's
+    manifest, the given lock) and installs with ``pixi install --frozen``. Deleting is the
+    same for every engine and is left to the builtin worker.
     """
 
     name = "cli"
@@ -46,13 +49,15 @@ class PixiCliEngine:
         if operation.kind in ("install", "remove"):
             verb = "add" if operation.kind == "install" else "remove"
             return [[self._pixi, verb, "--manifest-path", manifest, "--", *operation.specs]]
-        if operation.kind == "restore":
+        if operation.kind in ("restore", "apply"):
             return [[self._pixi, "install", "--manifest-path", manifest, "--frozen"]]
         raise ValueError(f"the pixi CLI engine has no {operation.kind!r} command")
 
     async def run(self, operation: Operation, emit: Emit) -> str | None:
         if operation.kind == "delete":
             return await self._builtin.run(operation, emit)
+        if operation.kind == "apply":
+            return await self._apply(operation, emit)
         if operation.kind == "restore":
             _restore_backup(operation.workspace)
         elif operation.kind != "create":
@@ -60,6 +65,32 @@ class PixiCliEngine:
         error = await self._run_all(self.commands(operation), emit)
         if error is None:
             _drop_backup(operation.workspace)
+        return error
+
+    async def _apply(self, operation: Operation, emit: Emit) -> str | None:
+        """Write darb's manifest and the given lock, then let pixi install the lock as is.
+        A failed apply onto an environment is undone like a failed change (the backup); one
+        that would have created it leaves nothing."""
+        workspace = operation.workspace
+        assert operation.lockfile is not None, "the servicer stages the lock of an apply"
+        try:
+            manifest = Manifest.of(
+                operation.name, operation.channels, operation.platforms, operation.specs
+            )
+        except WorkerError as exc:
+            return str(exc)
+        new = not workspace.exists()
+        _take_backup(workspace)
+        error: str | None = "the apply did not finish"
+        try:
+            shutil.copyfile(operation.lockfile, workspace.lockfile)
+            workspace.manifest.write_text(manifest.text())
+            error = await self._run_all(self.commands(operation), emit)
+        finally:
+            if error is None:
+                _drop_backup(workspace)
+            elif new:
+                shutil.rmtree(workspace.root, ignore_errors=True)
         return error
 
     async def _run_all(self, commands: Sequence[list[str]], emit: Emit) -> str | None:
