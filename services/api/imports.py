@@ -16,10 +16,9 @@ from shared.config import ApiSettings
 from shared.errors import InvalidArgument
 from shared.lockhash import ENVIRONMENT, read_lock_text
 from shared.manifests import parse_manifest
+from shared.platforms import validate_platforms
 from shared.specs import parse_specs, resolve_channels, validate_channel
 
-# The platforms a request may name (conda subdirs); the agent's own is always added.
-MAX_PLATFORMS = 8
 YML_KEYS = ("name", "channels", "dependencies")
 
 
@@ -38,17 +37,6 @@ def host_platform() -> str:
     return str(rattler.Subdir.current())
 
 
-def validate_platforms(platforms: list[str]) -> list[str]:
-    if len(platforms) > MAX_PLATFORMS:
-        raise InvalidArgument(f"at most {MAX_PLATFORMS} platforms, not {len(platforms)}")
-    for platform in platforms:
-        try:
-            rattler.Subdir(platform)
-        except Exception:
-            raise InvalidArgument(f"platform {platform[:40]!r} is not a conda platform") from None
-    return list(dict.fromkeys(platforms))
-
-
 def from_request(request: Any, settings: ApiSettings) -> Imported | None:
     """The import a CreateEnvironmentRequest asks for, checked; None for a plain create."""
     if not (request.manifest or request.environment_yml or request.lockfile):
@@ -64,7 +52,7 @@ def from_request(request: Any, settings: ApiSettings) -> Imported | None:
     for field in ("manifest", "lockfile", "environment_yml"):
         if len(getattr(request, field).encode()) > settings.limits.max_message_bytes:
             raise InvalidArgument(f"{field} is larger than DARB_MAX_MESSAGE_BYTES")
-    extra = validate_platforms(list(request.platforms))
+    extra = list(validate_platforms(list(request.platforms)))
     if request.environment_yml:
         return _from_environment_yml(request.environment_yml, extra, settings)
     return _from_manifest(request.manifest, request.lockfile, extra, settings)
@@ -75,7 +63,7 @@ def _from_manifest(text: str, lockfile: str, extra: list[str], settings: ApiSett
     policy = settings.channels
     channels = resolve_channels(fields.channels, policy)
     specs = [spec.text for spec in parse_specs(list(fields.specs.values()), policy)]
-    platforms = validate_platforms([*fields.platforms, *extra])
+    platforms = list(validate_platforms(list(dict.fromkeys([*fields.platforms, *extra]))))
     if not lockfile:
         return Imported(channels, specs, platforms, "", "pixi.toml")
     locked = _check_lock(lockfile, specs, settings)
@@ -139,4 +127,4 @@ def _from_environment_yml(text: str, extra: list[str], settings: ApiSettings) ->
     specs = [spec.text for spec in parse_specs([str(d) for d in dependencies], policy)]
     if not specs:
         raise InvalidArgument("environment.yml lists no dependencies")
-    return Imported(resolved, specs, validate_platforms(extra), "", "environment.yml")
+    return Imported(resolved, specs, extra, "", "environment.yml")

@@ -55,6 +55,7 @@ TYPE_LABELS = {
     JobType.INSTALL_PACKAGES: "install",
     JobType.REMOVE_PACKAGES: "remove",
     JobType.DELETE_ENVIRONMENT: "delete",
+    JobType.ROLLBACK_ENVIRONMENT: "rollback",
 }
 # prometheus_client's own variable: the directory where each process keeps its values.
 PROCESS_FILES = "PROMETHEUS_MULTIPROC_DIR"

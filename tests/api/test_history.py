@@ -248,9 +248,13 @@ def test_a_lock_naming_a_channel_that_is_not_allowed_is_refused(user: Client) ->
     exported = user.call(
         user.envs.ExportEnvironment, environments_pb2.ExportEnvironmentRequest(id=source)
     )
-    [channel] = {line.split("url: ")[1].rsplit("/noarch/", 1)[0] for line in
-                 exported.lockfile.splitlines() if "/noarch/" in line}  # fmt: skip
-    forged = exported.lockfile.replace(channel, "https://evil.example/channel")
+    [channel] = {
+        line.split("channel: ", 1)[1]
+        for line in exported.lockfile.splitlines()
+        if line.strip().startswith("channel: ")
+    }
+    evil = "https://evil.example/channel"
+    forged = exported.lockfile.replace(channel, evil).replace(channel.removeprefix("file://"), evil)
     request = environments_pb2.CreateEnvironmentRequest(
         name="forged", manifest=exported.manifest, lockfile=forged
     )
@@ -270,3 +274,46 @@ def test_a_lock_naming_a_channel_that_is_not_allowed_is_refused(user: Client) ->
     code, details = _code(lambda: user.call(user.envs.CreateEnvironment, request))
     assert code == grpc.StatusCode.INVALID_ARGUMENT
     assert "does not satisfy" in details and "acme-core ==2.0" in details
+
+
+def test_an_environment_locked_for_several_platforms(user: Client) -> None:
+    """Locked for osx-arm64 too: the environment and its version say so, ListPackages
+    and the diff read the other platform from the lock, and a platform the lock does not
+    have or darb does not know is refused."""
+    request = environments_pb2.CreateEnvironmentRequest(
+        name="two-platforms", packages=["acme-native"], platforms=["osx-arm64"]
+    )
+    created = user.call(user.envs.CreateEnvironment, request)
+    assert user.wait(created.job.id).status == COMPLETED
+    environment_id = created.environment.id
+    assert set(user.get_env(environment_id).platforms) == {"linux-64", "osx-arm64"}
+    assert set(_version(user, environment_id).platforms) == {"linux-64", "osx-arm64"}
+
+    def listed(platform: str) -> dict[str, str]:
+        request = environments_pb2.ListPackagesRequest(
+            environment_id=environment_id, platform=platform
+        )
+        response = user.call(user.envs.ListPackages, request)
+        return {p.name: p.channel for p in response.packages}
+
+    assert listed("") == listed("linux-64") and "acme-native" in listed("")
+    assert set(listed("osx-arm64")) == {"acme-native"}
+    assert user.wait(user.install(environment_id, ["acme-core"]).id).status == COMPLETED
+    diff = user.call(
+        user.envs.DiffEnvironmentVersions,
+        environments_pb2.DiffEnvironmentVersionsRequest(
+            environment_id=environment_id, from_version=1, to_version=2, platform="osx-arm64"
+        ),
+    )
+    assert [p.name for p in diff.added] == ["acme-core"]
+    for platform, says in (("win-64", "not win-64"), ("amiga", "not amiga")):
+        request = environments_pb2.ListPackagesRequest(
+            environment_id=environment_id, platform=platform
+        )
+        code, details = _code(lambda r=request: user.call(user.envs.ListPackages, r))
+        assert code == grpc.StatusCode.INVALID_ARGUMENT and says in details, details
+    bad = environments_pb2.CreateEnvironmentRequest(
+        name="bad-platform", packages=["acme-core"], platforms=["amiga"]
+    )
+    code, _ = _code(lambda: user.call(user.envs.CreateEnvironment, bad))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT

@@ -20,6 +20,7 @@ from services.api.state import AppState
 from shared.config import ApiLimits, ApiSettings
 from shared.errors import FailedPrecondition, InvalidArgument, ResourceExhausted
 from shared.manifests import parse_manifest
+from shared.platforms import validate_platforms
 from shared.specs import (
     parse_specs,
     resolve_channels,
@@ -98,7 +99,7 @@ def _create_payload(
     channels = resolve_channels(list(request.channels), settings.channels)
     packages = _packages_in_request(list(request.packages), settings.limits)
     specs = parse_specs(packages, settings.channels)
-    platforms = imports.validate_platforms(list(request.platforms))
+    platforms = list(validate_platforms(list(request.platforms)))
     return payloads.CreatePayload(name, channels, [spec.text for spec in specs], platforms)
 
 
