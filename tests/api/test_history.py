@@ -6,6 +6,8 @@ Every job runs on the real agent with the builtin engine against the local acme 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
+from pathlib import Path
 
 import grpc
 import pytest
@@ -317,3 +319,42 @@ def test_an_environment_locked_for_several_platforms(user: Client) -> None:
     )
     code, _ = _code(lambda: user.call(user.envs.CreateEnvironment, bad))
     assert code == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_a_rolled_back_environments_export_installs_the_same_builds_again(
+    user: Client, shared_agent: AgentProcess
+) -> None:
+    environment_id = ready_environment(user, "rollback-export", ["acme-core ==1.0", "acme-tool"])
+    assert user.wait(user.remove(environment_id, ["acme-tool"]).id).status == COMPLETED
+    assert user.wait(_rollback(user, environment_id, 1).id).status == COMPLETED
+    exported = user.call(
+        user.envs.ExportEnvironment, environments_pb2.ExportEnvironmentRequest(id=environment_id)
+    )
+    request = environments_pb2.CreateEnvironmentRequest(
+        name="rollback-reimport", manifest=exported.manifest, lockfile=exported.lockfile
+    )
+    created = user.call(user.envs.CreateEnvironment, request)
+    assert user.wait(created.job.id).status == COMPLETED
+    copy = _installed(shared_agent, created.environment.id)
+    assert copy == _installed(shared_agent, environment_id) == _locked(exported.lockfile)
+    assert set(copy) == {"acme-core", "acme-tool"}
+
+
+def test_a_rollback_to_a_version_whose_channel_is_no_longer_allowed_is_refused(
+    own_database: str,
+    api_factory: Callable[..., ApiProcess],
+    channel_url: str,
+    tmp_path: Path,
+) -> None:
+    """The allowlist changed since the version was made (a second control plane on the
+    same database, allowing only another channel): FAILED_PRECONDITION naming it."""
+    first = api_factory(own_database)
+    client = first.new_user()
+    environment_id = ready_environment(client, "old-channel", ["acme-core ==1.0"])
+    assert client.wait(client.install(environment_id, ["acme-tool"]).id).status == COMPLETED
+    other = (tmp_path / "other-channel").as_uri()
+    stricter = api_factory(own_database, DARB_ALLOWED_CHANNELS=other, DARB_DEFAULT_CHANNELS=other)
+    client = Client(grpc.insecure_channel(stricter.addr), token=client.token)
+    code, details = _code(lambda: _rollback(client, environment_id, 1))
+    assert code == grpc.StatusCode.FAILED_PRECONDITION
+    assert channel_url in details and "no longer allowed" in details
