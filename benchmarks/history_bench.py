@@ -128,15 +128,20 @@ def insert_versions(stack: Stack, owner_id: str, channel: str) -> str:
             (environment_id, owner_id, json.dumps([channel]), now, now),
         )
         for version, packages in ((1, old), (2, new)):
+            specs = {p[0]: f"{p[0]} >={p[1]}" for p in packages}
             deps = "\n".join(f'{p[0]} = ">={p[1]}"' for p in packages)
             manifest = (
                 f'[workspace]\nname = "diff-bench"\nchannels = []\n\n[dependencies]\n{deps}\n'
             )
             conn.execute(
                 "INSERT INTO environment_versions (environment_id, version, job_id, created_by,"
-                " created_at, description, content_hash, platforms, packages, manifest,"
-                " lockfile) VALUES (%s, %s, '', %s, %s, '', '', '[\"linux-64\"]', %s, %s, '')",
-                (environment_id, version, owner_id, now, json.dumps(packages), manifest),
+                " created_at, description, content_hash, platforms, packages, specs, manifest,"
+                " lockfile) VALUES (%s, %s, '', %s, %s, '', '', '[\"linux-64\"]', %s, %s, %s,"
+                " '')",
+                (
+                    *(environment_id, version, owner_id, now),
+                    *(json.dumps(packages), json.dumps(specs), manifest),
+                ),
             )
     return environment_id
 

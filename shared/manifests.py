@@ -58,11 +58,6 @@ def parse_manifest(text: str) -> ManifestFields:
     )
 
 
-def manifest_platforms(text: str) -> list[str]:
-    """The platforms of a manifest darb wrote."""
-    return _strings(_table(tomllib.loads(text), "workspace"), "platforms")
-
-
 def _table(data: dict[str, Any], key: str) -> dict[str, Any]:
     value = data.get(key, {})
     if not isinstance(value, dict):

@@ -10,7 +10,6 @@ from services.api.records import PackageRow
 from services.api.repo.models import EnvironmentVersion
 from shared.errors import InvalidArgument
 from shared.lockhash import ENVIRONMENT, read_lock_text
-from shared.manifests import parse_manifest
 
 
 @dataclass(frozen=True)
@@ -67,8 +66,7 @@ def diff(old: EnvironmentVersion, new: EnvironmentVersion, platform: str) -> Ver
             result.removed.append(a)
         elif a is not None and b is not None and (a.version, a.build) != (b.version, b.build):
             result.changed.append(PackageChange(name, a.version, b.version, a.build, b.build))
-    wanted_before = parse_manifest(old.manifest).specs
-    wanted_after = parse_manifest(new.manifest).specs
+    wanted_before, wanted_after = old.specs, new.specs
     for name in sorted(wanted_before.keys() | wanted_after.keys()):
         x, y = wanted_before.get(name), wanted_after.get(name)
         if x is None and y is not None:

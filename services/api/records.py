@@ -35,6 +35,8 @@ class AgentState:
     lockfile: str = ""
     content_hash: str = ""
     platforms: list[str] = field(default_factory=list)
+    # The manifest's dependencies: package name -> match spec.
+    specs: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

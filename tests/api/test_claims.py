@@ -120,3 +120,10 @@ def test_two_control_planes_on_one_database_share_the_work(
         # A second run of the same job would have collided on its log lines' keys or
         # been refused by the agent (ABORTED) and left the job failed.
         assert finished.status == common_pb2.JOB_STATUS_COMPLETED, finished.error
+        # One environment's timeline never runs backwards, whichever control plane
+        # ended the create and claimed the install: both times are the database's.
+        create = clients[i % 2].get_job(created[i].job.id)
+        assert create.created_at.ToNanoseconds() <= create.started_at.ToNanoseconds()
+        assert create.started_at.ToNanoseconds() <= create.completed_at.ToNanoseconds()
+        assert create.completed_at.ToNanoseconds() <= finished.started_at.ToNanoseconds()
+        assert finished.started_at.ToNanoseconds() <= finished.completed_at.ToNanoseconds()

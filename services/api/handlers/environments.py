@@ -144,8 +144,8 @@ def _diff(
 ) -> diffs.VersionDiff:
     environment_id = parse_id(request.environment_id, "environment_id")
     environment = environments.get_visible(session, caller, environment_id, deleted=True)
-    old = versions.of(session, environment, request.from_version)
-    new = versions.of(session, environment, request.to_version)
+    old = versions.of(session, environment, request.from_version, texts=False)
+    new = versions.of(session, environment, request.to_version, texts=False)
     return diffs.diff(old, new, request.platform)
 
 

@@ -17,7 +17,7 @@ from services.api.repo.models import JobStatus
 _PARAMETERS = (
     *("job_id", "expected", "worker_id", "status", "error", "has_state"),
     *("manifest", "lockfile", "names", "versions", "builds", "channels"),
-    *("description", "content_hash", "platforms"),
+    *("description", "content_hash", "platforms", "specs"),
     *("job_channel", "jobs_channel", "notify_prefix"),
 )
 # One row per ended job, in the order of ``EndedJob``'s fields.
@@ -27,7 +27,7 @@ FINISH_JOB = Query(
         " o_completed_at FROM darb_finish_job("
         + ", ".join(f":{name}" for name in _PARAMETERS)
         + ")"
-    ).bindparams(bindparam("platforms", type_=JSON))
+    ).bindparams(bindparam("platforms", type_=JSON), bindparam("specs", type_=JSON))
 )
 
 
@@ -70,6 +70,7 @@ def _params(
         "description": outcome.description,
         "content_hash": state.content_hash if state is not None else "",
         "platforms": state.platforms if state is not None else [],
+        "specs": state.specs if state is not None else {},
         "job_channel": job_channel,
         "jobs_channel": jobs_channel,
         "notify_prefix": prefix,

@@ -157,6 +157,8 @@ class EnvironmentVersion(Base):
     content_hash: Mapped[str] = mapped_column(String(64))
     platforms: Mapped[list[str]] = mapped_column(JSON)
     packages: Mapped[list[list[str]]] = mapped_column(JSON)
+    # The manifest's dependencies: package name -> match spec.
+    specs: Mapped[dict[str, str]] = mapped_column(JSON)
     manifest: Mapped[str] = mapped_column(Text)
     lockfile: Mapped[str] = mapped_column(Text)
 

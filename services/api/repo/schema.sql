@@ -81,8 +81,8 @@ $$;
 
 
 -- A job's end in one call: the job's and its environment's rows, the installed
--- packages, the version a successful change adds (p_description, p_content_hash and
--- p_platforms describe it), the jobs queued behind a failed create and the NOTIFYs.
+-- packages, the version a successful change adds (p_description, p_content_hash,
+-- p_platforms and p_specs describe it), the jobs queued behind a failed create and the NOTIFYs.
 -- Ends the job only if it is still p_expected (and, given p_worker_id, still claimed by
 -- that worker); returns one row per ended job: this one first, then those failed
 -- behind it.
@@ -90,7 +90,7 @@ CREATE FUNCTION darb_finish_job(
     p_job_id varchar, p_expected varchar, p_worker_id varchar, p_status varchar,
     p_error text, p_has_state boolean, p_manifest text, p_lockfile text,
     p_names text[], p_versions text[], p_builds text[], p_channels text[],
-    p_description text, p_content_hash text, p_platforms json,
+    p_description text, p_content_hash text, p_platforms json, p_specs json,
     p_job_channel text, p_jobs_channel text, p_notify_prefix text
 ) RETURNS TABLE (
     o_id varchar, o_environment_id varchar, o_type varchar, o_status varchar,
@@ -126,12 +126,12 @@ BEGIN
         v_env.platforms := p_platforms;
         INSERT INTO environment_versions (environment_id, version, job_id, created_by,
                                           created_at, description, content_hash, platforms,
-                                          packages, manifest, lockfile)
+                                          packages, specs, manifest, lockfile)
             SELECT v_env.id, v_env.current_version, v_job.id, v_job.created_by, now(),
                    p_description, p_content_hash, p_platforms,
                    coalesce(json_agg(json_build_array(p.name, p.version, p.build, p.channel)
                                      ORDER BY p.name), '[]'),
-                   p_manifest, p_lockfile
+                   p_specs, p_manifest, p_lockfile
             FROM unnest(p_names, p_versions, p_builds, p_channels)
                 AS p (name, version, build, channel);
     END IF;

@@ -12,6 +12,8 @@ from services.api.repo.models import Environment, EnvironmentVersion, User
 from shared.errors import NotFound
 from shared.manifests import parse_manifest
 
+_WITHOUT_TEXTS = (defer(EnvironmentVersion.manifest), defer(EnvironmentVersion.lockfile))
+
 
 def page(
     session: Session, caller: User, environment_id: str, below: int | None, limit: int
@@ -21,7 +23,7 @@ def page(
     environments.get_visible(session, caller, environment_id, deleted=True)
     query = (
         select(EnvironmentVersion)
-        .options(defer(EnvironmentVersion.manifest), defer(EnvironmentVersion.lockfile))
+        .options(*_WITHOUT_TEXTS)
         .where(EnvironmentVersion.environment_id == environment_id)
     )
     if below is not None:
@@ -35,9 +37,19 @@ def get(session: Session, caller: User, environment_id: str, version: int) -> En
     return of(session, environment, version)
 
 
-def of(session: Session, environment: Environment, version: int) -> EnvironmentVersion:
+def of(
+    session: Session, environment: Environment, version: int, texts: bool = True
+) -> EnvironmentVersion:
+    """Version ``version`` (0: the current one); without ``texts`` its manifest and lock
+    are read only if used (a lock can be large)."""
     number = version or environment.current_version
-    row = session.get(EnvironmentVersion, (environment.id, number)) if number else None
+    query = select(EnvironmentVersion).where(
+        EnvironmentVersion.environment_id == environment.id,
+        EnvironmentVersion.version == number,
+    )
+    if not texts:
+        query = query.options(*_WITHOUT_TEXTS)
+    row = session.scalars(query).one_or_none() if number else None
     if row is None:
         what = f"version {version}" if version else "a current version"
         raise NotFound(f"environment {environment.name!r} has no {what}")

@@ -15,7 +15,7 @@ from services.api import payloads
 from services.api.records import AgentState, LockToApply, PackageRow
 from services.api.repo.models import utcnow
 from shared.config import TlsSettings
-from shared.manifests import manifest_platforms
+from shared.manifests import parse_manifest
 from shared.timestamps import to_datetime
 from shared.tls import channel_credentials
 
@@ -199,6 +199,13 @@ def _lines(lines: Sequence[Any]) -> list[LineTuple]:
 
 def _result(result: pb.OperationResult) -> AgentResult:
     packages = [PackageRow(p.name, p.version, p.build, p.channel) for p in result.packages]
-    platforms = manifest_platforms(result.manifest) if result.manifest else []
-    state = AgentState(packages, result.manifest, result.lockfile, result.content_hash, platforms)
+    fields = parse_manifest(result.manifest) if result.manifest else None
+    state = AgentState(
+        packages,
+        result.manifest,
+        result.lockfile,
+        result.content_hash,
+        fields.platforms if fields else [],
+        fields.specs if fields else {},
+    )
     return AgentResult(success=result.success, error=result.error, state=state)

@@ -1,21 +1,22 @@
 """Environment history: every successful change leaves an immutable version.
 
-``environment_versions`` keeps each version's manifest, lock, package set and content
-hash; ``environments`` gains ``current_version`` and ``platforms``, ``jobs`` the user who
-submitted them (``created_by``). Environments that already have a lock get version 1,
-"recorded when history began", so that every live environment has a current version.
+``environment_versions`` keeps each version's manifest, lock, package set, requested
+specs and content hash; ``environments`` gains ``current_version`` and ``platforms``,
+``jobs`` the user who submitted them (``created_by``). Environments that already have a
+lock get version 1, "recorded when history began", so that every live environment has a
+current version.
 
 Revision ID: 0008
 Revises: 0007
 """
 
 import json
-import tomllib
 
 import sqlalchemy as sa
 from alembic import op
 
 from shared.lockhash import content_hash, read_lock_text
+from shared.manifests import parse_manifest
 
 revision = "0008"
 down_revision = "0007"
@@ -52,6 +53,7 @@ def upgrade() -> None:
         sa.Column("content_hash", sa.String(64), nullable=False),
         sa.Column("platforms", sa.JSON(), nullable=False),
         sa.Column("packages", sa.JSON(), nullable=False),
+        sa.Column("specs", sa.JSON(), nullable=False),
         sa.Column("manifest", sa.Text(), nullable=False),
         sa.Column("lockfile", sa.Text(), nullable=False),
     )
@@ -70,7 +72,7 @@ def _backfill() -> None:
         )
     ).all()
     for row in rows:
-        platforms = tomllib.loads(row.manifest).get("workspace", {}).get("platforms", [])
+        fields = parse_manifest(row.manifest)
         packages = connection.execute(
             sa.text(
                 "SELECT name, version, build, channel FROM installed_packages"
@@ -82,8 +84,9 @@ def _backfill() -> None:
             sa.text(
                 "INSERT INTO environment_versions (environment_id, version, job_id,"
                 " created_by, created_at, description, content_hash, platforms, packages,"
-                " manifest, lockfile) VALUES (:id, 1, :job_id, :owner, :at, :description,"
-                " :hash, CAST(:platforms AS json), CAST(:packages AS json), :manifest, :lock)"
+                " specs, manifest, lockfile) VALUES (:id, 1, :job_id, :owner, :at,"
+                " :description, :hash, CAST(:platforms AS json), CAST(:packages AS json),"
+                " CAST(:specs AS json), :manifest, :lock)"
             ),
             {
                 "id": row.id,
@@ -92,8 +95,9 @@ def _backfill() -> None:
                 "at": row.updated_at,
                 "description": BACKFILL,
                 "hash": content_hash(read_lock_text(row.lockfile)),
-                "platforms": json.dumps(platforms),
+                "platforms": json.dumps(fields.platforms),
                 "packages": json.dumps([list(package) for package in packages]),
+                "specs": json.dumps(fields.specs),
                 "manifest": row.manifest,
                 "lock": row.lockfile,
             },
@@ -103,7 +107,7 @@ def _backfill() -> None:
                 "UPDATE environments SET current_version = 1,"
                 " platforms = CAST(:platforms AS json) WHERE id = :id"
             ),
-            {"id": row.id, "platforms": json.dumps(platforms)},
+            {"id": row.id, "platforms": json.dumps(fields.platforms)},
         )
 
 
