@@ -197,8 +197,8 @@ class EmbeddedPostgres:
             str(bin_dir() / "postgres"),
             *("-D", str(self.pgdata), "-k", str(self._socket_dir)),
             *("-c", "listen_addresses=", "-c", "unix_socket_permissions=0700"),
-            # PostgreSQL 18's I/O worker processes gave job claims latency spikes on 2
-            # shared cores (the figures are in docs/benchmarks.md); synchronous I/O not.
+            # PostgreSQL 18's I/O worker processes gave job claims more latency spikes on
+            # 2 shared cores than synchronous I/O (figures in docs/benchmarks.md).
             *("-c", "io_method=sync"),
             *(f"-c{name}={value}" for name, value in self.settings.items()),
         ]
