@@ -139,6 +139,27 @@ CALLS: dict[str, Callable[[World, Metadata], Any]] = {
     "EnvironmentService.ExportEnvironment": lambda w, md: w.owner.envs.ExportEnvironment(
         environments_pb2.ExportEnvironmentRequest(id=w.env_id), metadata=md
     ),
+    "EnvironmentService.ListEnvironmentVersions": lambda w, md: (
+        w.owner.envs.ListEnvironmentVersions(
+            environments_pb2.ListEnvironmentVersionsRequest(environment_id=w.env_id), metadata=md
+        )
+    ),
+    "EnvironmentService.GetEnvironmentVersion": lambda w, md: w.owner.envs.GetEnvironmentVersion(
+        environments_pb2.GetEnvironmentVersionRequest(environment_id=w.env_id, version=1),
+        metadata=md,
+    ),
+    "EnvironmentService.RollbackEnvironment": lambda w, md: w.owner.envs.RollbackEnvironment(
+        environments_pb2.RollbackEnvironmentRequest(environment_id=w.env_id, version=1),
+        metadata=md,
+    ),
+    "EnvironmentService.DiffEnvironmentVersions": lambda w, md: (
+        w.owner.envs.DiffEnvironmentVersions(
+            environments_pb2.DiffEnvironmentVersionsRequest(
+                environment_id=w.env_id, from_version=1, to_version=0
+            ),
+            metadata=md,
+        )
+    ),
     "JobService.GetJob": lambda w, md: w.owner.jobs.GetJob(
         jobs_pb2.GetJobRequest(id=w.job_id), metadata=md
     ),
@@ -176,6 +197,10 @@ EXPECTED: dict[str, tuple[grpc.StatusCode, grpc.StatusCode, grpc.StatusCode]] = 
             "EnvironmentService.RemovePackages",
             "EnvironmentService.ListPackages",
             "EnvironmentService.ExportEnvironment",
+            "EnvironmentService.ListEnvironmentVersions",
+            "EnvironmentService.GetEnvironmentVersion",
+            "EnvironmentService.RollbackEnvironment",
+            "EnvironmentService.DiffEnvironmentVersions",
             "JobService.GetJob",
             "JobService.ListJobs",
             "JobService.WatchJob",
