@@ -12,8 +12,8 @@ import rattler
 import tomli_w
 
 from services.executor.builtin_worker.request import WorkerError
+from shared.manifests import Dependency, dependency_spec
 
-Dependency = str | dict[str, str]
 MANIFEST_FIELDS = ("version", "build", "channel")
 # The keys of a canonical match spec, e.g. ``version`` and ``md5`` in ``a[version="1",md5="…"]``.
 SPEC_FIELD = re.compile(r'[\[,](\w+)="')
@@ -39,14 +39,6 @@ def dependency_entry(spec: str) -> tuple[str, Dependency]:
         table["channel"] = match.channel.base_url
     plain = set(table) <= {"version"}
     return match.name.normalized, table.get("version", "*") if plain else table
-
-
-def dependency_spec(name: str, entry: Dependency) -> str:
-    """The match spec that a ``[dependencies]`` entry stands for."""
-    if isinstance(entry, str):
-        return name if entry == "*" else f"{name} {entry}"
-    spec = f"{name} {entry.get('version', '*')} {entry.get('build', '')}".strip()
-    return f"{entry['channel']}::{spec}" if "channel" in entry else spec
 
 
 def manifest_text(
