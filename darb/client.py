@@ -19,25 +19,32 @@ from darb.models import (
     Environment,
     EnvironmentVersion,
     Export,
+    Group,
     Job,
     JobStatus,
     LogLine,
     Package,
+    Policy,
+    Progress,
+    Role,
     User,
     VersionDiff,
+    member,
 )
 from darb.v1 import (
     auth_pb2,
     auth_pb2_grpc,
     environments_pb2,
     environments_pb2_grpc,
+    groups_pb2,
+    groups_pb2_grpc,
     jobs_pb2,
     jobs_pb2_grpc,
     users_pb2,
     users_pb2_grpc,
 )
 from shared.errors import InvalidArgument
-from shared.validation import validate_environment_name
+from shared.validation import validate_environment_name, validate_username
 
 DEFAULT_ADDRESS = "127.0.0.1:50051"
 DEFAULT_TIMEOUT = 30.0
@@ -46,6 +53,17 @@ WATCH_RETRIES = 6
 WATCH_BACKOFF_CAP = 5.0
 # Watching from past the last possible line yields status changes only.
 STATUS_ONLY = 2**63 - 1
+# share/unshare read, modify and write the policy; a concurrent change (ABORTED) makes
+# them start over, at most this many times in all.
+POLICY_ATTEMPTS = 5
+# Every permission TestEnvironmentPermissions knows.
+PERMISSIONS = (
+    "environments.get",
+    "environments.update",
+    "environments.delete",
+    "environments.setPolicy",
+    "jobs.cancel",
+)
 
 Page = TypeVar("Page")
 Item = TypeVar("Item")
@@ -87,6 +105,7 @@ class Client:
         self.environments = Environments(self, environments_stub)
         self.packages = Packages(self, environments_stub)
         self.jobs = Jobs(self, jobs_pb2_grpc.JobServiceStub(self._channel))
+        self.groups = Groups(self, groups_pb2_grpc.GroupServiceStub(self._channel))
 
     def __repr__(self) -> str:
         # Never the token.
@@ -197,37 +216,47 @@ class Environments:
             self._client._call(self._stub.GetEnvironment, request).environment
         )
 
-    def list(self, page_size: int = 0) -> Iterator[Environment]:
-        """Every live environment the caller may see, by name, across all pages."""
+    def list(self, page_size: int = 0, filter: str = "") -> Iterator[Environment]:
+        """Every live environment the caller may see, by name, across all pages.
+
+        ``filter`` is an AIP-160 filter the server applies: restrictions joined by
+        ``AND``, each ``field = value`` or ``field != value`` on ``name``, ``owner`` (a
+        username or ``me``), ``status`` (``READY``, ...) and ``role`` (``VIEWER``,
+        ``EDITOR``, ``OWNER``), e.g. ``owner != me AND role = EDITOR``. ``quote`` makes
+        a value safe to put in one.
+        """
         for message in self._client._pages(
             self._stub.ListEnvironments,
             lambda token: environments_pb2.ListEnvironmentsRequest(
-                page_size=page_size, page_token=token
+                page_size=page_size, page_token=token, filter=filter
             ),
             lambda response: response.environments,
         ):
             yield Environment.from_proto(message)
 
     def resolve(self, name_or_id: str) -> Environment:
-        """The environment with this id or, failing that, this name.
-
-        Names are unique per owner only: an admin who sees several environments of that
-        name gets their own, and must use the id for another user's.
-        """
+        """The environment with this id or, failing that, the caller's own of this name;
+        ``owner/name`` names another user's (shared with the caller), in one call."""
         if _is_uuid(name_or_id):
             try:
                 return self.get(name_or_id)
             except errors.NotFound:
                 pass
-        _valid_name(name_or_id)
-        matches = [env for env in self.list() if env.name == name_or_id]
+        owner, _, name = name_or_id.rpartition("/")
+        _valid_name(name)
+        if owner:
+            try:
+                validate_username(owner)
+            except InvalidArgument as exc:
+                raise errors.InvalidArgument(str(exc)) from None
+        who = quote(owner) if owner else "me"
+        found = self.list(filter=f"name = {quote(name)} AND owner = {who}")
+        # The server filters; checking again costs nothing and keeps an older server,
+        # which ignores filters, from answering with another environment.
+        matches = [env for env in found if env.name == name and env.owner == (owner or env.owner)]
         if not matches:
             raise errors.NotFound(f"no environment named {name_or_id!r}")
-        if len(matches) > 1:
-            caller = self._client.whoami().id
-            mine = [env for env in matches if env.owner_id == caller]
-            if len(mine) == 1:
-                return mine[0]
+        if len(matches) > 1:  # names are unique per owner: a server that says otherwise
             ids = ", ".join(env.id for env in matches)
             raise errors.InvalidArgument(
                 f"{len(matches)} environments are named {name_or_id!r} ({ids}); use an id"
@@ -287,6 +316,123 @@ class Environments:
         return VersionDiff.from_proto(
             self._client._call(self._stub.DiffEnvironmentVersions, request)
         )
+
+    # Sharing
+
+    def policy(self, environment_id: str) -> Policy:
+        """Who may do what with the environment (any role may read it)."""
+        request = environments_pb2.GetEnvironmentPolicyRequest(environment_id=environment_id)
+        return Policy.from_proto(
+            self._client._call(self._stub.GetEnvironmentPolicy, request).policy
+        )
+
+    def set_policy(self, environment_id: str, policy: Policy) -> Policy:
+        """Replaces the policy whole (owners only) and returns it as stored, with its new
+        etag. ``darb.errors.Aborted`` if ``policy.etag`` is no longer the current one
+        (someone changed it since it was read); an empty etag overwrites whatever is
+        there."""
+        request = environments_pb2.SetEnvironmentPolicyRequest(
+            environment_id=environment_id, policy=policy.to_proto()
+        )
+        return Policy.from_proto(
+            self._client._call(self._stub.SetEnvironmentPolicy, request).policy
+        )
+
+    def share(self, environment_id: str, who: str, role: Role | str = Role.VIEWER) -> Policy:
+        """Gives ``who`` (``user:NAME``, ``group:NAME``, ``allAuthenticatedUsers``, or a
+        bare username) exactly ``role`` on the environment; returns the new policy.
+
+        Reads, modifies and writes the policy with its etag, starting over when someone
+        else changed it in between (up to ``POLICY_ATTEMPTS`` times in all).
+        """
+        granted = _role(role)
+        canonical = _member(who)
+        return self._update_policy(
+            environment_id, lambda policy: policy.with_member(canonical, granted)
+        )
+
+    def unshare(self, environment_id: str, who: str) -> Policy:
+        """Takes every role ``who`` has on the environment away; returns the new policy.
+        ``darb.errors.NotFound`` if the policy does not name them."""
+        canonical = _member(who)
+
+        def without(policy: Policy) -> Policy:
+            if policy.role_of(canonical) is None:
+                raise errors.NotFound(f"{canonical} has no role on environment {environment_id}")
+            return policy.without_member(canonical)
+
+        return self._update_policy(environment_id, without)
+
+    def _update_policy(self, environment_id: str, change: Callable[[Policy], Policy]) -> Policy:
+        for attempt in range(1, POLICY_ATTEMPTS + 1):
+            policy = self.policy(environment_id)
+            try:
+                return self.set_policy(environment_id, change(policy))
+            except errors.Aborted:
+                if attempt == POLICY_ATTEMPTS:
+                    raise
+                time.sleep(0.05 * attempt)
+        raise AssertionError("unreachable")
+
+    def permissions(
+        self, environment_id: str, permissions: Iterable[str] = PERMISSIONS
+    ) -> frozenset[str]:
+        """Which of ``permissions`` (default: all of ``PERMISSIONS``) the caller holds on
+        the environment."""
+        request = environments_pb2.TestEnvironmentPermissionsRequest(
+            environment_id=environment_id, permissions=list(permissions)
+        )
+        response = self._client._call(self._stub.TestEnvironmentPermissions, request)
+        return frozenset(response.permissions)
+
+
+class Groups:
+    """``client.groups``: named sets of users, which policies name as ``group:NAME``.
+    Any user may create a group and manages the groups they created."""
+
+    def __init__(self, client: Client, stub: groups_pb2_grpc.GroupServiceStub) -> None:
+        self._client = client
+        self._stub = stub
+
+    def create(self, name: str) -> Group:
+        """An empty group, managed by the caller."""
+        request = groups_pb2.CreateGroupRequest(name=name)
+        return Group.from_proto(self._client._call(self._stub.CreateGroup, request).group)
+
+    def delete(self, name: str) -> None:
+        """Deletes the group and every policy binding that names it."""
+        self._client._call(self._stub.DeleteGroup, groups_pb2.DeleteGroupRequest(name=name))
+
+    def list(self, page_size: int = 0) -> Iterator[Group]:
+        """The groups the caller manages or belongs to (every group, for admins), by
+        name, across all pages."""
+        for message in self._client._pages(
+            self._stub.ListGroups,
+            lambda token: groups_pb2.ListGroupsRequest(page_size=page_size, page_token=token),
+            lambda response: response.groups,
+        ):
+            yield Group.from_proto(message)
+
+    def add_member(self, group: str, username: str) -> None:
+        """Adds a user (``bob`` or ``user:bob``); adding a member again is no error."""
+        request = groups_pb2.AddGroupMemberRequest(group=group, username=_username(username))
+        self._client._call(self._stub.AddGroupMember, request)
+
+    def remove_member(self, group: str, username: str) -> None:
+        """Removes a user; ``darb.errors.NotFound`` if they are not in the group."""
+        request = groups_pb2.RemoveGroupMemberRequest(group=group, username=_username(username))
+        self._client._call(self._stub.RemoveGroupMember, request)
+
+    def members(self, group: str, page_size: int = 0) -> Iterator[str]:
+        """The group's members' usernames, sorted, across all pages."""
+        for username in self._client._pages(
+            self._stub.ListGroupMembers,
+            lambda token: groups_pb2.ListGroupMembersRequest(
+                group=group, page_size=page_size, page_token=token
+            ),
+            lambda response: response.usernames,
+        ):
+            yield str(username)
 
 
 class Packages:
@@ -348,9 +494,10 @@ class Jobs:
         request = jobs_pb2.CancelJobRequest(id=job_id)
         return Job.from_proto(self._client._call(self._stub.CancelJob, request).job)
 
-    def watch(self, job_id: str, after_seq: int = 0) -> Iterator[LogLine | Job]:
-        """Yields the job's log lines after ``after_seq`` and its status changes (as ``Job``)
-        as they happen; the last event is always the ended job.
+    def watch(self, job_id: str, after_seq: int = 0) -> Iterator[LogLine | Job | Progress]:
+        """Yields the job's log lines after ``after_seq``, its status changes (as ``Job``)
+        and its progress reports (as ``Progress``) as they happen; the last event is always
+        the ended job. Callers that want only some kinds check with ``isinstance``.
 
         A dropped connection or an expired deadline reopens the stream after the last line
         seen, so no line is lost or repeated.
@@ -383,7 +530,7 @@ class _Watch:
         self.final: Job | None = None
         self.failures = 0
 
-    def events(self, deadline: float | None) -> Iterator[LogLine | Job]:
+    def events(self, deadline: float | None) -> Iterator[LogLine | Job | Progress]:
         while True:
             timeout = self._attempt_timeout(deadline)
             try:
@@ -402,7 +549,7 @@ class _Watch:
             raise errors.DeadlineExceeded(f"job {self.job_id} has not ended in time")
         return min(remaining, self.client.timeout)
 
-    def _attempt(self, timeout: float) -> Iterator[LogLine | Job]:
+    def _attempt(self, timeout: float) -> Iterator[LogLine | Job | Progress]:
         request = jobs_pb2.WatchJobRequest(id=self.job_id, after_seq=self.last_seq)
         stream = self._stub.WatchJob(request, metadata=self.client._metadata, timeout=timeout)
         try:
@@ -413,8 +560,11 @@ class _Watch:
                         if line.seq > self.last_seq:
                             self.last_seq = line.seq
                             yield LogLine.from_proto(line)
-                else:
+                elif event.HasField("job"):
                     yield from self._status(Job.from_proto(event.job))
+                elif event.HasField("progress") and self.final is None:
+                    yield Progress.from_proto(event.progress)
+                # Any other (newer) kind of event is not for this SDK: skipped.
         finally:
             stream.cancel()
         if self.final is not None:
@@ -440,6 +590,34 @@ class _Watch:
             raise errors.from_rpc_error(exc) from None
         if self.failures > 1 or code == grpc.StatusCode.UNAVAILABLE:
             time.sleep(min(0.25 * 2 ** (self.failures - 1), WATCH_BACKOFF_CAP))
+
+
+def quote(value: str) -> str:
+    """``value`` as a quoted AIP-160 filter value: in double quotes, with ``\\`` and
+    ``"`` escaped by a backslash."""
+    escaped = value.replace("\\", "\\\\").replace('"', '\\"')
+    return f'"{escaped}"'
+
+
+def _member(who: str) -> str:
+    try:
+        return member(who)
+    except ValueError as exc:
+        raise errors.InvalidArgument(str(exc)) from None
+
+
+def _role(role: Role | str) -> Role:
+    try:
+        parsed = Role(str(role).upper().removeprefix("ROLE_"))
+    except ValueError:
+        parsed = Role.UNSPECIFIED
+    if parsed == Role.UNSPECIFIED:
+        raise errors.InvalidArgument(f"{role!r} is not a role: use viewer, editor or owner")
+    return parsed
+
+
+def _username(who: str) -> str:
+    return who.removeprefix("user:")
 
 
 def _is_uuid(value: str) -> bool:

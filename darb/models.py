@@ -7,6 +7,7 @@ proto prefix (``JobStatus.COMPLETED``); unset timestamps are ``None``.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, fields
 from datetime import datetime
 from enum import StrEnum
@@ -15,7 +16,7 @@ from typing import TypeVar
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from darb.v1 import common_pb2 as pb
-from darb.v1 import environments_pb2
+from darb.v1 import environments_pb2, groups_pb2
 from shared.timestamps import to_datetime
 
 
@@ -49,6 +50,54 @@ class JobStatus(StrEnum):
     def terminal(self) -> bool:
         """A job in a terminal status never changes again."""
         return self in (JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED)
+
+
+class Role(StrEnum):
+    """What a member of an environment's policy may do with it; each role can do what
+    the ones below it can (``Role.EDITOR > Role.VIEWER`` compares by rank)."""
+
+    UNSPECIFIED = "UNSPECIFIED"
+    VIEWER = "VIEWER"
+    EDITOR = "EDITOR"
+    OWNER = "OWNER"
+
+    @property
+    def rank(self) -> int:
+        return _ROLE_RANKS.index(self)
+
+    def __lt__(self, other: object) -> bool:
+        if not isinstance(other, Role):
+            return NotImplemented
+        return self.rank < other.rank
+
+    def __le__(self, other: object) -> bool:
+        if not isinstance(other, Role):
+            return NotImplemented
+        return self.rank <= other.rank
+
+    def __gt__(self, other: object) -> bool:
+        if not isinstance(other, Role):
+            return NotImplemented
+        return self.rank > other.rank
+
+    def __ge__(self, other: object) -> bool:
+        if not isinstance(other, Role):
+            return NotImplemented
+        return self.rank >= other.rank
+
+
+_ROLE_RANKS = (Role.UNSPECIFIED, Role.VIEWER, Role.EDITOR, Role.OWNER)
+
+
+class JobPhase(StrEnum):
+    """The stage of its work a running job is in."""
+
+    UNSPECIFIED = "UNSPECIFIED"
+    SOLVING = "SOLVING"
+    DOWNLOADING = "DOWNLOADING"
+    LINKING = "LINKING"
+    WRITING_LOCK = "WRITING_LOCK"
+    REMOVING = "REMOVING"
 
 
 class LogStream(StrEnum):
@@ -105,6 +154,9 @@ class Environment:
     # The number of the current version (see ``EnvironmentVersion``); 0 until created.
     current_version: int
     platforms: tuple[str, ...]
+    # The owner's username, and the caller's role on the environment.
+    owner: str
+    role: Role
 
     @classmethod
     def from_proto(cls, message: pb.Environment) -> Environment:
@@ -122,6 +174,8 @@ class Environment:
             updated_at=_time(message, "updated_at"),
             current_version=message.current_version,
             platforms=tuple(message.platforms),
+            owner=message.owner,
+            role=_enum(Role, pb.Role, message.role, "ROLE_"),
         )
 
 
@@ -138,6 +192,43 @@ class Package:
 
 
 @dataclass(frozen=True)
+class Progress:
+    """How far a running job has come: its ``phase``, and counts of the packages it
+    links and the bytes it downloads (a total of 0: not known yet)."""
+
+    phase: JobPhase
+    packages_done: int
+    packages_total: int
+    bytes_done: int
+    bytes_total: int
+    time: datetime | None
+
+    @property
+    def fraction(self) -> float | None:
+        """Done over total for the phase's own count (bytes while downloading, packages
+        otherwise), within 0..1; None when that total is not known."""
+        done, total = (
+            (self.bytes_done, self.bytes_total)
+            if self.phase == JobPhase.DOWNLOADING
+            else (self.packages_done, self.packages_total)
+        )
+        if total <= 0:
+            return None
+        return min(max(done / total, 0.0), 1.0)
+
+    @classmethod
+    def from_proto(cls, message: pb.JobProgress) -> Progress:
+        return cls(
+            phase=_enum(JobPhase, pb.JobPhase, message.phase, "JOB_PHASE_"),
+            packages_done=message.packages_done,
+            packages_total=message.packages_total,
+            bytes_done=message.bytes_done,
+            bytes_total=message.bytes_total,
+            time=_time(message, "time"),
+        )
+
+
+@dataclass(frozen=True)
 class Job:
     id: str
     type: JobType
@@ -149,6 +240,12 @@ class Job:
     started_at: datetime | None
     completed_at: datetime | None
     packages: tuple[str, ...]
+    # Who submitted it (an editor, perhaps, not the owner): id and username (empty if
+    # the account was deleted since).
+    created_by: str
+    created_by_username: str
+    # The last progress the running job reported; None before the first.
+    progress: Progress | None
 
     @classmethod
     def from_proto(cls, message: pb.Job) -> Job:
@@ -163,6 +260,11 @@ class Job:
             started_at=_time(message, "started_at"),
             completed_at=_time(message, "completed_at"),
             packages=tuple(message.packages),
+            created_by=message.created_by,
+            created_by_username=message.created_by_username,
+            progress=(
+                Progress.from_proto(message.progress) if message.HasField("progress") else None
+            ),
         )
 
 
@@ -201,6 +303,8 @@ class EnvironmentVersion:
     version: int
     job_id: str
     created_by: str
+    # That user's username; empty if the account was deleted since.
+    created_by_username: str
     created_at: datetime | None
     description: str
     content_hash: str
@@ -216,6 +320,7 @@ class EnvironmentVersion:
             version=message.version,
             job_id=message.job_id,
             created_by=message.created_by,
+            created_by_username=message.created_by_username,
             created_at=_time(message, "created_at"),
             description=message.description,
             content_hash=message.content_hash,
@@ -302,4 +407,95 @@ class VersionDiff:
             requested_changed=tuple(
                 RequestedSpecChange.from_proto(s) for s in message.requested_changed
             ),
+        )
+
+
+ALL_AUTHENTICATED_USERS = "allAuthenticatedUsers"
+
+
+def member(name: str) -> str:
+    """The canonical form of a policy member: ``user:<username>``, ``group:<name>`` or
+    ``allAuthenticatedUsers``; a bare username means ``user:<username>``."""
+    name = name.strip()
+    if name == ALL_AUTHENTICATED_USERS or name.startswith(("user:", "group:")):
+        return name
+    if ":" in name or not name:
+        raise ValueError(
+            f"{name!r} is not a member: use user:NAME, group:NAME or {ALL_AUTHENTICATED_USERS}"
+        )
+    return f"user:{name}"
+
+
+@dataclass(frozen=True)
+class Policy:
+    """Who may do what with one environment: each role's members, sorted, and the
+    ``etag`` that ``client.environments.set_policy`` checks (read, modify, write)."""
+
+    bindings: dict[Role, tuple[str, ...]]
+    etag: str = ""
+
+    def role_of(self, name: str) -> Role | None:
+        """The highest role the policy binds this member to (not through groups)."""
+        name = member(name)
+        roles = [role for role, members in self.bindings.items() if name in members]
+        return max(roles) if roles else None
+
+    def with_member(self, name: str, role: Role) -> Policy:
+        """This policy with ``name`` bound to ``role`` only (same etag)."""
+        if role == Role.UNSPECIFIED:
+            raise ValueError("a member needs a role: VIEWER, EDITOR or OWNER")
+        name = member(name)
+        bindings = self.without_member(name).bindings
+        bindings[role] = tuple(sorted({*bindings.get(role, ()), name}))
+        return Policy(_ordered(bindings), self.etag)
+
+    def without_member(self, name: str) -> Policy:
+        """This policy with ``name`` in no binding (same etag)."""
+        name = member(name)
+        bindings = {
+            role: tuple(m for m in members if m != name) for role, members in self.bindings.items()
+        }
+        return Policy(_ordered(bindings), self.etag)
+
+    def to_proto(self) -> environments_pb2.Policy:
+        return environments_pb2.Policy(
+            bindings=[
+                environments_pb2.Binding(role=f"ROLE_{role}", members=members)
+                for role, members in _ordered(self.bindings).items()
+            ],
+            etag=self.etag,
+        )
+
+    @classmethod
+    def from_proto(cls, message: environments_pb2.Policy) -> Policy:
+        bindings: dict[Role, set[str]] = {}
+        for binding in message.bindings:
+            role = _enum(Role, pb.Role, binding.role, "ROLE_")
+            bindings.setdefault(role, set()).update(binding.members)
+        return cls(_ordered(bindings), message.etag)
+
+
+def _ordered(bindings: Mapping[Role, Iterable[str]]) -> dict[Role, tuple[str, ...]]:
+    """Highest role first, members sorted, roles without members left out."""
+    members = {role: tuple(sorted(set(names))) for role, names in bindings.items()}
+    return {role: members[role] for role in sorted(members, reverse=True) if members[role]}
+
+
+@dataclass(frozen=True)
+class Group:
+    """A named set of users that policies can name as ``group:<name>``."""
+
+    name: str
+    # The username of the user who created it (who manages it); empty if deleted since.
+    created_by: str
+    created_at: datetime | None
+    member_count: int
+
+    @classmethod
+    def from_proto(cls, message: groups_pb2.Group) -> Group:
+        return cls(
+            name=message.name,
+            created_by=message.created_by,
+            created_at=_time(message, "created_at"),
+            member_count=message.member_count,
         )
