@@ -9,15 +9,26 @@ from __future__ import annotations
 
 import argparse
 import getpass
+import json
 import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from darb import credentials, errors
-from darb.client import DEFAULT_ADDRESS, Client
-from darb.models import Environment, EnvironmentVersion, Job, JobStatus, LogLine
+from darb.client import DEFAULT_ADDRESS, Client, quote
+from darb.models import (
+    Environment,
+    EnvironmentVersion,
+    Job,
+    JobStatus,
+    LogLine,
+    Progress,
+    Role,
+    member,
+)
 from darb.terminal import (
+    JobDisplay,
     Spinner,
     arrow,
     diff_lines,
@@ -28,6 +39,7 @@ from darb.terminal import (
 )
 
 ADDRESS_ENV = "DARB_API_ADDR"
+ENV_HELP = "name, OWNER/name (another user's) or id"
 INTERRUPTED = 130
 
 
@@ -75,25 +87,30 @@ def _session(args: argparse.Namespace) -> Client:
 
 
 def _follow(client: Client, job: Job) -> int:
-    """Streams the job's log under a spinner until it ends; 0 only if it completed."""
+    """Streams the job's log under a spinner (a progress bar once the job reports its
+    progress) until it ends; 0 only if it completed."""
     final = job
-    with Spinner(job.status) as spinner:
+    with JobDisplay(job.id, job.status) as display:
         try:
             for event in client.jobs.watch(job.id):
                 if isinstance(event, LogLine):
-                    spinner.print(event.text)
+                    display.print(event.text)
+                    continue
+                if isinstance(event, Progress):
+                    display.progress(event)
                     continue
                 final = event
-                spinner.status = event.status
-                if not spinner.enabled and not event.status.terminal:
+                display.status = event.status
+                if not display.interactive and not event.status.terminal:
                     print(f"job {job.id}: {event.status.lower()}", file=sys.stderr)
         except KeyboardInterrupt:
+            display.close()
             print(
                 f"darb: stopped following; job {job.id} goes on (`darb job logs {job.id} -f`)",
                 file=sys.stderr,
             )
             return INTERRUPTED
-    return _report(final, spinner.elapsed)
+    return _report(final, display.elapsed)
 
 
 def _report(job: Job, elapsed: float) -> int:
@@ -199,15 +216,33 @@ def _import_files(args: argparse.Namespace) -> dict[str, str]:
 
 def cmd_env_list(args: argparse.Namespace) -> int:
     with _session(args) as client:
-        environments = list(client.environments.list())
+        environments = list(client.environments.list(filter=_list_filter(args)))
     if args.output == "json":
         print_json(environments)
     else:
         print_table(
-            ("NAME", "STATUS", "ID", "CREATED"),
-            ((e.name, e.status, e.id, when(e.created_at)) for e in environments),
+            ("NAME", "OWNER", "ROLE", "STATUS", "ID", "CREATED"),
+            (
+                (e.name, e.owner or "-", _role_name(e.role), e.status, e.id, when(e.created_at))
+                for e in environments
+            ),
         )
     return 0
+
+
+def _list_filter(args: argparse.Namespace) -> str:
+    restrictions = []
+    if args.shared:
+        restrictions.append("owner != me")
+    if args.owner:
+        restrictions.append(f"owner = {quote(args.owner)}")
+    if args.role:
+        restrictions.append(f"role = {args.role.upper()}")
+    return " AND ".join(restrictions)
+
+
+def _role_name(role: Role) -> str:
+    return "-" if role == Role.UNSPECIFIED else role.lower()
 
 
 def cmd_env_show(args: argparse.Namespace) -> int:
@@ -235,7 +270,8 @@ def _environment_fields(environment: Environment) -> list[tuple[str, str]]:
         ("package manager", environment.package_manager),
         ("channels", ", ".join(environment.channels)),
         ("platforms", ", ".join(environment.platforms) or "-"),
-        ("owner", environment.owner_id),
+        ("owner", environment.owner or environment.owner_id),
+        ("your role", _role_name(environment.role)),
         ("created", when(environment.created_at)),
         ("updated", when(environment.updated_at)),
     ]
@@ -254,7 +290,7 @@ def _print_version(
             ("environment", f"{environment.name} ({environment.id})"),
             ("version", f"{version.version}{current}"),
             ("description", version.description),
-            ("by", by.get(version.created_by, version.created_by)),
+            ("by", _by(version, by)),
             ("created", when(version.created_at)),
             ("job", version.job_id),
             ("hash", version.content_hash),
@@ -270,6 +306,11 @@ def _print_version(
         for name, text in (("pixi.toml", version.manifest), ("pixi.lock", version.lockfile)):
             print(f"\n==> {name} <==")
             print(text, end="" if text.endswith("\n") else "\n")
+
+
+def _by(version: EnvironmentVersion, by: dict[str, str]) -> str:
+    """Who made a version: their username (the server's, else one we know), else the id."""
+    return version.created_by_username or by.get(version.created_by, version.created_by)
 
 
 def _user_names(client: Client) -> dict[str, str]:
@@ -325,7 +366,7 @@ def cmd_env_history(args: argparse.Namespace) -> int:
             (
                 str(v.version),
                 when(v.created_at),
-                by.get(v.created_by, v.created_by),
+                _by(v, by),
                 v.description,
                 v.content_hash[:12],
             )
@@ -363,6 +404,116 @@ def cmd_env_rollback(args: argparse.Namespace) -> int:
         job = client.environments.rollback(environment.id, args.version)
         print(f"Rolling back {environment.name} to version {args.version}, job {job.id}")
         return _submitted(client, job, args)
+
+
+# Commands: sharing
+
+
+def cmd_env_share(args: argparse.Namespace) -> int:
+    with _session(args) as client:
+        environment = client.environments.resolve(args.env)
+        policy = client.environments.share(environment.id, args.member, args.role)
+    member = _canonical(args.member)
+    role = policy.role_of(member)
+    print(f"{member} is {_a(role)} of {_env_label(environment)}")
+    return 0
+
+
+def cmd_env_unshare(args: argparse.Namespace) -> int:
+    with _session(args) as client:
+        environment = client.environments.resolve(args.env)
+        client.environments.unshare(environment.id, args.member)
+    print(f"{_canonical(args.member)} has no role on {_env_label(environment)} any more")
+    return 0
+
+
+def cmd_env_members(args: argparse.Namespace) -> int:
+    with _session(args) as client:
+        policy = client.environments.policy(client.environments.resolve(args.env).id)
+    if args.output == "json":
+        print_json(policy)
+        return 0
+    print_table(
+        ("ROLE", "MEMBER"),
+        ((role.lower(), m) for role, members in policy.bindings.items() for m in members),
+    )
+    return 0
+
+
+def _canonical(who: str) -> str:
+    try:
+        return member(who)
+    except ValueError as exc:
+        raise CliError(str(exc)) from None
+
+
+def _a(role: Role | None) -> str:
+    name = "no role" if role is None else role.lower()
+    return f"an {name}" if name[0] in "aeiou" else f"a {name}"
+
+
+def _env_label(environment: Environment) -> str:
+    return f"{environment.owner}/{environment.name}" if environment.owner else environment.name
+
+
+# Commands: groups
+
+
+def cmd_group_create(args: argparse.Namespace) -> int:
+    with _session(args) as client:
+        group = client.groups.create(args.name)
+    print(f"Created group {group.name}; name it in policies as group:{group.name}")
+    return 0
+
+
+def cmd_group_delete(args: argparse.Namespace) -> int:
+    with _session(args) as client:
+        client.groups.delete(args.name)
+    print(f"Deleted group {args.name}")
+    return 0
+
+
+def cmd_group_list(args: argparse.Namespace) -> int:
+    with _session(args) as client:
+        groups = list(client.groups.list())
+    if args.output == "json":
+        print_json(groups)
+    else:
+        print_table(
+            ("NAME", "MEMBERS", "CREATED BY", "CREATED"),
+            (
+                (g.name, str(g.member_count), g.created_by or "-", when(g.created_at))
+                for g in groups
+            ),
+        )
+    return 0
+
+
+def cmd_group_add(args: argparse.Namespace) -> int:
+    with _session(args) as client:
+        for username in args.usernames:
+            client.groups.add_member(args.group, username)
+    print(f"Added {', '.join(args.usernames)} to group {args.group}")
+    return 0
+
+
+def cmd_group_remove(args: argparse.Namespace) -> int:
+    with _session(args) as client:
+        for username in args.usernames:
+            client.groups.remove_member(args.group, username)
+    print(f"Removed {', '.join(args.usernames)} from group {args.group}")
+    return 0
+
+
+def cmd_group_members(args: argparse.Namespace) -> int:
+    with _session(args) as client:
+        usernames = list(client.groups.members(args.group))
+    if args.output == "json":
+        print(json.dumps(usernames, indent=2))
+    else:
+        for username in usernames:
+            print(username)
+    return 0
 
 
 # Commands: packages
@@ -442,6 +593,7 @@ def cmd_job_show(args: argparse.Namespace) -> int:
             ("status", job.status),
             ("error", job.error or "-"),
             ("environment", job.environment_id),
+            ("by", job.created_by_username or job.created_by or "-"),
             ("packages", " ".join(job.packages) or "-"),
             ("created", when(job.created_at)),
             ("started", when(job.started_at)),
@@ -572,11 +724,26 @@ def _version_number(least: int) -> Callable[[str], int]:
 
 
 def _env_parsers(top: _Commands) -> None:
-    env = top.group_parser("env", "create, inspect, export, delete and roll back environments")
+    env = top.group_parser(
+        "env", "create, inspect, share, export, delete and roll back environments"
+    )
     _create_parser(env)
-    env.add("list", cmd_env_list, "list environments", aliases=["ls"], output=True)
+    ls = env.add(
+        "list",
+        cmd_env_list,
+        "list the environments you own or that are shared with you",
+        aliases=["ls"],
+        output=True,
+    )
+    ls.add_argument(
+        "--shared", action="store_true", help="only those shared with you (owned by others)"
+    )
+    ls.add_argument("--owner", metavar="USER", help="only those USER owns (`me`: yours)")
+    ls.add_argument(
+        "--role", choices=("viewer", "editor", "owner"), help="only those where you have ROLE"
+    )
     show = env.add("show", cmd_env_show, "show an environment or one of its versions", output=True)
-    show.add_argument("env", metavar="ENV", help="name or id")
+    show.add_argument("env", metavar="ENV", help=ENV_HELP)
     show.add_argument(
         "--version",
         type=_version_number(0),
@@ -590,17 +757,61 @@ def _env_parsers(top: _Commands) -> None:
     )
     env.add(
         "delete", cmd_env_delete, "delete an environment", aliases=["rm"], wait=True
-    ).add_argument("env", metavar="ENV", help="name or id")
+    ).add_argument("env", metavar="ENV", help=ENV_HELP)
     export = env.add(
         "export", cmd_env_export, "write the pixi.toml and pixi.lock of an environment"
     )
-    export.add_argument("env", metavar="ENV", help="name or id")
+    export.add_argument("env", metavar="ENV", help=ENV_HELP)
     export.add_argument("-d", "--dir", default=".", help="directory to write to (default: .)")
     export.add_argument("--force", action="store_true", help="overwrite existing files")
     export.add_argument(
         "--version", type=_version_number(0), default=0, metavar="N", help="an earlier version's"
     )
     _history_parsers(env)
+    _sharing_parsers(env)
+
+
+def _sharing_parsers(env: _Commands) -> None:
+    members_help = "user:NAME, group:NAME, allAuthenticatedUsers, or a bare username"
+    share = env.add("share", cmd_env_share, "give a user or group a role on an environment")
+    share.add_argument("env", metavar="ENV", help=ENV_HELP)
+    share.add_argument("member", metavar="MEMBER", help=members_help)
+    share.add_argument(
+        "--role",
+        choices=("viewer", "editor", "owner"),
+        default="viewer",
+        help="viewer (read), editor (also change packages and cancel jobs) or owner "
+        "(also delete and share); default: viewer",
+    )
+    unshare = env.add("unshare", cmd_env_unshare, "take a member's role on an environment away")
+    unshare.add_argument("env", metavar="ENV", help=ENV_HELP)
+    unshare.add_argument("member", metavar="MEMBER", help=members_help)
+    env.add(
+        "members", cmd_env_members, "list who may do what with an environment", output=True
+    ).add_argument("env", metavar="ENV", help=ENV_HELP)
+
+
+def _group_parsers(top: _Commands) -> None:
+    group = top.group_parser("group", "manage groups of users to share environments with")
+    group.add("create", cmd_group_create, "create a group (you manage it)").add_argument("name")
+    group.add("rm", cmd_group_delete, "delete a group", aliases=["delete"]).add_argument("name")
+    group.add(
+        "ls",
+        cmd_group_list,
+        "list the groups you manage or belong to",
+        aliases=["list"],
+        output=True,
+    )
+    for name, run, summary in (
+        ("add", cmd_group_add, "add users to a group"),
+        ("remove", cmd_group_remove, "remove users from a group"),
+    ):
+        command = group.add(name, run, summary)
+        command.add_argument("group", metavar="GROUP")
+        command.add_argument("usernames", metavar="USER", nargs="+")
+    group.add("members", cmd_group_members, "list a group's members", output=True).add_argument(
+        "group", metavar="GROUP"
+    )
 
 
 def _create_parser(env: _Commands) -> None:
@@ -649,9 +860,9 @@ def _history_parsers(env: _Commands) -> None:
     history = env.add(
         "history", cmd_env_history, "list an environment's versions, newest first", output=True
     )
-    history.add_argument("env", metavar="ENV", help="name or id")
+    history.add_argument("env", metavar="ENV", help=ENV_HELP)
     diff = env.add("diff", cmd_env_diff, "compare two versions of an environment", output=True)
-    diff.add_argument("env", metavar="ENV", help="name or id")
+    diff.add_argument("env", metavar="ENV", help=ENV_HELP)
     diff.add_argument("a", metavar="A", type=_version_number(0), help="the older version")
     diff.add_argument(
         "b",
@@ -670,7 +881,7 @@ def _history_parsers(env: _Commands) -> None:
         "install exactly an earlier version's lock again (as a new version)",
         wait=True,
     )
-    rollback.add_argument("env", metavar="ENV", help="name or id")
+    rollback.add_argument("env", metavar="ENV", help=ENV_HELP)
     rollback.add_argument("version", metavar="N", type=_version_number(1), help="the version")
 
 
@@ -688,22 +899,23 @@ def build_parser() -> argparse.ArgumentParser:
     top.add("whoami", cmd_whoami, "show the logged-in user", output=True)
 
     _env_parsers(top)
+    _group_parsers(top)
 
     pkg = top.group_parser("pkg", "install, remove and list packages")
     add = pkg.add("add", cmd_pkg_add, "install packages", aliases=["install"], wait=True)
-    add.add_argument("env", metavar="ENV", help="name or id")
+    add.add_argument("env", metavar="ENV", help=ENV_HELP)
     add.add_argument("specs", metavar="SPEC", nargs="+", help="conda match spec")
     rm = pkg.add("rm", cmd_pkg_rm, "remove packages", aliases=["remove"], wait=True)
-    rm.add_argument("env", metavar="ENV", help="name or id")
+    rm.add_argument("env", metavar="ENV", help=ENV_HELP)
     rm.add_argument("names", metavar="NAME", nargs="+", help="package name")
     pkg.add(
         "ls", cmd_pkg_ls, "list installed packages", aliases=["list"], output=True
-    ).add_argument("env", metavar="ENV", help="name or id")
+    ).add_argument("env", metavar="ENV", help=ENV_HELP)
 
     job = top.group_parser("job", "inspect, follow and cancel jobs")
     job.add(
         "ls", cmd_job_ls, "list jobs, newest first", aliases=["list"], output=True
-    ).add_argument("--env", metavar="ENV", help="only jobs of this environment (name or id)")
+    ).add_argument("--env", metavar="ENV", help=f"only jobs of this environment ({ENV_HELP})")
     job.add("show", cmd_job_show, "show a job and its log", output=True).add_argument("id")
     logs = job.add("logs", cmd_job_logs, "print a job's log")
     logs.add_argument("id")

@@ -101,7 +101,8 @@ def test_followed_jobs_and_json_output(logged_in: Cli, tmp_path: Path) -> None:
 
     assert logged_in("pkg", "rm", "demo", "acme-utils").returncode == 0
     assert logged_in("env", "delete", "demo").returncode == 0
-    assert logged_in("env", "list").stdout.splitlines() == ["NAME  STATUS  ID  CREATED"]
+    header = ["NAME", "OWNER", "ROLE", "STATUS", "ID", "CREATED"]
+    assert logged_in("env", "list").stdout.split() == header  # no environment any more
     assert _one_error_line(logged_in("env", "show", "demo")).endswith("no environment named 'demo'")
 
 
