@@ -19,6 +19,7 @@ from darb.v1 import (
     common_pb2,
     environments_pb2,
     environments_pb2_grpc,
+    groups_pb2_grpc,
     jobs_pb2,
     jobs_pb2_grpc,
     users_pb2,
@@ -110,8 +111,10 @@ class Client:
     users: users_pb2_grpc.UserServiceStub = field(init=False)
     envs: environments_pb2_grpc.EnvironmentServiceStub = field(init=False)
     jobs: jobs_pb2_grpc.JobServiceStub = field(init=False)
+    groups: groups_pb2_grpc.GroupServiceStub = field(init=False)
 
     def __post_init__(self) -> None:
+        self.groups = groups_pb2_grpc.GroupServiceStub(self.channel)
         self.auth = auth_pb2_grpc.AuthServiceStub(self.channel)
         self.users = users_pb2_grpc.UserServiceStub(self.channel)
         self.envs = environments_pb2_grpc.EnvironmentServiceStub(self.channel)
@@ -148,6 +151,20 @@ class Client:
             environment_id=environment_id, packages=packages
         )
         return self.call(self.envs.RemovePackages, request).job
+
+    def set_policy(self, environment_id: str, members: dict[str, int], etag: str = "") -> Any:
+        """Replaces the environment's policy with ``members`` (member -> darb.v1.Role)."""
+        by_role: dict[int, list[str]] = {}
+        for member, role in members.items():
+            by_role.setdefault(role, []).append(member)
+        policy = environments_pb2.Policy(
+            bindings=[environments_pb2.Binding(role=r, members=m) for r, m in by_role.items()],
+            etag=etag,
+        )
+        request = environments_pb2.SetEnvironmentPolicyRequest(
+            environment_id=environment_id, policy=policy
+        )
+        return self.call(self.envs.SetEnvironmentPolicy, request).policy
 
     def get_job(self, job_id: str) -> common_pb2.Job:
         return self.call(self.jobs.GetJob, jobs_pb2.GetJobRequest(id=job_id)).job

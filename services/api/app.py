@@ -20,6 +20,8 @@ from darb.v1 import (
     auth_pb2_grpc,
     environments_pb2,
     environments_pb2_grpc,
+    groups_pb2,
+    groups_pb2_grpc,
     jobs_pb2,
     jobs_pb2_grpc,
     users_pb2,
@@ -34,6 +36,7 @@ from services.api.database.migrate import migrate
 from services.api.events import EventBus
 from services.api.handlers.auth import AuthService
 from services.api.handlers.environments import EnvironmentService
+from services.api.handlers.groups import GroupService
 from services.api.handlers.health import DatabaseHealth
 from services.api.handlers.jobs import JobService
 from services.api.handlers.users import UserService
@@ -63,6 +66,7 @@ SERVICE_NAMES = [
     users_pb2.DESCRIPTOR.services_by_name["UserService"].full_name,
     environments_pb2.DESCRIPTOR.services_by_name["EnvironmentService"].full_name,
     jobs_pb2.DESCRIPTOR.services_by_name["JobService"].full_name,
+    groups_pb2.DESCRIPTOR.services_by_name["GroupService"].full_name,
 ]
 STARTUP_DB_WAIT = 30.0
 # Beyond the grace and the recording of handed-back jobs, what a stop may take (the
@@ -198,6 +202,7 @@ def _rpc_server(state: AppState, metrics: Metrics) -> tuple[grpc.aio.Server, Dat
         EnvironmentService(state), server
     )
     jobs_pb2_grpc.add_JobServiceServicer_to_server(JobService(state), server)
+    groups_pb2_grpc.add_GroupServiceServicer_to_server(GroupService(state), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
@@ -237,6 +242,8 @@ async def start(settings: ApiSettings, *, rpc_worker: bool = False) -> ControlPl
     bus.on_user_changed(tokens.forget_user)
     bus.on_listening(tokens.set_enabled)
     environments = _environment_cache(bus)
+    # A user's groups changed: their roles, cached by GetEnvironment, may have too.
+    bus.on_user_changed(lambda user_id: environments.forget_where(lambda e: user_id in e.roles))
     await bus.start()
     # Only the primary serves /metrics; with several processes it adds up theirs.
     metrics = Metrics()

@@ -119,6 +119,12 @@ class EventBus:
         """``handler(user_id)`` for a change committed in another process."""
         self._user_handlers.append(handler)
 
+    def user_changed_here(self, user_id: str) -> None:
+        """Call after a commit of this process that changed the user (their account or
+        their groups), which also sent the NOTIFY for other processes (``notify_in``)."""
+        for handler in self._user_handlers:
+            handler(user_id)
+
     def on_environment_changed(self, handler: Callable[[str | None], None]) -> None:
         """``handler(environment_id)`` for a change to an environment's row, committed
         here or in another process; ``handler(None)`` when which one is not known."""

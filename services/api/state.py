@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 from darb.v1 import environments_pb2
 from services.api.auth.tokens import TokenCache
@@ -10,10 +11,22 @@ from services.api.caches import NotifiedCache
 from services.api.database.db import Database
 from services.api.events import EventBus
 from services.api.metrics import JobObserver
+from services.api.repo.models import Role
 from shared.config import ApiSettings
 
-# GetEnvironment's answers by environment id, with the owner's id.
-EnvironmentCache = NotifiedCache[str, tuple[str, environments_pb2.GetEnvironmentResponse]]
+
+@dataclass
+class CachedEnvironment:
+    """What GetEnvironment read of one environment: its summary row, the role of each
+    caller it was read for, and the answer for each role seen."""
+
+    row: Any
+    roles: dict[str, Role] = field(default_factory=dict)
+    answers: dict[Role, environments_pb2.GetEnvironmentResponse] = field(default_factory=dict)
+
+
+# GetEnvironment's answers by environment id.
+EnvironmentCache = NotifiedCache[str, CachedEnvironment]
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,12 @@
-"""Every control-plane RPC times {owner, other user, admin, no token, expired token}.
+"""Every control-plane RPC times every kind of caller, through a real control plane.
 
-"Owner" owns the environment or job the call names (or is the account an admin call
-changes); another user's ids answer NOT_FOUND exactly like ids that do not exist.
-Calls that change things get a fresh target for every cell, so cells do not interfere.
+The callers: the environment's owner (its creator), a user:EDITOR, a user:VIEWER, a
+member of a group bound as EDITOR, anyone signed in (an environment whose policy binds
+allAuthenticatedUsers as VIEWER), a stranger (no role: NOT_FOUND, exactly as for ids that
+do not exist), an admin, and no or an expired token. Group RPCs act on a group the owner
+created and the group member belongs to. Calls that change things get a fresh target for
+every cell, so cells do not interfere. The matrix is checked against the protos' method
+list: a new RPC without a row fails ``test_the_matrix_covers_every_rpc``.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from darb.v1 import (
     auth_pb2,
     common_pb2,
     environments_pb2,
+    groups_pb2,
     jobs_pb2,
     users_pb2,
 )
@@ -28,8 +33,35 @@ from testkit.control_plane import ADMIN_PASSWORD, ApiProcess, Client, api_env, s
 from testkit.postgres import fresh_database
 
 OK = grpc.StatusCode.OK
-PRINCIPALS = ("owner", "other", "admin", "none", "expired")
+NF = grpc.StatusCode.NOT_FOUND
+PD = grpc.StatusCode.PERMISSION_DENIED
+PRINCIPALS = ("owner", "editor", "viewer", "group", "everyone", "stranger", "admin")
+NO_TOKEN = ("none", "expired")
 Metadata = tuple[tuple[str, str], ...]
+VIEWER, EDITOR, OWNER = common_pb2.ROLE_VIEWER, common_pb2.ROLE_EDITOR, common_pb2.ROLE_OWNER
+
+
+@dataclass
+class Target:
+    """What one caller's cells act on: an environment with its job, and fresh ones."""
+
+    world: World
+    public: bool  # bound to allAuthenticatedUsers instead of the named members
+    env_id: str = ""
+    job_id: str = ""
+
+    def fresh_env(self) -> str:
+        owner = self.world.owner
+        env_id = owner.create(f"e{uuid.uuid4().hex[:10]}", ["acme-core"]).environment.id
+        owner.set_policy(env_id, self.world.policy(self.public))
+        return env_id
+
+    def fresh_job(self) -> str:
+        return self.world.owner.install(self.env_id, ["acme-utils"]).id
+
+    def fresh_group(self) -> str:
+        """A group of the owner's, with the group member in it."""
+        return self.world.group(f"g{uuid.uuid4().hex[:10]}")
 
 
 @dataclass
@@ -37,15 +69,29 @@ class World:
     api: ApiProcess
     owner: Client
     admin: Client
-    metadata: dict[str, Metadata]
-    env_id: str
-    job_id: str
+    member: Client  # of the owner's groups
+    editor: str = ""
+    viewer: str = ""
+    group_name: str = ""
+    metadata: dict[str, Metadata] | None = None
+    targets: dict[str, Target] | None = None
 
-    def fresh_env(self) -> str:
-        return self.owner.create(f"e{uuid.uuid4().hex[:10]}", ["acme-core"]).environment.id
+    def group(self, name: str) -> str:
+        self.owner.call(self.owner.groups.CreateGroup, groups_pb2.CreateGroupRequest(name=name))
+        request = groups_pb2.AddGroupMemberRequest(group=name, username=self.member.user.username)
+        self.owner.call(self.owner.groups.AddGroupMember, request)
+        return name
 
-    def fresh_job(self) -> str:
-        return self.owner.install(self.env_id, ["acme-utils"]).id
+    def policy(self, public: bool) -> dict[str, int]:
+        owner = {f"user:{self.owner.user.username}": OWNER}
+        if public:
+            return {**owner, "allAuthenticatedUsers": VIEWER}
+        return {
+            **owner,
+            f"user:{self.editor}": EDITOR,
+            f"user:{self.viewer}": VIEWER,
+            f"group:{self.group_name}": EDITOR,
+        }
 
     def fresh_user(self) -> str:
         request = users_pb2.CreateUserRequest(
@@ -66,6 +112,17 @@ def _expired_token(env: dict[str, str], log_path: Any) -> str:
     return token
 
 
+def _target(world: World, public: bool) -> Target:
+    target = Target(world, public)
+    target.env_id = target.fresh_env()
+    created = world.owner.call(
+        world.owner.jobs.ListJobs, jobs_pb2.ListJobsRequest(environment_id=target.env_id)
+    ).jobs[0]
+    assert world.owner.wait(created.id).status == common_pb2.JOB_STATUS_COMPLETED
+    target.job_id = created.id
+    return target
+
+
 @pytest.fixture(scope="module")
 def world(
     tmp_path_factory: pytest.TempPathFactory, shared_agent: AgentProcess, channel_url: str
@@ -75,168 +132,225 @@ def world(
         env = api_env(url, data_dir, shared_agent.addr, shared_agent.token, channel_url)
         expired = _expired_token(env, data_dir / "short.log")
         api = start_api(env, data_dir / "api.log")
-        owner, other, admin = api.new_user(), api.new_user(), api.admin()
-        created = owner.create("owned", ["acme-core"])
-        assert owner.wait(created.job.id).status == common_pb2.JOB_STATUS_COMPLETED
-        metadata = {
-            "owner": owner.metadata,
-            "other": other.metadata,
-            "admin": admin.metadata,
-            "none": (),
-            "expired": (("authorization", f"Bearer {expired}"),),
-        }
-        yield World(api, owner, admin, metadata, created.environment.id, created.job.id)
+        owner, editor, viewer = api.new_user(), api.new_user(), api.new_user()
+        member, stranger, everyone, admin = (
+            api.new_user(),
+            api.new_user(),
+            api.new_user(),
+            api.admin(),
+        )
+        world = World(api, owner, admin, member, editor.user.username, viewer.user.username)
+        world.group_name = world.group("team")
+        shared, public = _target(world, public=False), _target(world, public=True)
+        clients = {
+            "owner": owner, "editor": editor, "viewer": viewer, "group": member,
+            "everyone": everyone, "stranger": stranger, "admin": admin,
+        }  # fmt: skip
+        world.metadata = {name: client.metadata for name, client in clients.items()}
+        world.metadata["none"] = ()
+        world.metadata["expired"] = (("authorization", f"Bearer {expired}"),)
+        world.targets = {name: public if name == "everyone" else shared for name in clients}
+        world.targets.update(none=shared, expired=shared)
+        yield world
         api.stop()
 
 
-# Each call takes the world and the caller's metadata and performs one RPC.
-CALLS: dict[str, Callable[[World, Metadata], Any]] = {
-    "AuthService.Login": lambda w, md: w.owner.auth.Login(
+def _policy_of(t: Target) -> environments_pb2.Policy:
+    request = environments_pb2.GetEnvironmentPolicyRequest(environment_id=t.env_id)
+    return t.world.owner.call(t.world.owner.envs.GetEnvironmentPolicy, request).policy
+
+
+E, J, G, U = environments_pb2, jobs_pb2, groups_pb2, users_pb2
+# Each call takes the caller's target, its stubs (the owner's channel) and metadata.
+CALLS: dict[str, Callable[[Target, Client, Metadata], Any]] = {
+    "AuthService.Login": lambda t, c, md: c.auth.Login(
         auth_pb2.LoginRequest(username="admin", password=ADMIN_PASSWORD), metadata=md
     ),
-    "UserService.GetCurrentUser": lambda w, md: w.owner.users.GetCurrentUser(
-        users_pb2.GetCurrentUserRequest(), metadata=md
+    "UserService.GetCurrentUser": lambda t, c, md: c.users.GetCurrentUser(
+        U.GetCurrentUserRequest(), metadata=md
     ),
-    "UserService.CreateUser": lambda w, md: w.owner.users.CreateUser(
-        users_pb2.CreateUserRequest(username=f"n{uuid.uuid4().hex[:12]}", password="password-1"),
+    "UserService.CreateUser": lambda t, c, md: c.users.CreateUser(
+        U.CreateUserRequest(username=f"n{uuid.uuid4().hex[:12]}", password="password-1"),
         metadata=md,
     ),
-    "UserService.ListUsers": lambda w, md: w.owner.users.ListUsers(
-        users_pb2.ListUsersRequest(), metadata=md
+    "UserService.ListUsers": lambda t, c, md: c.users.ListUsers(U.ListUsersRequest(), metadata=md),
+    "UserService.UpdateUser": lambda t, c, md: c.users.UpdateUser(
+        U.UpdateUserRequest(id=t.world.owner.user.id, disabled=False), metadata=md
     ),
-    "UserService.UpdateUser": lambda w, md: w.owner.users.UpdateUser(
-        users_pb2.UpdateUserRequest(id=w.owner.user.id, disabled=False), metadata=md
+    "UserService.DeleteUser": lambda t, c, md: c.users.DeleteUser(
+        U.DeleteUserRequest(id=t.world.fresh_user()), metadata=md
     ),
-    "UserService.DeleteUser": lambda w, md: w.owner.users.DeleteUser(
-        users_pb2.DeleteUserRequest(id=w.fresh_user()), metadata=md
-    ),
-    "EnvironmentService.CreateEnvironment": lambda w, md: w.owner.envs.CreateEnvironment(
-        environments_pb2.CreateEnvironmentRequest(
-            name=f"c{uuid.uuid4().hex[:10]}", packages=["acme-core"]
-        ),
+    "EnvironmentService.CreateEnvironment": lambda t, c, md: c.envs.CreateEnvironment(
+        E.CreateEnvironmentRequest(name=f"c{uuid.uuid4().hex[:10]}", packages=["acme-core"]),
         metadata=md,
     ),
-    "EnvironmentService.GetEnvironment": lambda w, md: w.owner.envs.GetEnvironment(
-        environments_pb2.GetEnvironmentRequest(id=w.env_id), metadata=md
+    "EnvironmentService.GetEnvironment": lambda t, c, md: c.envs.GetEnvironment(
+        E.GetEnvironmentRequest(id=t.env_id), metadata=md
     ),
-    "EnvironmentService.ListEnvironments": lambda w, md: w.owner.envs.ListEnvironments(
-        environments_pb2.ListEnvironmentsRequest(), metadata=md
+    "EnvironmentService.ListEnvironments": lambda t, c, md: c.envs.ListEnvironments(
+        E.ListEnvironmentsRequest(filter="owner != me AND role = VIEWER"), metadata=md
     ),
-    "EnvironmentService.DeleteEnvironment": lambda w, md: w.owner.envs.DeleteEnvironment(
-        environments_pb2.DeleteEnvironmentRequest(id=w.fresh_env()), metadata=md
+    "EnvironmentService.DeleteEnvironment": lambda t, c, md: c.envs.DeleteEnvironment(
+        E.DeleteEnvironmentRequest(id=t.fresh_env()), metadata=md
     ),
-    "EnvironmentService.InstallPackages": lambda w, md: w.owner.envs.InstallPackages(
-        environments_pb2.InstallPackagesRequest(environment_id=w.env_id, packages=["acme-utils"]),
-        metadata=md,
+    "EnvironmentService.InstallPackages": lambda t, c, md: c.envs.InstallPackages(
+        E.InstallPackagesRequest(environment_id=t.env_id, packages=["acme-utils"]), metadata=md
     ),
-    "EnvironmentService.RemovePackages": lambda w, md: w.owner.envs.RemovePackages(
-        environments_pb2.RemovePackagesRequest(environment_id=w.env_id, packages=["acme-utils"]),
-        metadata=md,
+    "EnvironmentService.RemovePackages": lambda t, c, md: c.envs.RemovePackages(
+        E.RemovePackagesRequest(environment_id=t.env_id, packages=["acme-utils"]), metadata=md
     ),
-    "EnvironmentService.ListPackages": lambda w, md: w.owner.envs.ListPackages(
-        environments_pb2.ListPackagesRequest(environment_id=w.env_id), metadata=md
+    "EnvironmentService.ListPackages": lambda t, c, md: c.envs.ListPackages(
+        E.ListPackagesRequest(environment_id=t.env_id), metadata=md
     ),
-    "EnvironmentService.ExportEnvironment": lambda w, md: w.owner.envs.ExportEnvironment(
-        environments_pb2.ExportEnvironmentRequest(id=w.env_id), metadata=md
+    "EnvironmentService.ExportEnvironment": lambda t, c, md: c.envs.ExportEnvironment(
+        E.ExportEnvironmentRequest(id=t.env_id), metadata=md
     ),
-    "EnvironmentService.ListEnvironmentVersions": lambda w, md: (
-        w.owner.envs.ListEnvironmentVersions(
-            environments_pb2.ListEnvironmentVersionsRequest(environment_id=w.env_id), metadata=md
-        )
+    "EnvironmentService.ListEnvironmentVersions": lambda t, c, md: c.envs.ListEnvironmentVersions(
+        E.ListEnvironmentVersionsRequest(environment_id=t.env_id), metadata=md
     ),
-    "EnvironmentService.GetEnvironmentVersion": lambda w, md: w.owner.envs.GetEnvironmentVersion(
-        environments_pb2.GetEnvironmentVersionRequest(environment_id=w.env_id, version=1),
-        metadata=md,
+    "EnvironmentService.GetEnvironmentVersion": lambda t, c, md: c.envs.GetEnvironmentVersion(
+        E.GetEnvironmentVersionRequest(environment_id=t.env_id, version=1), metadata=md
     ),
-    "EnvironmentService.RollbackEnvironment": lambda w, md: w.owner.envs.RollbackEnvironment(
-        environments_pb2.RollbackEnvironmentRequest(environment_id=w.env_id, version=1),
-        metadata=md,
+    "EnvironmentService.RollbackEnvironment": lambda t, c, md: c.envs.RollbackEnvironment(
+        E.RollbackEnvironmentRequest(environment_id=t.env_id, version=1), metadata=md
     ),
-    "EnvironmentService.DiffEnvironmentVersions": lambda w, md: (
-        w.owner.envs.DiffEnvironmentVersions(
-            environments_pb2.DiffEnvironmentVersionsRequest(
-                environment_id=w.env_id, from_version=1, to_version=0
+    "EnvironmentService.DiffEnvironmentVersions": lambda t, c, md: c.envs.DiffEnvironmentVersions(
+        E.DiffEnvironmentVersionsRequest(environment_id=t.env_id, from_version=1), metadata=md
+    ),
+    "EnvironmentService.GetEnvironmentPolicy": lambda t, c, md: c.envs.GetEnvironmentPolicy(
+        E.GetEnvironmentPolicyRequest(environment_id=t.env_id), metadata=md
+    ),
+    "EnvironmentService.SetEnvironmentPolicy": lambda t, c, md: c.envs.SetEnvironmentPolicy(
+        E.SetEnvironmentPolicyRequest(environment_id=t.env_id, policy=_policy_of(t)), metadata=md
+    ),
+    "EnvironmentService.TestEnvironmentPermissions": lambda t, c, md: (
+        c.envs.TestEnvironmentPermissions(
+            E.TestEnvironmentPermissionsRequest(
+                environment_id=t.env_id, permissions=["environments.get"]
             ),
             metadata=md,
         )
     ),
-    "JobService.GetJob": lambda w, md: w.owner.jobs.GetJob(
-        jobs_pb2.GetJobRequest(id=w.job_id), metadata=md
+    "JobService.GetJob": lambda t, c, md: c.jobs.GetJob(J.GetJobRequest(id=t.job_id), metadata=md),
+    "JobService.ListJobs": lambda t, c, md: c.jobs.ListJobs(
+        J.ListJobsRequest(environment_id=t.env_id), metadata=md
     ),
-    "JobService.ListJobs": lambda w, md: w.owner.jobs.ListJobs(
-        jobs_pb2.ListJobsRequest(environment_id=w.env_id), metadata=md
+    "JobService.WatchJob": lambda t, c, md: list(
+        c.jobs.WatchJob(J.WatchJobRequest(id=t.job_id), metadata=md, timeout=60)
     ),
-    "JobService.WatchJob": lambda w, md: list(
-        w.owner.jobs.WatchJob(jobs_pb2.WatchJobRequest(id=w.job_id), metadata=md, timeout=60)
+    "JobService.CancelJob": lambda t, c, md: c.jobs.CancelJob(
+        J.CancelJobRequest(id=t.fresh_job()), metadata=md
     ),
-    "JobService.CancelJob": lambda w, md: w.owner.jobs.CancelJob(
-        jobs_pb2.CancelJobRequest(id=w.fresh_job()), metadata=md
+    "GroupService.CreateGroup": lambda t, c, md: c.groups.CreateGroup(
+        G.CreateGroupRequest(name=f"n{uuid.uuid4().hex[:10]}"), metadata=md
+    ),
+    "GroupService.DeleteGroup": lambda t, c, md: c.groups.DeleteGroup(
+        G.DeleteGroupRequest(name=t.fresh_group()), metadata=md
+    ),
+    "GroupService.ListGroups": lambda t, c, md: c.groups.ListGroups(
+        G.ListGroupsRequest(), metadata=md
+    ),
+    "GroupService.AddGroupMember": lambda t, c, md: c.groups.AddGroupMember(
+        G.AddGroupMemberRequest(group=t.fresh_group(), username=t.world.viewer), metadata=md
+    ),
+    "GroupService.RemoveGroupMember": lambda t, c, md: c.groups.RemoveGroupMember(
+        G.RemoveGroupMemberRequest(group=t.fresh_group(), username=t.world.member.user.username),
+        metadata=md,
+    ),
+    "GroupService.ListGroupMembers": lambda t, c, md: c.groups.ListGroupMembers(
+        G.ListGroupMembersRequest(group=t.world.group_name), metadata=md
     ),
 }
 
-# What owner, other user and admin get; without a valid token every call but Login is
-# UNAUTHENTICATED.
-PUBLIC = (OK, OK, OK)
-ANY_USER = (OK, OK, OK)
-ADMIN_ONLY = (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.PERMISSION_DENIED, OK)
-OWNED = (OK, grpc.StatusCode.NOT_FOUND, OK)
-EXPECTED: dict[str, tuple[grpc.StatusCode, grpc.StatusCode, grpc.StatusCode]] = {
-    "AuthService.Login": PUBLIC,
+# Expected codes, in PRINCIPALS order: owner, editor, viewer, group, everyone, stranger,
+# admin. Without a valid token every call but Login is UNAUTHENTICATED.
+ANY_USER = (OK,) * 7
+ADMIN_ONLY = (PD,) * 6 + (OK,)
+VIEW = (OK, OK, OK, OK, OK, NF, OK)
+EDIT = (OK, OK, PD, OK, PD, NF, OK)
+OWN = (OK, PD, PD, PD, PD, NF, OK)
+MANAGE_GROUP = (OK, PD, PD, PD, PD, PD, OK)
+GROUP_MEMBERS = (OK, PD, PD, OK, PD, PD, OK)
+EXPECTED: dict[str, tuple[grpc.StatusCode, ...]] = {
+    "AuthService.Login": ANY_USER,
     "UserService.GetCurrentUser": ANY_USER,
-    "UserService.CreateUser": ADMIN_ONLY,
-    "UserService.ListUsers": ADMIN_ONLY,
-    "UserService.UpdateUser": ADMIN_ONLY,
+    **dict.fromkeys(
+        ["UserService.CreateUser", "UserService.ListUsers", "UserService.UpdateUser"], ADMIN_ONLY
+    ),
     "UserService.DeleteUser": ADMIN_ONLY,
     "EnvironmentService.CreateEnvironment": ANY_USER,
     "EnvironmentService.ListEnvironments": ANY_USER,
     **dict.fromkeys(
         [
             "EnvironmentService.GetEnvironment",
-            "EnvironmentService.DeleteEnvironment",
-            "EnvironmentService.InstallPackages",
-            "EnvironmentService.RemovePackages",
             "EnvironmentService.ListPackages",
             "EnvironmentService.ExportEnvironment",
             "EnvironmentService.ListEnvironmentVersions",
             "EnvironmentService.GetEnvironmentVersion",
-            "EnvironmentService.RollbackEnvironment",
             "EnvironmentService.DiffEnvironmentVersions",
+            "EnvironmentService.GetEnvironmentPolicy",
+            "EnvironmentService.TestEnvironmentPermissions",
             "JobService.GetJob",
             "JobService.ListJobs",
             "JobService.WatchJob",
+        ],
+        VIEW,
+    ),
+    **dict.fromkeys(
+        [
+            "EnvironmentService.InstallPackages",
+            "EnvironmentService.RemovePackages",
+            "EnvironmentService.RollbackEnvironment",
             "JobService.CancelJob",
         ],
-        OWNED,
+        EDIT,
     ),
+    "EnvironmentService.DeleteEnvironment": OWN,
+    "EnvironmentService.SetEnvironmentPolicy": OWN,
+    "GroupService.CreateGroup": ANY_USER,
+    "GroupService.ListGroups": ANY_USER,
+    **dict.fromkeys(
+        [
+            "GroupService.DeleteGroup",
+            "GroupService.AddGroupMember",
+            "GroupService.RemoveGroupMember",
+        ],
+        MANAGE_GROUP,
+    ),
+    "GroupService.ListGroupMembers": GROUP_MEMBERS,
 }
 
 
 def _expected(rpc: str, principal: str) -> grpc.StatusCode:
-    if principal in ("none", "expired"):
+    if principal in NO_TOKEN:
         return OK if rpc == "AuthService.Login" else grpc.StatusCode.UNAUTHENTICATED
     return EXPECTED[rpc][PRINCIPALS.index(principal)]
 
 
-def _code(call: Callable[[], Any]) -> grpc.StatusCode:
+def _code(call: Callable[[], Any]) -> tuple[grpc.StatusCode, str]:
     try:
         call()
     except grpc.RpcError as exc:
-        return exc.code()
-    return OK
+        return exc.code(), exc.details() or ""
+    return OK, ""
 
 
 def test_the_matrix_covers_every_rpc() -> None:
     every = {
         f"{service.name}.{method.name}"
-        for module in (auth_pb2, users_pb2, environments_pb2, jobs_pb2)
+        for module in (auth_pb2, users_pb2, environments_pb2, jobs_pb2, groups_pb2)
         for service in module.DESCRIPTOR.services_by_name.values()
         for method in service.methods
     }
     assert every == set(CALLS) == set(EXPECTED)
 
 
-@pytest.mark.parametrize("principal", PRINCIPALS)
+@pytest.mark.parametrize("principal", PRINCIPALS + NO_TOKEN)
 @pytest.mark.parametrize("rpc", sorted(CALLS))
 def test_authorization(world: World, rpc: str, principal: str) -> None:
-    code = _code(lambda: CALLS[rpc](world, world.metadata[principal]))
-    assert code == _expected(rpc, principal), f"{rpc} as {principal}"
+    assert world.metadata is not None and world.targets is not None
+    target = world.targets[principal]
+    code, details = _code(lambda: CALLS[rpc](target, world.owner, world.metadata[principal]))  # type: ignore[index]
+    assert code == _expected(rpc, principal), f"{rpc} as {principal}: {details}"
+    if code == PD and rpc.startswith(("EnvironmentService", "JobService")):
+        assert "role" in details, details  # it names the role needed

@@ -110,6 +110,7 @@ def test_migrations_match_the_models_and_schema_sql_is_applied() -> None:
                     "darb_create_environment",
                     "darb_environment_changed",
                     "darb_finish_job",
+                    "darb_role",
                 ]
                 assert list(triggers) == ["environment_changed"]
         finally:

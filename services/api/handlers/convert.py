@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime
+from typing import Any
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
@@ -12,7 +13,7 @@ from darb.v1 import environments_pb2, jobs_pb2
 from services.api import payloads
 from services.api.diffs import VersionDiff
 from services.api.records import LineRow, PackageRow
-from services.api.repo.models import Environment, EnvironmentVersion, Job, User
+from services.api.repo.models import Environment, EnvironmentVersion, Job, Role, User
 from shared.timestamps import from_datetime
 
 
@@ -30,7 +31,9 @@ def user(row: User) -> pb.User:
     )
 
 
-def environment(row: Environment) -> pb.Environment:
+def environment(row: Environment | Any, owner: str, role: int) -> pb.Environment:
+    """An environment's summary; ``owner`` is the owner's username, ``role`` the
+    caller's (darb.v1.Role's number)."""
     return pb.Environment(
         id=row.id,
         name=row.name,
@@ -43,10 +46,15 @@ def environment(row: Environment) -> pb.Environment:
         updated_at=timestamp(row.updated_at),
         current_version=row.current_version,
         platforms=row.platforms,
+        owner=owner,
+        role=f"ROLE_{Role(role).name}" if role else "ROLE_UNSPECIFIED",
     )
 
 
-def job(row: Job, logs: str = "") -> pb.Job:
+def job(row: Job, logs: str = "", created_by_username: str | None = None) -> pb.Job:
+    """A job; ``created_by_username`` for one not read from the database (just queued)."""
+    if created_by_username is None:
+        created_by_username = row.created_by_username or ""
     return pb.Job(
         id=row.id,
         type=f"JOB_TYPE_{row.type}",
@@ -58,6 +66,8 @@ def job(row: Job, logs: str = "") -> pb.Job:
         started_at=timestamp(row.started_at),
         completed_at=timestamp(row.completed_at),
         packages=payloads.packages_of(payloads.load(row.type, row.payload)),
+        created_by=row.created_by,
+        created_by_username=created_by_username,
     )
 
 
@@ -72,6 +82,7 @@ def version(row: EnvironmentVersion, texts: bool = False) -> environments_pb2.En
         version=row.version,
         job_id=row.job_id,
         created_by=row.created_by,
+        created_by_username=row.created_by_username or "",
         created_at=timestamp(row.created_at),
         description=row.description,
         content_hash=row.content_hash,

@@ -6,17 +6,18 @@ import random
 
 from sqlalchemy.orm import Session
 
+from darb.v1 import common_pb2
 from darb.v1 import environments_pb2 as pb
 from darb.v1 import environments_pb2_grpc as pb_grpc
-from services.api import diffs, imports, payloads
+from services.api import diffs, filters, imports, payloads
 from services.api.events import JOBS_CHANNEL, EventBus
-from services.api.handlers import convert, paging
+from services.api.handlers import convert, paging, policies
 from services.api.handlers.rpc import unary
 from services.api.ids import parse_id
 from services.api.records import PackageRow
-from services.api.repo import creates, environments, jobs, versions
-from services.api.repo.models import Environment, Job, User
-from services.api.state import AppState
+from services.api.repo import access, creates, environments, jobs, versions
+from services.api.repo.models import Environment, Job, Role, User
+from services.api.state import AppState, CachedEnvironment
 from shared.config import ApiLimits, ApiSettings
 from shared.errors import FailedPrecondition, InvalidArgument, ResourceExhausted
 from shared.manifests import parse_manifest
@@ -108,7 +109,7 @@ def _rollback_target(
 ) -> None:
     """Refuses a rollback to a version that does not exist, or whose channels the
     allowlist no longer admits (naming the channel)."""
-    environment = environments.get_visible(session, caller, environment_id)
+    environment = environments.get_visible(session, caller, environment_id, Role.EDITOR)
     target = versions.of(session, environment, version)
     locked = [row[3] for row in target.packages]
     for channel in [*parse_manifest(target.manifest).channels, *locked]:
@@ -153,13 +154,15 @@ class EnvironmentService(pb_grpc.EnvironmentServiceServicer):
     def __init__(self, state: AppState) -> None:
         self.state = state
 
-    async def _queue(self, caller: User, environment_id: str, payload: payloads.Payload) -> Job:
+    async def _queue(
+        self, caller: User, environment_id: str, payload: payloads.Payload
+    ) -> common_pb2.Job:
         limits = self.state.settings.limits
         bus = self.state.bus
         job = await self.state.db.run(_submit, bus, caller, environment_id, payload, limits)
         bus.environment_changed_here(environment_id)  # a delete marked it DELETING
         bus.jobs_available.set()  # other processes heard the commit's NOTIFY
-        return job
+        return convert.job(job, created_by_username=caller.username)
 
     @unary()
     async def CreateEnvironment(
@@ -176,7 +179,8 @@ class EnvironmentService(pb_grpc.EnvironmentServiceServicer):
         environment, job = await _create(self.state, caller, payload, executor)
         self.state.bus.jobs_available.set()  # other processes heard the commit's NOTIFY
         return pb.CreateEnvironmentResponse(
-            environment=convert.environment(environment), job=convert.job(job)
+            environment=convert.environment(environment, caller.username, Role.OWNER),
+            job=convert.job(job, created_by_username=caller.username),
         )
 
     @unary()
@@ -186,29 +190,39 @@ class EnvironmentService(pb_grpc.EnvironmentServiceServicer):
         environment_id = parse_id(request.id, "id")
         cache = self.state.environments
         cached = cache.get(environment_id)
-        if cached is not None and (cached[0] == caller.id or caller.is_admin):
-            return cached[1]
-        generation = cache.generation
-        row = await self.state.db.fetch_one(
-            environments.VISIBLE, id=environment_id, owner=caller.id, admin=caller.is_admin
-        )
-        if row is None:
-            raise environments.not_found(environment_id)
-        response = pb.GetEnvironmentResponse(environment=convert.environment(row))
-        cache.put(environment_id, (row.owner_id, response), generation)
-        return response
+        if cached is None or caller.id not in cached.roles:
+            generation = cache.generation
+            row = await self.state.db.fetch_one(
+                environments.VISIBLE, id=environment_id, user=caller.id
+            )
+            role = None if row is None else access.caller_role(caller, row.role)
+            access.require(role, Role.VIEWER, environment_id)
+            assert row is not None and role is not None
+            if cache.generation == generation:
+                cached = cache.get(environment_id) or CachedEnvironment(row)
+                cached.roles[caller.id] = role
+                cache.put(environment_id, cached, generation)
+            else:
+                cached = CachedEnvironment(row, {caller.id: role})
+        return _answer(cached, cached.roles[caller.id])
 
     @unary()
     async def ListEnvironments(
         self, request: pb.ListEnvironmentsRequest, caller: User
     ) -> pb.ListEnvironmentsResponse:
         size = paging.page_size(request.page_size)
-        after = paging.decode(request.page_token, (str, str)) or ["", ""]
+        restrictions = filters.parse(request.filter)
+        after = paging.decode(request.page_token, (str, str, str)) or ["", "", request.filter]
+        if after[2] != request.filter:
+            raise InvalidArgument("page_token belongs to another filter")
         key = (after[0], after[1])
-        rows = await self.state.db.read(environments.page, caller, key, size + 1)
-        token = paging.encode([rows[size - 1].name, rows[size - 1].id]) if len(rows) > size else ""
+        rows = await self.state.db.read(environments.page, caller, restrictions, key, size + 1)
+        token = ""
+        if len(rows) > size:
+            token = paging.encode([rows[size - 1].name, rows[size - 1].id, request.filter])
         return pb.ListEnvironmentsResponse(
-            environments=[convert.environment(row) for row in rows[:size]], next_page_token=token
+            environments=[convert.environment(row, row.owner, row.role) for row in rows[:size]],
+            next_page_token=token,
         )
 
     @unary()
@@ -217,7 +231,7 @@ class EnvironmentService(pb_grpc.EnvironmentServiceServicer):
     ) -> pb.DeleteEnvironmentResponse:
         environment_id = parse_id(request.id, "id")
         job = await self._queue(caller, environment_id, payloads.DeletePayload())
-        return pb.DeleteEnvironmentResponse(job=convert.job(job))
+        return pb.DeleteEnvironmentResponse(job=job)
 
     @unary()
     async def InstallPackages(
@@ -229,7 +243,7 @@ class EnvironmentService(pb_grpc.EnvironmentServiceServicer):
         specs = parse_specs(packages, settings.channels)
         payload = payloads.InstallPayload([spec.text for spec in specs])
         job = await self._queue(caller, environment_id, payload)
-        return pb.InstallPackagesResponse(job=convert.job(job))
+        return pb.InstallPackagesResponse(job=job)
 
     @unary()
     async def RemovePackages(
@@ -239,7 +253,7 @@ class EnvironmentService(pb_grpc.EnvironmentServiceServicer):
         packages = _packages_in_request(list(request.packages), self.state.settings.limits)
         payload = payloads.RemovePayload(_package_names(packages))
         job = await self._queue(caller, environment_id, payload)
-        return pb.RemovePackagesResponse(job=convert.job(job))
+        return pb.RemovePackagesResponse(job=job)
 
     @unary()
     async def ListPackages(
@@ -291,7 +305,7 @@ class EnvironmentService(pb_grpc.EnvironmentServiceServicer):
         settings = self.state.settings
         await self.state.db.read(_rollback_target, caller, environment_id, version, settings)
         job = await self._queue(caller, environment_id, payloads.RollbackPayload(version))
-        return pb.RollbackEnvironmentResponse(job=convert.job(job))
+        return pb.RollbackEnvironmentResponse(job=job)
 
     @unary()
     async def DiffEnvironmentVersions(
@@ -301,3 +315,35 @@ class EnvironmentService(pb_grpc.EnvironmentServiceServicer):
         _version_number(request.to_version, "to_version")
         result = await self.state.db.read(_diff, caller, request)
         return convert.version_diff(result)
+
+    @unary()
+    async def GetEnvironmentPolicy(
+        self, request: pb.GetEnvironmentPolicyRequest, caller: User
+    ) -> pb.GetEnvironmentPolicyResponse:
+        environment_id = parse_id(request.environment_id, "environment_id")
+        policy = await self.state.db.read(policies.get, caller, environment_id)
+        return pb.GetEnvironmentPolicyResponse(policy=policy)
+
+    @unary()
+    async def SetEnvironmentPolicy(
+        self, request: pb.SetEnvironmentPolicyRequest, caller: User
+    ) -> pb.SetEnvironmentPolicyResponse:
+        policy = await self.state.db.run(policies.set_policy, caller, request)
+        self.state.bus.environment_changed_here(request.environment_id)
+        return pb.SetEnvironmentPolicyResponse(policy=policy)
+
+    @unary()
+    async def TestEnvironmentPermissions(
+        self, request: pb.TestEnvironmentPermissionsRequest, caller: User
+    ) -> pb.TestEnvironmentPermissionsResponse:
+        held = await self.state.db.read(policies.test, caller, request)
+        return pb.TestEnvironmentPermissionsResponse(permissions=held)
+
+
+def _answer(cached: CachedEnvironment, role: Role) -> pb.GetEnvironmentResponse:
+    """The cached answer for callers of ``role``, made once per role."""
+    answer = cached.answers.get(role)
+    if answer is None:
+        environment = convert.environment(cached.row, cached.row.owner, role)
+        answer = cached.answers[role] = pb.GetEnvironmentResponse(environment=environment)
+    return answer

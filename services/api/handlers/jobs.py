@@ -17,7 +17,7 @@ from services.api.ids import parse_id
 from services.api.records import CANCELLED_BY_REQUEST, LineBatch, LineRow, Outcome
 from services.api.repo import environments, jobs, log_lines
 from services.api.repo.finishes import end_job
-from services.api.repo.models import Job, JobStatus, User
+from services.api.repo.models import Job, JobStatus, Role, User
 from services.api.state import AppState
 from shared.errors import InvalidArgument
 
@@ -65,7 +65,7 @@ def _list(
 
 
 def _flag_cancel(session: Session, caller: User, job_id: str) -> None:
-    jobs.request_cancel(jobs.get_visible(session, caller, job_id))
+    jobs.request_cancel(jobs.get_visible(session, caller, job_id, Role.EDITOR))
 
 
 class JobService(pb_grpc.JobServiceServicer):
@@ -177,7 +177,7 @@ class JobService(pb_grpc.JobServiceServicer):
     async def CancelJob(self, request: pb.CancelJobRequest, caller: User) -> pb.CancelJobResponse:
         job_id = parse_id(request.id, "id")
         db, bus = self.state.db, self.state.bus
-        job = await db.run(jobs.get_visible, caller, job_id)
+        job = await db.run(jobs.get_visible, caller, job_id, Role.EDITOR)
         ended: list[str] = []
         if job.status == JobStatus.PENDING:
             outcome = Outcome(JobStatus.CANCELLED, CANCELLED_BY_REQUEST)

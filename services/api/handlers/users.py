@@ -48,8 +48,8 @@ class UserService(pb_grpc.UserServiceServicer):
         self.state = state
 
     async def _change(self, change: Callable[..., T], user_id: str, *args: Any) -> T:
-        """Runs ``change`` and drops the user's cached tokens: here once it committed, and
-        in other processes by a NOTIFY that the same commit sends."""
+        """Runs ``change`` and drops what is cached of the user (tokens, roles): here once
+        it committed, and in other processes by a NOTIFY that the same commit sends."""
         bus = self.state.bus
 
         def change_and_announce(session: Session) -> T:
@@ -60,7 +60,7 @@ class UserService(pb_grpc.UserServiceServicer):
         try:
             return await self.state.db.run(change_and_announce)
         finally:
-            self.state.tokens.forget_user(user_id)
+            self.state.bus.user_changed_here(user_id)
 
     @unary()
     async def GetCurrentUser(

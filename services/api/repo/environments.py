@@ -4,63 +4,60 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import Boolean, ColumnElement, and_, bindparam, or_, select, update
+from sqlalchemy import Select, bindparam, literal, select, update
 from sqlalchemy.orm import Session
 
+from services.api import filters
 from services.api.database.direct import Query
 from services.api.ids import new_id
 from services.api.records import PackageRow
-from services.api.repo.models import Environment, EnvironmentStatus, InstalledPackage, User, utcnow
-from shared.errors import AlreadyExists, NotFound
-
-
-def _visible(environment_id: Any, owner_id: Any, admin: Any) -> ColumnElement[bool]:
-    """A live environment the caller owns (or any, for admins)."""
-    return and_(
-        Environment.id == environment_id,
-        Environment.deleted_at.is_(None),
-        or_(admin, Environment.owner_id == owner_id),
-    )
-
+from services.api.repo import access
+from services.api.repo.models import (
+    Environment,
+    EnvironmentStatus,
+    InstalledPackage,
+    Role,
+    User,
+    utcnow,
+)
+from shared.errors import AlreadyExists
 
 # What convert.environment reads: not the manifest and lock, which can be large.
 SUMMARY_COLUMNS = (
     *("id", "owner_id", "name", "package_manager", "channels"),
     *("status", "error", "created_at", "updated_at", "current_version", "platforms"),
 )
-# For the direct path (see services/api/direct.py); parameters: id, owner, admin.
+
+
+def _summary() -> list[Any]:
+    """The summary columns and the owner's username (``owner``)."""
+    columns = [Environment.__table__.c[name] for name in SUMMARY_COLUMNS]
+    return [*columns, User.username.label("owner")]
+
+
+# For the direct path (see services/api/database/direct.py); parameters: id, user. The
+# caller's role is ``role`` (NULL: none; admins are the caller's business).
 VISIBLE = Query(
-    select(*(Environment.__table__.c[name] for name in SUMMARY_COLUMNS)).where(
-        _visible(bindparam("id"), bindparam("owner"), bindparam("admin", type_=Boolean))
-    )
+    select(*_summary(), access.role_of(Environment.id, bindparam("user")).label("role"))
+    .join(User, User.id == Environment.owner_id)
+    .where(Environment.id == bindparam("id"), Environment.deleted_at.is_(None))
 )
-
-
-def not_found(environment_id: str) -> NotFound:
-    return NotFound(f"environment {environment_id} not found")
 
 
 def get_visible(
     session: Session,
     caller: User,
     environment_id: str,
+    need: Role = Role.VIEWER,
     for_update: bool = False,
     deleted: bool = False,
 ) -> Environment:
-    """A live environment the caller owns (or any, for admins), or with ``deleted`` also
-    one that was deleted (its history stays readable); NotFound otherwise."""
-    condition = _visible(environment_id, caller.id, caller.is_admin)
-    if deleted:
-        condition = Environment.id == environment_id
-        if not caller.is_admin:
-            condition = and_(condition, Environment.owner_id == caller.id)
-    query = select(Environment).where(condition)
-    if for_update:
-        query = query.with_for_update()
-    environment = session.scalars(query).one_or_none()
-    if environment is None:
-        raise not_found(environment_id)
-    return environment
+    """A live environment on which the caller holds at least ``need`` (``access``), or
+    with ``deleted`` also one that was deleted (its history stays readable)."""
+    found, _ = access.environment(
+        session, caller, environment_id, need, for_update=for_update, deleted=deleted
+    )
+    return found
 
 
 def new(
@@ -90,17 +87,52 @@ def already_exists(name: str) -> AlreadyExists:
     return AlreadyExists(f"you already have an environment named {name!r}")
 
 
-def page(session: Session, caller: User, after: tuple[str, str], limit: int) -> list[Environment]:
-    """Live environments ordered by (name, id), after the given key."""
+def _restrict(
+    query: Select[Any], caller: User, rule: filters.Restriction, role: Any
+) -> Select[Any]:
+    column: Any
+    value: Any
+    if rule.field == "name":
+        column, value = Environment.name, rule.value
+    elif rule.field == "status":
+        column, value = Environment.status, rule.value
+    elif rule.field == "role":
+        column, value = role, int(Role[rule.value])
+    elif rule.value == filters.ME:
+        column, value = Environment.owner_id, caller.id
+    else:
+        column, value = User.username, rule.value
+    return query.where(column != value if rule.negated else column == value)
+
+
+def page(
+    session: Session,
+    caller: User,
+    restrictions: list[filters.Restriction],
+    after: tuple[str, str],
+    limit: int,
+) -> list[Any]:
+    """Live environments the caller may view, ordered by (name, id) after the given key,
+    each with its ``owner`` (username) and the caller's ``role``."""
+    role: Any
+    if caller.is_admin:
+        role = literal(int(Role.OWNER)).label("role")
+        query = select(*_summary(), role)
+    else:
+        visible = access.visible(caller.id).subquery()
+        role = visible.c.role
+        query = select(*_summary(), role.label("role")).join(
+            visible, visible.c.environment_id == Environment.id
+        )
     name, env_id = after
-    query = select(Environment).where(
+    query = query.join(User, User.id == Environment.owner_id).where(
         Environment.deleted_at.is_(None),
         (Environment.name > name) | ((Environment.name == name) & (Environment.id > env_id)),
     )
-    if not caller.is_admin:
-        query = query.where(Environment.owner_id == caller.id)
+    for rule in restrictions:
+        query = _restrict(query, caller, rule, role)
     query = query.order_by(Environment.name, Environment.id).limit(limit)
-    return list(session.scalars(query))
+    return list(session.execute(query))
 
 
 def packages(session: Session, environment_id: str) -> list[PackageRow]:

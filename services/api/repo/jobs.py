@@ -23,13 +23,14 @@ from services.api import payloads
 from services.api.database.direct import Query
 from services.api.ids import new_id
 from services.api.records import ClaimedJob
-from services.api.repo import environments, quotas
+from services.api.repo import access, environments, quotas
 from services.api.repo.models import (
     ACTIVE_JOB_STATUSES,
     Environment,
     EnvironmentStatus,
     Job,
     JobStatus,
+    Role,
     User,
     is_active,
 )
@@ -82,12 +83,15 @@ def queue(
     payload: payloads.Payload,
     limits: ApiLimits,
 ) -> Job:
-    """Queues a job behind the environment's others, if the environment still takes jobs.
+    """Queues a job behind the environment's others, if the environment still takes jobs
+    and the caller may change it (an editor; the owner role for a delete). The job and
+    its quota count are the environment owner's, whoever submits it.
 
     A delete is outside the active-jobs quota: there is at most one per environment, and a
     user at the limit must still be able to clean up.
     """
-    environment = environments.get_visible(session, caller, environment_id, for_update=True)
+    need = Role.OWNER if isinstance(payload, payloads.DeletePayload) else Role.EDITOR
+    environment = environments.get_visible(session, caller, environment_id, need, for_update=True)
     if environment.status == EnvironmentStatus.DELETING:
         raise FailedPrecondition(f"environment {environment.name!r} is being deleted")
     if isinstance(payload, payloads.DeletePayload):
@@ -209,26 +213,29 @@ def get(session: Session, job_id: str) -> Job:
     return session.scalars(select(Job).where(Job.id == job_id)).one()
 
 
-def get_visible(session: Session, caller: User, job_id: str) -> Job:
-    """A job of the caller's (any, for admins); NotFound otherwise."""
-    query = select(Job).where(Job.id == job_id)
-    if not caller.is_admin:
-        query = query.where(Job.owner_id == caller.id)
-    job = session.scalars(query).one_or_none()
-    if job is None:
+def get_visible(session: Session, caller: User, job_id: str, need: Role = Role.VIEWER) -> Job:
+    """A job of an environment on which the caller holds at least ``need``; NotFound
+    for one the caller may not see at all."""
+    query = select(Job, access.role_of(Job.environment_id, caller.id)).where(Job.id == job_id)
+    row = session.execute(query).one_or_none()
+    role = None if row is None else access.caller_role(caller, row[1])
+    if row is None or role is None:
         raise NotFound(f"job {job_id} not found")
-    return job
+    access.require(role, need, row[0].environment_id)
+    return row[0]
 
 
 def page(
     session: Session, caller: User, environment_id: str | None, before_seq: int | None, limit: int
 ) -> list[Job]:
-    """Jobs newest first, below ``before_seq`` when given."""
+    """Jobs newest first, below ``before_seq`` when given: of one environment (whose
+    access the caller checked), or of every environment the caller may view."""
     query = select(Job)
-    if not caller.is_admin:
-        query = query.where(Job.owner_id == caller.id)
     if environment_id is not None:
         query = query.where(Job.environment_id == environment_id)
+    elif not caller.is_admin:
+        visible = access.visible(caller.id).subquery()
+        query = query.join(visible, visible.c.environment_id == Job.environment_id)
     if before_seq is not None:
         query = query.where(Job.seq < before_seq)
     return list(session.scalars(query.order_by(Job.seq.desc()).limit(limit)))

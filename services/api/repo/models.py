@@ -10,19 +10,22 @@ from sqlalchemy import (
     JSON,
     BigInteger,
     Boolean,
+    CheckConstraint,
     ColumnElement,
     DateTime,
     ForeignKey,
     Index,
     Integer,
+    SmallInteger,
     SQLColumnExpression,
     String,
     Text,
     literal_column,
     or_,
+    select,
     text,
 )
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.orm import DeclarativeBase, Mapped, column_property, mapped_column
 
 
 def utcnow() -> datetime:
@@ -47,6 +50,15 @@ class JobType(enum.StrEnum):
     REMOVE_PACKAGES = "REMOVE_PACKAGES"
     DELETE_ENVIRONMENT = "DELETE_ENVIRONMENT"
     ROLLBACK_ENVIRONMENT = "ROLLBACK_ENVIRONMENT"
+
+
+class Role(enum.IntEnum):
+    """What a member may do with an environment (darb.v1.Role's numbers); each role can
+    do what the ones below it can."""
+
+    VIEWER = 1
+    EDITOR = 2
+    OWNER = 3
 
 
 class JobStatus(enum.StrEnum):
@@ -87,6 +99,11 @@ class User(Base):
     disabled: Mapped[bool] = mapped_column(Boolean, default=False)
 
 
+def _username_of(user_id: Any) -> Any:
+    """The username of ``user_id`` as a scalar subquery, for a ``column_property``."""
+    return select(User.username).where(User.id == user_id).scalar_subquery()
+
+
 class LoginFailure(Base):
     """Recent failed logins for one username, known or not, so that every control-plane
     process slows down guessing in the same way and unknown names look like known ones."""
@@ -120,9 +137,16 @@ class Environment(Base):
             unique=True,
             postgresql_where=text("deleted_at IS NULL"),
         ),
+        Index(
+            "ix_environments_live_name_id",
+            "name",
+            "id",
+            postgresql_where=text("deleted_at IS NULL"),
+        ),
     )
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    # The creator: the environment and its jobs count against this user's quotas.
     owner_id: Mapped[str] = mapped_column(ForeignKey("users.id"), index=True)
     name: Mapped[str] = mapped_column(String(64))
     package_manager: Mapped[str] = mapped_column(String(16))
@@ -138,6 +162,61 @@ class Environment(Base):
     # 0 until the create succeeds; then the number of the newest EnvironmentVersion.
     current_version: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
     platforms: Mapped[list[str]] = mapped_column(JSON, default=list, server_default="[]")
+    # Grows with every change of the policy (environment_members); the etag is made from it.
+    policy_version: Mapped[int] = mapped_column(BigInteger, default=1, server_default="1")
+
+
+class Group(Base):
+    __tablename__ = "groups"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    # Manages the group (with the admins); NULL once that account is deleted.
+    created_by: Mapped[str | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
+
+
+class GroupMember(Base):
+    __tablename__ = "group_members"
+
+    group_id: Mapped[str] = mapped_column(
+        ForeignKey("groups.id", ondelete="CASCADE"), primary_key=True
+    )
+    user_id: Mapped[str] = mapped_column(
+        ForeignKey("users.id", ondelete="CASCADE"), primary_key=True, index=True
+    )
+
+
+# ``EnvironmentMember.member_key`` of the binding to everyone signed in.
+EVERYONE_KEY = "all"
+
+
+class EnvironmentMember(Base):
+    """One member of an environment's policy and its role. ``member_key`` is
+    ``user:<id>``, ``group:<id>`` or ``all``; ``user_id``/``group_id`` hold the foreign key
+    of the first two, so that deleting the user or the group drops the row."""
+
+    __tablename__ = "environment_members"
+    __table_args__ = (
+        CheckConstraint("role BETWEEN 1 AND 3", name="ck_environment_members_role"),
+        Index(
+            "ix_environment_members_everyone",
+            "environment_id",
+            postgresql_where=text(f"member_key = '{EVERYONE_KEY}'"),
+        ),
+    )
+
+    environment_id: Mapped[str] = mapped_column(
+        ForeignKey("environments.id", ondelete="CASCADE"), primary_key=True
+    )
+    member_key: Mapped[str] = mapped_column(String(48), primary_key=True)
+    user_id: Mapped[str | None] = mapped_column(
+        ForeignKey("users.id", ondelete="CASCADE"), index=True
+    )
+    group_id: Mapped[str | None] = mapped_column(
+        ForeignKey("groups.id", ondelete="CASCADE"), index=True
+    )
+    role: Mapped[int] = mapped_column(SmallInteger)
 
 
 class EnvironmentVersion(Base):
@@ -161,6 +240,8 @@ class EnvironmentVersion(Base):
     specs: Mapped[dict[str, str]] = mapped_column(JSON)
     manifest: Mapped[str] = mapped_column(Text)
     lockfile: Mapped[str] = mapped_column(Text)
+    # Who made it, by name, read with it (None once that account is deleted).
+    created_by_username: Mapped[str | None] = column_property(_username_of(created_by))
 
 
 class InstalledPackage(Base):
@@ -199,7 +280,7 @@ class Job(Base):
     id: Mapped[str] = mapped_column(String(36), unique=True)
     environment_id: Mapped[str] = mapped_column(ForeignKey("environments.id"))
     owner_id: Mapped[str] = mapped_column(ForeignKey("users.id"), index=True)
-    # The user who submitted the job (the owner, or an admin).
+    # The user who submitted the job (the owner, an editor or an admin).
     created_by: Mapped[str] = mapped_column(String(36))
     type: Mapped[str] = mapped_column(String(32))
     status: Mapped[str] = mapped_column(String(16))
@@ -211,6 +292,8 @@ class Job(Base):
     created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
     started_at: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
     completed_at: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
+    # Who submitted it, by name, read with it (None once that account is deleted).
+    created_by_username: Mapped[str | None] = column_property(_username_of(created_by))
 
 
 class JobLogLine(Base):

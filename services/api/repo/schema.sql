@@ -40,8 +40,21 @@ CREATE TRIGGER environment_changed AFTER UPDATE OR DELETE ON environments
     FOR EACH ROW EXECUTE FUNCTION darb_environment_changed();
 
 
--- A create in one call: lock the owner, count for the quotas, insert the environment and
--- its job, NOTIFY the dispatchers. Inside PL/pgSQL each statement takes a new snapshot
+-- The role (1 viewer, 2 editor, 3 owner; darb.v1.Role) of a user on an environment: the
+-- highest of the policy's members that name the user, one of the user's groups, or
+-- everyone signed in; NULL for none. Admins are the caller's business.
+CREATE FUNCTION darb_role(p_environment_id varchar, p_user_id varchar) RETURNS smallint
+LANGUAGE sql STABLE AS $$
+    SELECT max(m.role) FROM environment_members AS m
+        WHERE m.environment_id = p_environment_id
+            AND (m.user_id = p_user_id OR m.member_key = 'all'
+                 OR m.group_id IN (SELECT g.group_id FROM group_members AS g
+                                       WHERE g.user_id = p_user_id))
+$$;
+
+
+-- A create in one call: lock the owner, count for the quotas, insert the environment,
+-- its creator as its owner (role 3, darb.v1.ROLE_OWNER) and its job, NOTIFY the dispatchers. Inside PL/pgSQL each statement takes a new snapshot
 -- (READ COMMITTED), so the counts come after the owner's lock and see a create that
 -- held it; the call is one statement, atomic on its own. Returns the owner's counts
 -- before, whether the rows went in (only if both quotas allow it) and their creation
@@ -69,6 +82,8 @@ BEGIN
                                   status, error, manifest, lockfile, created_at, updated_at)
             VALUES (p_environment_id, p_owner_id, p_name, p_package_manager, p_channels,
                     p_executor, p_environment_status, '', '', '', o_created_at, o_created_at);
+        INSERT INTO environment_members (environment_id, member_key, user_id, role)
+            VALUES (p_environment_id, 'user:' || p_owner_id, p_owner_id, 3);
         INSERT INTO jobs (id, environment_id, owner_id, created_by, type, status, payload,
                           error, cancel_requested, created_at)
             VALUES (p_job_id, p_environment_id, p_owner_id, p_owner_id, p_job_type,
