@@ -271,3 +271,36 @@ def _database_url(env: Mapping[str, str]) -> str:
             f"DARB_DATABASE_URL must be a PostgreSQL URL (postgresql://...), not {url[:40]!r}"
         )
     return url
+
+
+DEFAULT_WEB_ADDR = "127.0.0.1:8080"
+
+
+@dataclass(frozen=True)
+class WebSettings:
+    """Settings of the web UI (``python -m services.web``).
+
+    ``api_addr`` is the control plane it calls: ``DARB_WEB_API``, else ``DARB_API_ADDR``
+    (the setting the SDK and the CLI read). It keeps no state, so any number of copies
+    can serve behind one address. ``tls`` serves HTTPS with ``DARB_TLS_CERT``/``KEY`` (its
+    cookies are then ``Secure``) and verifies the control plane with ``DARB_TLS_CA``;
+    ``secure_cookies`` forces ``Secure`` cookies behind a TLS-terminating proxy.
+    """
+
+    addr: str
+    api_addr: str
+    tls: TlsSettings = TlsSettings()
+    secure_cookies: bool = False
+    api_timeout: float = 30.0
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> WebSettings:
+        env = os.environ if env is None else env
+        api = _text(env, "DARB_WEB_API", _text(env, "DARB_API_ADDR", DEFAULT_API_ADDR))
+        return cls(
+            addr=_text(env, "DARB_WEB_ADDR", DEFAULT_WEB_ADDR),
+            api_addr=api,
+            tls=TlsSettings.from_env(env),
+            secure_cookies=_text(env, "DARB_WEB_SECURE_COOKIES", "0") == "1",
+            api_timeout=_number(env, "DARB_WEB_API_TIMEOUT", 30, minimum=0.1),
+        )

@@ -1,0 +1,1 @@
+"""The darb web UI (``python -m services.web``): pages over the control plane's gRPC API."""
