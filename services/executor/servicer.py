@@ -7,7 +7,8 @@ one result read back from disk) while the RPC streams its lines as they come. A 
 that leaves cancels the work; a stopping agent cancels it too, and waits for it and for
 the repair it leaves behind (``stop``).
 Lines travel in ``LogLines`` batches: whatever the work printed since the last message
-was sent, so a lone line goes out at once and a flood takes few messages.
+was sent, so a lone line goes out at once and a flood takes few messages. The engine's
+progress reports go between them as ``Progress`` messages (see ``_Outbox``).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from darb.executor.v1 import executor_pb2 as pb
 from darb.executor.v1 import executor_pb2_grpc
+from services.executor.builtin_worker.progress import Report
 from services.executor.engines.base import Engine, Operation
 from services.executor.errors import maps_errors
 from services.executor.locks import stage_lock
@@ -281,7 +283,7 @@ class ExecutorServicer(executor_pb2_grpc.ExecutorServiceServicer):
         timeout = self._settings.operation_timeout
         try:
             async with asyncio.timeout(timeout):
-                error = await engine.run(operation, emit)
+                error = await engine.run(operation, emit, stream.put_progress)
         except TimeoutError:
             stream.timed_out = True
             error = f"timed out after {timeout:g} seconds; the operation was stopped"
@@ -380,7 +382,10 @@ async def _recover(workspace: Workspace, engine: Engine, emit: Emit) -> str | No
 
 
 class _Outbox:
-    """Lines the work has emitted and the stream has not sent yet.
+    """Lines the work has emitted and the stream has not sent yet, and its progress
+    reports, each with the number of lines emitted before it (its place among them): of
+    each run of reports of one phase only the latest waits, so a slow reader gets every
+    phase and the latest counts, and these stay few.
 
     Bounded: past ``MAX_BUFFERED_*`` the pipe readers wait (``FLOW_CONTROL``), so when the
     control plane reads slowly gRPC flow control reaches back to the child's pipe.
@@ -388,6 +393,7 @@ class _Outbox:
 
     def __init__(self) -> None:
         self.lines: list[OutputLine] = []
+        self.reports: list[tuple[int, Report]] = []
         self._chars = 0
         self._closed = False
         self._ready = asyncio.Event()
@@ -396,6 +402,14 @@ class _Outbox:
     def put(self, line: OutputLine) -> None:
         self.lines.append(line)
         self._chars += len(line.text)
+        self._ready.set()
+
+    def put_progress(self, report: Report) -> None:
+        placed = (len(self.lines), report)
+        if self.reports and self.reports[-1][1].phase == report.phase:
+            self.reports[-1] = placed
+        else:
+            self.reports.append(placed)
         self._ready.set()
 
     def close(self) -> None:
@@ -407,16 +421,18 @@ class _Outbox:
             self._drained.clear()
             await self._drained.wait()
 
-    async def take(self) -> list[OutputLine] | None:
-        """Everything emitted so far (waiting for at least one line); None once closed."""
-        while not self.lines:
+    async def take(self) -> tuple[list[OutputLine], list[tuple[int, Report]]] | None:
+        """Everything emitted so far (waiting for at least one line or report); None
+        once closed."""
+        while not self.lines and not self.reports:
             if self._closed:
                 return None
             await self._ready.wait()
             self._ready.clear()
         lines, self.lines, self._chars = self.lines, [], 0
+        reports, self.reports = self.reports, []
         self._drained.set()
-        return lines
+        return lines, reports
 
 
 class _LineStream:
@@ -427,6 +443,7 @@ class _LineStream:
         self._response_type = response_type
         self._outbox = _Outbox()
         self.put = self._outbox.put
+        self.put_progress = self._outbox.put_progress
         self.room = self._outbox.room
         self.close = self._outbox.close
         self._seq = 0
@@ -434,11 +451,30 @@ class _LineStream:
         self.reported: str | None = None  # the error the result carried, once built
 
     async def relay(self, work: Task) -> AsyncIterator[Any]:
-        """The lines ``work`` emits, in messages as they arrive, then its result."""
-        while (lines := await self._outbox.take()) is not None:
-            for message in self._messages(lines):
+        """The lines and progress ``work`` emits, in messages as they arrive, then its
+        result."""
+        while (taken := await self._outbox.take()) is not None:
+            lines, reports = taken
+            start = 0
+            for place, report in reports:
+                for message in self._messages(lines[start:place]):
+                    yield message
+                yield self._progress(report)
+                start = place
+            for message in self._messages(lines[start:] if start else lines):
                 yield message
         yield await work
+
+    def _progress(self, report: Report) -> Any:
+        progress = pb.Progress(
+            phase=report.phase,  # type: ignore[arg-type]  # OperationPhase's numbers
+            packages_done=report.packages_done,
+            packages_total=report.packages_total,
+            bytes_done=report.bytes_done,
+            bytes_total=report.bytes_total,
+            time=from_nanoseconds(report.time_ns),
+        )
+        return self._response_type(progress=progress)
 
     def _messages(self, lines: list[OutputLine]) -> Iterator[Any]:
         """``lines`` numbered, in messages of at most ``MAX_BATCH_*``. Lines read from one

@@ -6,7 +6,7 @@ import json
 import time
 import uuid
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +29,7 @@ REQUESTS = {
 class Outcome:
     lines: list[pb.LogLine]
     result: pb.OperationResult
+    progress: list[pb.Progress] = field(default_factory=list)
 
     @property
     def text(self) -> str:
@@ -55,16 +56,20 @@ def call(agent: AgentProcess, method: str, timeout: float = 120, **fields: objec
     )
     lines: list[pb.LogLine] = []
     results: list[pb.OperationResult] = []
+    progress: list[pb.Progress] = []
     for message in stream:
-        if message.WhichOneof("event") == "log_lines":
-            assert not results, "a log line came after the result"
+        kind = message.WhichOneof("event")
+        assert not results, f"a message ({kind}) came after the result"
+        if kind == "log_lines":
             assert message.log_lines.lines, "a batch of lines is never empty"
             lines.extend(message.log_lines.lines)
+        elif kind == "progress":
+            progress.append(message.progress)
         else:
             results.append(message.result)
     assert len(results) == 1, "every stream ends with exactly one result"
     assert [line.seq for line in lines] == list(range(1, len(lines) + 1))
-    return Outcome(lines, results[0])
+    return Outcome(lines, results[0], progress)
 
 
 def call_when_idle(agent: AgentProcess, method: str, wait: float = 30, **fields: object) -> Outcome:

@@ -8,6 +8,7 @@ import contextlib
 import functools
 import itertools
 import secrets
+import threading
 import time
 from collections.abc import Iterable
 from pathlib import Path
@@ -20,6 +21,7 @@ from rattler.package.build_string import BuildString
 from services.executor.builtin_worker.lockfile import Record, Solution
 from services.executor.builtin_worker.manifest import Manifest
 from services.executor.builtin_worker.output import log
+from services.executor.builtin_worker.progress import PROGRESS, Phase
 from services.executor.builtin_worker.request import Request, WorkerError
 
 
@@ -155,6 +157,7 @@ async def solve(
 async def solve_all(request: Request, manifest: Manifest, locked: Solution) -> Solution:
     """Solve the manifest's specs for each of its platforms, all at once."""
     specs = manifest.specs()
+    PROGRESS.report(Phase.SOLVING)
     log(f"solving {', '.join(specs) or '(no dependencies)'} for {', '.join(manifest.platforms)}")
     gateway = rattler.Gateway(cache_dir=request.repodata_cache_dir, client=http_client())
     solutions = await asyncio.gather(
@@ -183,14 +186,19 @@ def cached(cache_dir: Path, record: Record) -> bool:
 
 
 class Reporter:
-    """Turns rattler's install callbacks into log lines naming the package and version.
+    """Turns rattler's install callbacks into log lines naming the package and version,
+    and into progress reports (``progress.PROGRESS``).
 
     It implements only the callbacks it needs: rattler's ``InstallerReporter`` protocol
     allows that, though to a type checker the class does not satisfy it (hence the cast).
 
     rattler reports the same callbacks for a package it fetches as for one already in
     its cache (and none for downloads from a ``file://`` channel), so the cache is looked
-    at first: the log then tells a fetch from a use of the cache."""
+    at first: the log then tells a fetch from a use of the cache. Bytes count the
+    archives of packages that are neither installed already nor cached: as rattler
+    reports them for a download, and whole once a package's cache entry is complete (the
+    only report for a ``file://`` channel). The phase is DOWNLOADING until every one of
+    those bytes is in, then LINKING; packages count the transaction's operations."""
 
     def __init__(self, old: list[Record], new: list[Record], cache_dir: Path) -> None:
         self.old = {r.name.normalized: label(r) for r in old}
@@ -199,16 +207,56 @@ class Reporter:
         self.cache_names: dict[int, str] = {}
         self.tokens = itertools.count(1)  # next() on a count is atomic; callbacks race
         self.logged_percent: dict[int, int] = {}
+        # Progress: the archive sizes of the packages to fetch, and the bytes of each so far.
+        self.sizes = {
+            r.name.normalized: r.size or 0
+            for r in new
+            if r.name.normalized not in self.cached and self.old.get(r.name.normalized) != label(r)
+        }
+        self.bytes_total = sum(self.sizes.values())
+        self.fetched: dict[str, int] = {}
+        self.token_names: dict[int, str] = {}
+        self.operations_total = 0
+        self.operations_done = 0
+        self.lock = threading.Lock()
 
-    def _token(self, name: str) -> int:
+    def start(self) -> None:
+        self._report()
+
+    def _report(self) -> None:
+        with self.lock:
+            done = min(sum(self.fetched.values()), self.bytes_total)
+            phase = Phase.DOWNLOADING if done < self.bytes_total else Phase.LINKING
+            packages = (self.operations_done, self.operations_total)
+        PROGRESS.report(phase, packages, (done, self.bytes_total))
+
+    def _token(self, name: str, package_name: str) -> int:
         token = next(self.tokens)
         self.cache_names[token] = name
+        self.token_names[token] = package_name
         return token
+
+    def on_transaction_start(self, total_operations: int) -> None:
+        with self.lock:
+            self.operations_total = total_operations
+        self._report()
+
+    def on_transaction_operation_complete(self, operation: int) -> None:
+        with self.lock:
+            self.operations_done += 1
+        self._report()
 
     def on_populate_cache_start(self, operation: int, package_name: str) -> int:
         doing = "using cached" if package_name in self.cached else "fetching"
         log(f"{doing} {self.new.get(package_name, package_name)}")
-        return self._token(self.new.get(package_name, package_name))
+        return self._token(self.new.get(package_name, package_name), package_name)
+
+    def on_populate_cache_complete(self, cache_entry: int) -> None:
+        name = self.token_names.get(cache_entry, "")
+        if name in self.sizes:
+            with self.lock:
+                self.fetched[name] = self.sizes[name]
+            self._report()
 
     def on_download_start(self, cache_entry: int) -> int:
         log(f"downloading {self.cache_names.get(cache_entry, '?')}")
@@ -219,6 +267,11 @@ class Reporter:
         if percent // 10 > self.logged_percent.get(download_idx, 0) // 10:
             self.logged_percent[download_idx] = percent
             log(f"downloading {self.cache_names.get(download_idx, '?')}: {percent}%")
+        name = self.token_names.get(download_idx, "")
+        if name in self.sizes:
+            with self.lock:
+                self.fetched[name] = min(progress, self.sizes[name] or total or 0)
+            self._report()
 
     def on_unlink_start(self, operation: int, package_name: str) -> int:
         log(f"unlinking {self.old.get(package_name, package_name)}")
@@ -232,6 +285,8 @@ class Reporter:
 async def install(request: Request, old: list[Record], new: list[Record]) -> None:
     """Make the prefix hold exactly ``new``; rattler works out the difference itself."""
     prefix = request.workspace.prefix
+    reporter = Reporter(old, new, request.cache_dir)
+    reporter.start()
     await rattler.install(
         new,
         target_prefix=prefix,
@@ -239,6 +294,7 @@ async def install(request: Request, old: list[Record], new: list[Record]) -> Non
         show_progress=False,
         client=http_client(),
         config=link_config(request.workspace.root),
-        reporter=cast(rattler.InstallerReporter, Reporter(old, new, request.cache_dir)),
+        reporter=cast(rattler.InstallerReporter, reporter),
     )
+    PROGRESS.flush()  # the last counts now, not when the next phase begins
     log(f"prefix {prefix} holds {len(new)} packages")

@@ -28,6 +28,7 @@ from services.executor import builtin_worker
 from services.executor.builtin_worker.install import prepare
 from services.executor.builtin_worker.operations import HANDLERS
 from services.executor.builtin_worker.output import flush_output, flush_periodically, warn
+from services.executor.builtin_worker.progress import PROGRESS
 from services.executor.builtin_worker.request import Request, WorkerError
 
 # Failures a user can cause or fix: reported by their message alone, without a traceback.
@@ -87,6 +88,7 @@ def main() -> None:
     request = sys.stdin.read()  # a spare worker waits here, started ahead of time
     threading.Thread(target=flush_periodically, daemon=True).start()
     error = run(request)
+    PROGRESS.flush()  # the last report, if the throttle held it back
     if error is not None:
         warn(f"error: {error}")
     flush_output()

@@ -20,6 +20,7 @@ from services.executor.builtin_worker.lockfile import (
 )
 from services.executor.builtin_worker.manifest import Dependency, Manifest, dependency_entry
 from services.executor.builtin_worker.output import log, warn
+from services.executor.builtin_worker.progress import PROGRESS, Phase
 from services.executor.builtin_worker.request import Request, WorkerError
 
 WriteLock = Callable[[Path], object]
@@ -44,6 +45,7 @@ async def first_install(
     ws = request.workspace
     ws.root.mkdir(parents=True)
     await install(request, [], records)
+    PROGRESS.report(Phase.WRITING_LOCK)
     write_staged(ws.lockfile, write_lock)
     write_staged(ws.manifest, write_text(manifest.text()))
 
@@ -90,6 +92,7 @@ async def change(
     ws.state_dir.mkdir(exist_ok=True)
     ws.dirty_marker.touch()
     await install(request, old, new)
+    PROGRESS.report(Phase.WRITING_LOCK)
     commit(ws, manifest, write_lock)
     ws.dirty_marker.unlink()
 
@@ -149,9 +152,10 @@ async def delete(request: Request) -> None:
     if not ws.root.exists():
         log("environment does not exist: nothing to delete")
         return
-    if ws.lockfile.exists():
-        for record in read_lock(ws.lockfile).get(request.platform, []):
-            log(f"removing {label(record)}")
+    records = read_lock(ws.lockfile).get(request.platform, []) if ws.lockfile.exists() else []
+    PROGRESS.report(Phase.REMOVING, (0, len(records)))
+    for record in records:
+        log(f"removing {label(record)}")
     request.trash_dir.mkdir(parents=True, exist_ok=True)
     trash = request.trash_dir / f"{ws.root.name}.{secrets.token_hex(4)}"
     ws.root.rename(trash)
@@ -160,6 +164,7 @@ async def delete(request: Request) -> None:
         shutil.rmtree(trash)
     except OSError as exc:
         warn(f"warning: could not empty {trash}: {exc}")
+    PROGRESS.report(Phase.REMOVING, (len(records), len(records)))
 
 
 HANDLERS = {

@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import os
 from asyncio.subprocess import Process
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
+from services.executor.builtin_worker.progress import Report
 from services.executor.process import Emit, Stream, follow_group, line_of, spawn_in_group
 from services.executor.workspace import DataLayout, Workspace
 
+# Takes an engine's progress reports (phase, packages and bytes done of total).
+ReportProgress = Callable[[Report], None]
 OperationKind = Literal["create", "install", "remove", "delete", "restore", "apply"]
 # Variables a package manager never needs; the agent token above all stays in the agent.
 SECRET_VARIABLES = ("DARB_AGENT_TOKEN", "DARB_ADMIN_PASSWORD", "DARB_DATABASE_URL")
@@ -34,8 +37,11 @@ class Operation:
 class Engine(Protocol):
     name: str
 
-    async def run(self, operation: Operation, emit: Emit) -> str | None:
-        """Carry out the operation; the error message, or None on success."""
+    async def run(
+        self, operation: Operation, emit: Emit, progress: ReportProgress | None = None
+    ) -> str | None:
+        """Carry out the operation; the error message, or None on success. Progress
+        reports, if the engine makes any, go to ``progress`` (dropped without one)."""
         ...
 
 

@@ -12,8 +12,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from uuid import uuid4
 
-from services.executor.engines.base import Operation, follow_tracked, spawn_tracked
-from services.executor.process import Emit, end_group
+from services.executor.builtin_worker.progress import MARK, parse
+from services.executor.engines.base import (
+    Operation,
+    ReportProgress,
+    follow_tracked,
+    spawn_tracked,
+)
+from services.executor.process import Emit, OutputLine, Stream, end_group
 from services.executor.workspace import DataLayout
 
 PROJECT_ROOT = Path(__file__).resolve().parents[3]
@@ -124,7 +130,9 @@ class BuiltinEngine:
             "lockfile": str(operation.lockfile or ""),
         }
 
-    async def run(self, operation: Operation, emit: Emit) -> str | None:
+    async def run(
+        self, operation: Operation, emit: Emit, progress: ReportProgress | None = None
+    ) -> str | None:
         self._running += 1
         try:
             worker = await self._take()
@@ -135,7 +143,7 @@ class BuiltinEngine:
             exit_code = await follow_tracked(
                 self._layout,
                 worker.process,
-                emit,
+                _without_reports(emit, progress),
                 f"builtin engine ({operation.kind})",
                 stdin=json.dumps(self.request_of(operation)).encode(),
             )
@@ -143,6 +151,21 @@ class BuiltinEngine:
         finally:
             worker.result_path.unlink(missing_ok=True)
             self._settled()
+
+
+def _without_reports(emit: Emit, progress: ReportProgress | None) -> Emit:
+    """``emit`` for the worker's log lines; its progress reports (``builtin_worker.
+    progress``) go to ``progress`` instead, or nowhere."""
+
+    def split(line: OutputLine) -> None:
+        if line.stream is Stream.STDOUT and line.text.startswith(MARK):
+            report = parse(line.text)
+            if report is not None and progress is not None:
+                progress(report)
+            return
+        emit(line)
+
+    return split
 
 
 def _worker_error(result_path: Path, exit_code: int) -> str | None:

@@ -11,7 +11,12 @@ from pathlib import Path
 
 from services.executor.builtin_worker.manifest import Manifest
 from services.executor.builtin_worker.request import WorkerError
-from services.executor.engines.base import Operation, follow_tracked, spawn_tracked
+from services.executor.engines.base import (
+    Operation,
+    ReportProgress,
+    follow_tracked,
+    spawn_tracked,
+)
 from services.executor.engines.builtin import BuiltinEngine
 from services.executor.process import Emit, OutputLine, Stream
 from services.executor.workspace import DataLayout, Workspace
@@ -53,9 +58,14 @@ class PixiCliEngine:
             return [[self._pixi, "install", "--manifest-path", manifest, "--frozen"]]
         raise ValueError(f"the pixi CLI engine has no {operation.kind!r} command")
 
-    async def run(self, operation: Operation, emit: Emit) -> str | None:
+    async def run(
+        self, operation: Operation, emit: Emit, progress: ReportProgress | None = None
+    ) -> str | None:
+        """Reports no progress but for a delete (the builtin worker's): pixi's own progress
+        bars are not a format to parse, and one ``pixi add`` solves, fetches, links and
+        writes the lock without saying where one ends."""
         if operation.kind == "delete":
-            return await self._builtin.run(operation, emit)
+            return await self._builtin.run(operation, emit, progress)
         if operation.kind == "apply":
             return await self._apply(operation, emit)
         if operation.kind == "restore":
