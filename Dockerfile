@@ -1,4 +1,4 @@
-# One image for both darb services; docker-compose.yml picks the command.
+# One image for the darb services (api, executor, web); docker-compose.yml picks the command.
 FROM python:3.11-slim
 
 ENV PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1

@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 PROTOS := $(shell find protos -name '*.proto')
 GEN_STAMP := darb/.generated
 
-.PHONY: venv proto lint test run demo bench lock clean
+.PHONY: venv proto lint test run demo bench lock clean screenshots
 
 venv: $(STAMP)
 
@@ -47,7 +47,8 @@ lock: $(STAMP)
 clean:
 	rm -rf $(VENV) darb/v1 darb/executor $(GEN_STAMP) node_modules
 
-# Starts the control plane and the agent in the foreground (SQLite and files in ./data).
+# Starts the control plane, the agent and the web UI (http://127.0.0.1:8080) in the
+# foreground (the embedded PostgreSQL and files in ./data).
 run: proto
 	$(PY) scripts/run.py
 
@@ -61,3 +62,8 @@ bench: proto
 	command -v h2load >/dev/null || apt-get install -y -q nghttp2-client \
 		|| echo "h2load could not be installed: GetEnvironment uses the Python client"
 	$(PY) -m benchmarks
+
+# Screenshots of the web UI's main pages (desktop and 390 px wide) into docs/ui/, taken by
+# the headless Chromium the web tests use, against a throwaway stack of its own.
+screenshots: proto
+	$(PY) scripts/screenshots.py docs/ui

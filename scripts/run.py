@@ -1,6 +1,7 @@
-"""``make run``: the control plane and the agent in the foreground on embedded defaults.
+"""``make run``: the control plane, the agent and the web UI in the foreground on embedded
+defaults.
 
-Both logs are interleaved with a prefix; Ctrl-C (or SIGTERM) stops both cleanly. The
+Their logs are interleaved with a prefix; Ctrl-C (or SIGTERM) stops all three cleanly. The
 agent token is made fresh for each run, so nothing else on the host can drive the agent.
 """
 
@@ -26,6 +27,7 @@ def settings() -> dict[str, str]:
         "DARB_DATA_DIR": str(data_dir),
         "DARB_API_ADDR": "127.0.0.1:50051",
         "DARB_EXECUTOR_ADDR": "127.0.0.1:50052",
+        "DARB_WEB_ADDR": "127.0.0.1:8080",
         "DARB_EXECUTORS": os.environ.get("DARB_EXECUTOR_ADDR", "127.0.0.1:50052"),
         "DARB_DEV_DEFAULTS": "1",
         "DARB_AGENT_TOKEN": secrets.token_urlsafe(32),
@@ -49,7 +51,7 @@ def start(name: str, module: str, env: dict[str, str]) -> subprocess.Popen[str]:
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
-        start_new_session=True,  # Ctrl-C reaches this supervisor only; it stops both in order
+        start_new_session=True,  # Ctrl-C reaches this supervisor only; it stops all in order
     )
     threading.Thread(target=relay, args=(name, process.stdout), daemon=True).start()
     return process
@@ -63,18 +65,20 @@ def main() -> int:
         signal.signal(signum, lambda *_: stop.set())
     processes = {"executor": start("executor", "services.executor", env)}
     processes["api"] = start("api", "services.api", env)
+    processes["web"] = start("web", "services.web", env)
     print(
         f"darb is starting: control plane on {env['DARB_API_ADDR']}, agent on "
         f"{env['DARB_EXECUTOR_ADDR']}, data in {env['DARB_DATA_DIR']}\n"
+        f"  the web UI: open http://{env['DARB_WEB_ADDR']}/ in a browser\n"
         f"  log in with the development default admin / password123 (never use it in"
         f" production), e.g.\n    .venv/bin/darb login --username admin\n"
-        f"  grpcurl -plaintext {env['DARB_API_ADDR']} list\n  Ctrl-C stops both.",
+        f"  grpcurl -plaintext {env['DARB_API_ADDR']} list\n  Ctrl-C stops all three.",
         flush=True,
     )
     while not stop.wait(0.5):
         if any(process.poll() is not None for process in processes.values()):
             break
-    for process in reversed(list(processes.values())):  # api first, then the agent
+    for process in reversed(list(processes.values())):  # web, api, then the agent
         if process.poll() is None:
             process.send_signal(signal.SIGTERM)
             try:

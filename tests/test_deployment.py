@@ -8,7 +8,7 @@ from pathlib import Path
 
 import yaml
 
-from shared.config import ApiSettings, ExecutorSettings
+from shared.config import ApiSettings, ExecutorSettings, WebSettings
 
 ROOT = Path(__file__).resolve().parents[1]
 SUBSTITUTION = re.compile(r"\$\{([A-Z_]+)(?::[-?][^}]*)?\}")
@@ -40,21 +40,23 @@ def variables_read_by_config() -> set[str]:
     env = RecordingEnv({"DARB_ADMIN_PASSWORD": "x"})
     ExecutorSettings.from_env(env)
     ApiSettings.from_env(env)
+    WebSettings.from_env(env)
     return env.asked
 
 
-def test_compose_has_the_three_services_with_health_checks():
+def test_compose_has_the_four_services_with_health_checks():
     services = compose()["services"]
-    assert set(services) == {"postgres", "api", "executor"}
+    assert set(services) == {"postgres", "api", "executor", "web"}
     assert all("healthcheck" in service for service in services.values())
     depends = services["api"]["depends_on"]
     assert depends["postgres"]["condition"] == "service_healthy"
     assert depends["executor"]["condition"] == "service_healthy"
+    assert services["web"]["depends_on"]["api"]["condition"] == "service_healthy"
 
 
 def test_every_darb_variable_in_compose_is_read_by_the_config():
     known = variables_read_by_config()
-    for service in ("api", "executor"):
+    for service in ("api", "executor", "web"):
         unknown = {key for key in service_env(service) if key.startswith("DARB_")} - known
         assert not unknown, f"{service} sets variables no setting reads: {unknown}"
 
@@ -67,10 +69,13 @@ def test_compose_settings_are_accepted_and_wired_together():
     assert executor.addr.endswith(":50052")
     assert api.agent_token == executor.token
     assert api.channels == executor.channels
+    web = WebSettings.from_env(service_env("web"))
+    assert web.api_addr == "api:50051" and api.addr.endswith(":50051")
+    assert web.addr == "0.0.0.0:8080"
 
 
 def test_compose_commands_name_modules_that_exist():
-    for service in ("api", "executor"):
+    for service in ("api", "executor", "web"):
         command = compose()["services"][service]["command"]
         assert command[:2] == ["python", "-m"]
         assert importlib.util.find_spec(command[2]) is not None

@@ -6,7 +6,7 @@ the quick start's ``make run`` and the PostgreSQL section's; they are started in
 background, waited for, and stopped with Ctrl-C (SIGINT) as a user would. ``make test``
 is the command that runs this test, so it is the one command not run again here. The
 only change made to the text is the service addresses: the test's servers listen on
-free ports instead of 50051/50052, so a developer's own ``make run`` is never disturbed.
+free ports instead of 50051/50052/8080, so a developer's own ``make run`` is never disturbed.
 """
 
 from __future__ import annotations
@@ -51,13 +51,16 @@ def shell_env(tmp_path: Path) -> dict[str, str]:
         DARB_DATA_DIR=str(tmp_path / "data"),
         DARB_API_ADDR=f"127.0.0.1:{free_port()}",
         DARB_EXECUTOR_ADDR=f"127.0.0.1:{free_port()}",
+        DARB_WEB_ADDR=f"127.0.0.1:{free_port()}",
     )
     return env
 
 
 def localized(text: str, env: dict[str, str]) -> str:
-    return text.replace("127.0.0.1:50051", env["DARB_API_ADDR"]).replace(
-        "127.0.0.1:50052", env["DARB_EXECUTOR_ADDR"]
+    return (
+        text.replace("127.0.0.1:50051", env["DARB_API_ADDR"])
+        .replace("127.0.0.1:50052", env["DARB_EXECUTOR_ADDR"])
+        .replace("127.0.0.1:8080", env["DARB_WEB_ADDR"])
     )
 
 
@@ -89,7 +92,7 @@ def running(command: str, env: dict[str, str], timeout: float = 180) -> Iterator
         os.killpg(process.pid, signal.SIGINT)  # Ctrl-C reaches make, bash and the supervisor
         output.extend(process.stdout.readlines())
         process.wait(60)
-        assert "darb stopped (executor exit 0, api exit 0)" in "".join(output)
+        assert "darb stopped (executor exit 0, api exit 0, web exit 0)" in "".join(output)
 
 
 def run_block(kind: str, text: str, env: dict[str, str]) -> str:
