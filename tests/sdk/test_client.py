@@ -68,21 +68,25 @@ def test_resolve_finds_an_environment_by_name_or_id(client: darb.Client) -> None
 
 def test_an_admin_resolves_a_shared_name_to_their_own_environment(api: ApiProcess) -> None:
     """An admin sees every user's environments, and names are unique per owner only: a
-    name the admin uses resolves to the admin's own; one only others use needs an id."""
+    bare name is the admin's own; another user's is OWNER/NAME (or its id)."""
     name = f"shared-{uuid.uuid4().hex[:8]}"
     others = []
     for _ in range(2):
         user = api.new_user().user
         with darb.Client(api.addr) as other:
             other.login(user.username, "password-1")
-            others.append(other.environments.create(name, packages=["acme-core"])[0])
+            others.append(
+                (user.username, other.environments.create(name, packages=["acme-core"])[0])
+            )
     with darb.Client(api.addr) as admin:
         admin.login("admin", ADMIN_PASSWORD)
-        with pytest.raises(errors.InvalidArgument, match=f"2 environments are named '{name}'"):
+        with pytest.raises(errors.NotFound, match=f"no environment named '{name}'"):
             admin.environments.resolve(name)
         own, _ = admin.environments.create(name, packages=["acme-core"])
         assert admin.environments.resolve(name).id == own.id
-        assert admin.environments.resolve(others[0].id).id == others[0].id
+        for username, environment in others:
+            assert admin.environments.resolve(f"{username}/{name}").id == environment.id
+            assert admin.environments.resolve(environment.id).id == environment.id
 
 
 def test_a_name_the_service_refuses_is_refused_before_any_call(
