@@ -28,6 +28,7 @@ from sqlalchemy.orm import Session
 
 from services.api.database.db import Database
 from services.api.records import LineRow
+from services.api.repo.progress import Progress
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +49,8 @@ CHANNELS = (
 # A watcher this far behind is told to re-read the table instead of growing memory. The
 # batches are shared by all watchers of the job: this bounds references, not copies.
 MAX_BUFFERED_LINES = 20_000
+# Progress reports of different phases a watcher may have waiting (a job has a few).
+MAX_BUFFERED_PROGRESS = 16
 
 
 @dataclass(eq=False)
@@ -64,6 +67,13 @@ class Subscription:
     stored: int = 0
     gap_at: int = 0
     stored_ready: asyncio.Event = field(default_factory=asyncio.Event)
+    # Progress reports published since the watcher last took them: of each run of one
+    # phase only the latest, so every phase change reaches the watcher.
+    progress: list[Progress] = field(default_factory=list)
+
+    def take_progress(self) -> list[Progress]:
+        progress, self.progress = self.progress, []
+        return progress
 
     def take(self) -> tuple[list[list[LineRow]], bool]:
         batches, stale = list(self.batches), self.stale
@@ -176,6 +186,19 @@ class EventBus:
         so watching costs no database round trip; ``lines_stored`` follows."""
         if lines and job_id in self._watchers:
             self._poke(job_id, lines)
+
+    def publish_progress(self, job_id: str, progress: Progress) -> None:
+        """Hands a progress report to this process's watchers (other processes read the
+        stored one when the store's NOTIFY pokes them; see ``scheduling.progress``)."""
+        for subscription in self._watchers.get(job_id, ()):
+            reports = subscription.progress
+            if reports and reports[-1].phase == progress.phase:
+                reports[-1] = progress
+            elif len(reports) < MAX_BUFFERED_PROGRESS:
+                reports.append(progress)
+            else:
+                reports[-1] = progress
+            subscription.ready.set()
 
     def lines_stored(self, job_id: str, last_seq: int) -> None:
         """Call after the commit that stored lines up to ``last_seq`` (which also sent

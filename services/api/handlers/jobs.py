@@ -12,12 +12,14 @@ from sqlalchemy.orm import Session
 from darb.v1 import jobs_pb2 as pb
 from darb.v1 import jobs_pb2_grpc as pb_grpc
 from services.api.handlers import convert, paging
+from services.api.handlers import progress as job_progress
 from services.api.handlers.rpc import streaming, unary
 from services.api.ids import parse_id
 from services.api.records import CANCELLED_BY_REQUEST, LineBatch, LineRow, Outcome
 from services.api.repo import environments, jobs, log_lines
 from services.api.repo.finishes import end_job
 from services.api.repo.models import Job, JobStatus, Role, User
+from services.api.repo.progress import Progress
 from services.api.state import AppState
 from shared.errors import InvalidArgument
 
@@ -93,7 +95,7 @@ class JobService(pb_grpc.JobServiceServicer):
     @unary()
     async def GetJob(self, request: pb.GetJobRequest, caller: User) -> pb.GetJobResponse:
         job, logs = await self.state.db.run(_with_logs, caller, parse_id(request.id, "id"))
-        return pb.GetJobResponse(job=convert.job(job, logs))
+        return pb.GetJobResponse(job=job_progress.fill(convert.job(job, logs), job.progress))
 
     @unary()
     async def ListJobs(self, request: pb.ListJobsRequest, caller: User) -> pb.ListJobsResponse:
@@ -116,7 +118,8 @@ class JobService(pb_grpc.JobServiceServicer):
         """Lines come from memory as the dispatcher publishes them (before they are
         stored) and from the table for what the watcher missed: lines published before
         it subscribed, or while it was too far behind. Batches are sent only when they
-        continue the last seq sent, so every line goes out once and in order."""
+        continue the last seq sent, so every line goes out once and in order. Progress
+        reports come the same two ways (see ``handlers.progress.to_send``)."""
         if request.after_seq < 0:
             raise InvalidArgument("after_seq must not be negative")
         job_id = parse_id(request.id, "id")
@@ -128,6 +131,7 @@ class JobService(pb_grpc.JobServiceServicer):
             read_all = len(lines) < PAGE_LINES
             status = job.status
             last_seq = request.after_seq
+            sent_progress: Progress | None = None
             yield pb.WatchJobResponse(job=convert.job(job))
             batches, sent = [lines], False
             while True:
@@ -142,6 +146,11 @@ class JobService(pb_grpc.JobServiceServicer):
                     for event in self._line_events(job_id, batch[start:] if start else batch):
                         yield event
                     last_seq, sent = batch[-1].seq, True
+                published = subscription.take_progress()
+                stored = Progress.from_json(job.progress)
+                for report in job_progress.to_send(sent_progress, published, [stored]):
+                    yield pb.WatchJobResponse(progress=job_progress.message(report))
+                    sent_progress = report
                 # The terminal status goes last: only once every line has been read.
                 terminal = JobStatus(job.status).terminal
                 ended = terminal and read_all
@@ -168,7 +177,7 @@ class JobService(pb_grpc.JobServiceServicer):
                 else:  # the last read filled a page: read on
                     taken, stale = [], True
                 batches = held + taken
-                if stale or not batches:
+                if stale or not (batches or subscription.progress):  # progress: from memory
                     job, lines = await db.run(_snapshot, job_id, last_seq)
                     read_all = len(lines) < PAGE_LINES
                     batches.insert(0, lines)

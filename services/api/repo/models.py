@@ -292,6 +292,8 @@ class Job(Base):
     created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
     started_at: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
     completed_at: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
+    # The last progress the agent reported (``repo.progress``); kept once the job ended.
+    progress: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     # Who submitted it, by name, read with it (None once that account is deleted).
     created_by_username: Mapped[str | None] = column_property(_username_of(created_by))
 

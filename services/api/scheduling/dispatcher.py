@@ -3,7 +3,8 @@
 Woken by ``EventBus.jobs_available`` (set on submit, on every job's end and by NOTIFY
 from other processes); the poll interval is only a safety net. A running job holds a
 lease that a heartbeat renews; the heartbeat also notices cancels asked for in
-another process. Lines from the agent go to a ``joblog.writer.LineWriter``.
+another process. Lines from the agent go to a ``joblog.writer.LineWriter``, progress
+reports to a ``progress.ProgressRecorder``.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from services.api.records import CANCELLED_BY_REQUEST, AgentState, ClaimedJob, O
 from services.api.repo import environments, jobs, versions
 from services.api.repo.finishes import end_job
 from services.api.repo.models import JobStatus
+from services.api.repo.progress import Progress
 from services.api.scheduling.agents import AgentMonitor
 from services.api.scheduling.executor_client import (
     AgentLines,
@@ -41,6 +43,7 @@ from services.api.scheduling.executor_client import (
     ExecutorError,
     Operation,
 )
+from services.api.scheduling.progress import ProgressRecorder
 from shared.config import ApiLimits
 
 log = logging.getLogger(__name__)
@@ -98,6 +101,7 @@ class Dispatcher:
         # (storing the last lines, recording the end) instead of waiting for it.
         self._on_agent: set[str] = set()
         self._cancels: dict[str, asyncio.Event] = {}
+        self._progress: dict[str, ProgressRecorder] = {}
         self._loop_task: asyncio.Task[None] | None = None
         bus.on_cancel(self._cancel_requested)
 
@@ -195,6 +199,8 @@ class Dispatcher:
         writer = LineWriter(
             self._db, self._bus, job.id, self.worker_id, self._log_limits, self._metrics
         )
+        progress = ProgressRecorder(self._db, self._bus, job.id, self.worker_id)
+        self._progress[job.id] = progress
         heartbeat = asyncio.create_task(self._heartbeat(job.id, self._cancels[job.id]))
         outcome = Outcome(JobStatus.FAILED, SHUTDOWN)  # kept if ``drain`` cancels this task
         try:
@@ -208,6 +214,8 @@ class Dispatcher:
             self._off_agent(job.id)
             await _stop(heartbeat)
             await writer.close()
+            await progress.close()  # a job that ended keeps its last progress
+            self._progress.pop(job.id, None)
             await self._finish(
                 job.id, outcome, JobStatus.RUNNING, self.worker_id, job.environment_id
             )
@@ -284,6 +292,9 @@ class Dispatcher:
                     heard = True
                     if isinstance(event, AgentLines):
                         await writer.add(event)  # waits while storing lags behind
+                        continue
+                    if isinstance(event, Progress):
+                        self._progress[job.id].add(event)
                         continue
                     self._agents.heard_from(executor)
                     status = JobStatus.COMPLETED if event.success else JobStatus.FAILED

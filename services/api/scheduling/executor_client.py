@@ -14,6 +14,7 @@ from darb.executor.v1 import executor_pb2_grpc as pb_grpc
 from services.api import payloads
 from services.api.records import AgentState, LockToApply, PackageRow
 from services.api.repo.models import utcnow
+from services.api.repo.progress import Progress, phase_name
 from shared.config import TlsSettings
 from shared.manifests import parse_manifest
 from shared.timestamps import to_datetime
@@ -69,9 +70,9 @@ class ExecutorError(Exception):
 class ExecutorClient(Protocol):
     def run(
         self, executor: str, environment_id: str, operation: Operation
-    ) -> AsyncIterator[AgentLines | AgentResult]:
-        """Streams the operation's lines in batches and then its result; raises
-        ExecutorError.
+    ) -> AsyncIterator[AgentLines | Progress | AgentResult]:
+        """Streams the operation's lines in batches, with its progress reports between
+        them, and then its result; raises ExecutorError.
 
         Closing the iterator early cancels the operation on the agent.
         """
@@ -151,7 +152,7 @@ class GrpcExecutorClient:
 
     async def run(
         self, executor: str, environment_id: str, operation: Operation
-    ) -> AsyncIterator[AgentLines | AgentResult]:
+    ) -> AsyncIterator[AgentLines | Progress | AgentResult]:
         call = self._call(self._stub(executor), environment_id, operation)
         try:
             async for message in call:
@@ -159,6 +160,8 @@ class GrpcExecutorClient:
                     batch = message.log_lines
                     first = batch.lines[0].seq if batch.lines else 0
                     yield AgentLines(_lines(batch.lines), first, batch)
+                elif message.HasField("progress"):
+                    yield _progress(message.progress)
                 elif message.HasField("result"):
                     yield _result(message.result)
         except grpc.aio.AioRpcError as exc:
@@ -195,6 +198,18 @@ def _lines(lines: Sequence[Any]) -> list[LineTuple]:
             time = to_datetime(stamp) if seconds or nanos else utcnow()
         tuples.append((STREAM_NAMES.get(line.stream, "stdout"), time, line.text))
     return tuples
+
+
+def _progress(progress: pb.Progress) -> Progress:
+    stamp = progress.time
+    return Progress(
+        phase_name(progress.phase),
+        progress.packages_done,
+        progress.packages_total,
+        progress.bytes_done,
+        progress.bytes_total,
+        stamp.seconds * 1_000_000_000 + stamp.nanos,
+    )
 
 
 def _result(result: pb.OperationResult) -> AgentResult:
