@@ -16,6 +16,7 @@ from darb import cli, terminal
 from darb.client import Client
 from darb.models import JobPhase, Progress
 from darb.v1 import common_pb2, jobs_pb2
+from tests.sdk.conftest import SLOW_PACKAGE_BYTES, Cli
 
 
 class Tty(io.StringIO):
@@ -223,3 +224,60 @@ def test_a_followed_job_on_a_terminal_draws_the_bar(
     assert "linking" in drawn[1] and "4/9 packages" in drawn[1]
     assert "job job-1 completed in" in stderr.getvalue()
     assert "job job-1: running" not in stderr.getvalue()  # the bar shows the status
+
+
+# Against the real stack
+
+
+def _phases(reports: list[Progress]) -> list[JobPhase]:
+    """The phases in the order they came, each run of one phase once."""
+    runs: list[JobPhase] = []
+    for report in reports:
+        if not runs or runs[-1] != report.phase:
+            runs.append(report.phase)
+    return runs
+
+
+def test_a_job_on_the_real_stack_reports_its_progress(
+    client: darb.Client, slow_channel: tuple[str, str]
+) -> None:
+    url, name = slow_channel
+    _, job = client.environments.create("progressing", packages=[name], channels=[url])
+    events = list(client.jobs.watch(job.id))
+    assert isinstance(events[-1], darb.Job) and events[-1].status == darb.JobStatus.COMPLETED
+    reports = [event for event in events if isinstance(event, darb.Progress)]
+    assert _phases(reports) == [
+        JobPhase.SOLVING,
+        JobPhase.DOWNLOADING,
+        JobPhase.LINKING,
+        JobPhase.WRITING_LOCK,
+    ], reports
+    downloading = [r for r in reports if r.phase == JobPhase.DOWNLOADING]
+    assert downloading[-1].bytes_total > SLOW_PACKAGE_BYTES
+    assert [r.bytes_done for r in downloading] == sorted(r.bytes_done for r in downloading)
+    linked = [r for r in reports if r.phase == JobPhase.LINKING][-1]
+    assert linked.packages_done == linked.packages_total == 1
+    assert all(report.time is not None for report in reports)
+    # The ended job keeps its last report.
+    assert client.jobs.get(job.id).progress == reports[-1]
+
+
+def test_a_piped_cli_gets_the_phases_on_stderr_only(
+    logged_in: Cli, slow_channel: tuple[str, str]
+) -> None:
+    url, name = slow_channel
+    result = logged_in("env", "create", "piped", "-c", url, "-p", name)
+    assert result.returncode == 0, result.stderr
+    job_id = result.stdout.split(", job ")[1].split()[0]
+    lines = result.stderr.splitlines()
+    shown = [line.split(": ", 1)[1] for line in lines if line.startswith(f"job {job_id}: ")]
+    # The statuses and, at most one a second, the phases (the first always).
+    assert "solving" in shown and set(shown) <= {
+        "running",
+        "solving",
+        "downloading",
+        "linking",
+        "writing lock",
+    }, lines
+    assert not any(f"job {job_id}: " in line for line in result.stdout.splitlines())
+    assert "━" not in result.stdout and "[#" not in result.stderr  # no bar on a pipe
