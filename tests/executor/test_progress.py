@@ -6,7 +6,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import pytest
+
 from darb.executor.v1 import executor_pb2 as pb
+from services.executor.builtin_worker import progress as worker_progress
 from testkit.agent import AgentProcess
 from testkit.channel import ACME_BIG
 
@@ -118,3 +121,25 @@ def test_an_install_from_the_cache_reports_no_download(
     assert phases(progress) == [SOLVING, LINKING, WRITING_LOCK], progress
     assert last_of(progress, LINKING).packages_done == 2
     assert all(report.bytes_total == 0 for report in progress)
+
+
+def test_the_worker_throttles_reports_but_sends_every_phase_change_and_the_last(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    written: list[str] = []
+    monkeypatch.setattr(worker_progress, "log", written.append)
+    reports = worker_progress.Progress(interval=60)
+    for done in range(100):
+        reports.report(worker_progress.Phase.DOWNLOADING, nbytes=(done, 100))
+    reports.report(worker_progress.Phase.LINKING, (0, 1), (100, 100))
+    reports.report(worker_progress.Phase.LINKING, (1, 1), (100, 100))
+    assert len(written) == 3  # the first, the phase's last before the next phase, LINKING
+    reports.flush()
+    parsed = [worker_progress.parse(line) for line in written]
+    assert [(r.phase, r.packages_done, r.bytes_done) for r in parsed if r] == [
+        (DOWNLOADING, 0, 0),
+        (DOWNLOADING, 0, 99),
+        (LINKING, 0, 100),
+        (LINKING, 1, 100),
+    ]
+    assert worker_progress.parse("solving acme-core") is None

@@ -224,11 +224,11 @@ class Reporter:
         self._report()
 
     def _report(self) -> None:
-        with self.lock:
+        with self.lock:  # held while reporting, so counts from racing threads never go back
             done = min(sum(self.fetched.values()), self.bytes_total)
             phase = Phase.DOWNLOADING if done < self.bytes_total else Phase.LINKING
             packages = (self.operations_done, self.operations_total)
-        PROGRESS.report(phase, packages, (done, self.bytes_total))
+            PROGRESS.report(phase, packages, (done, self.bytes_total))
 
     def _token(self, name: str, package_name: str) -> int:
         token = next(self.tokens)
