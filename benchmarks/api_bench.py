@@ -34,7 +34,14 @@ import grpc
 import psycopg
 from google.protobuf.message import Message
 
-from benchmarks import executor_bench, h2load, history_bench, real_environment, standin
+from benchmarks import (
+    executor_bench,
+    h2load,
+    history_bench,
+    real_environment,
+    sharing_bench,
+    standin,
+)
 from benchmarks.stack import (
     WORKER_CONCURRENCY,
     AioAgent,
@@ -120,6 +127,14 @@ METHOD = """\
 - **ListEnvironments**: first page (default size) for a user whose 10,000 environments
   were inserted with SQL into the benchmark's own database (then `ANALYZE`); one client,
   sequential calls.
+- **sharing** (benchmarks/sharing_bench.py): GetEnvironment of one environment by 16
+  connections of its owner, then by 16 users who each hold VIEWER through a group,
+  alternating for 3 rounds of 3 s (the Python client: an h2load run sends one token);
+  the ratio of the median rates. The filtered ListEnvironments: first page of
+  `role = VIEWER AND status = READY` for a user who sees another user's 10,000
+  environments (inserted with SQL) through a group bound to each; 400 sequential calls.
+- **dispatch latency** is taken over 100 jobs, so that its nearest-rank p99 is the
+  second-worst job rather than the worst (with 40 it was the maximum).
 - **1,000 WatchJob streams**: one job printing 500 lines at 125 lines/s, watched by
   1,000 streams over 10 connections, all subscribed before the first line; VmRSS of the
   control plane sampled every 50 ms. A stream counts if it saw seq 1, 2, … up to the last
@@ -251,12 +266,17 @@ async def _dispatch_sample(client: AioClient, name: str) -> tuple[float, float]:
     return _seconds(followed.job.started_at) - created, first[0] - created
 
 
-async def dispatch_latency(stack: Stack, token: str, report: Report, samples: int = 40) -> None:
-    """Job committed -> the agent's engine started, one job at a time on an idle stack."""
+async def dispatch_latency(stack: Stack, token: str, report: Report, samples: int = 100) -> None:
+    """Job committed -> the agent's engine started, one job at a time on an idle stack.
+
+    100 samples, so that the nearest-rank p99 is the second-worst job and not the worst:
+    with 40, "p99" was the maximum, and one claim slowed by the host (a spike of 0.1 to
+    0.6 s, as measured in benchmarks/design_notes.md) decided the row on its own.
+    """
     client = AioClient(stack.api.addr, token)
     dispatch: list[float] = []
     claim: list[float] = []
-    deadline = time.monotonic() + 90
+    deadline = time.monotonic() + 180
     for n in range(samples):
         if time.monotonic() > deadline:
             break
@@ -681,7 +701,15 @@ def insert_environments(stack: Stack, owner_id: str, count: int, channel: str) -
                 name = f"env-{n:05d}"
                 row = (str(uuid.uuid4()), owner_id, name, "pixi", f'["{channel}"]', "none")
                 copy.write_row((*row, "READY", "", "", "", now, now))
+        # The owner's membership, as a create gives it (role 3: OWNER).
+        cursor.execute(
+            "INSERT INTO environment_members (environment_id, member_key, user_id, role)"
+            " SELECT id, 'user:' || owner_id, owner_id, 3 FROM environments"
+            " WHERE owner_id = %s ON CONFLICT DO NOTHING",
+            (owner_id,),
+        )
         cursor.execute("ANALYZE environments")
+        cursor.execute("ANALYZE environment_members")
 
 
 async def list_environments(
@@ -887,7 +915,7 @@ async def two_agents(
 class Sizes:
     """How much work each figure does; ``QUICK`` checks the harness in a minute."""
 
-    dispatch_samples: int = 40
+    dispatch_samples: int = 100
     overhead_rounds: int = 5
     log_lines: int = 200_000
     watchers: int = 1_000
@@ -908,6 +936,8 @@ async def api_figures(stack: Stack, channel: str, sizes: Sizes, report: Report) 
     for client in clients:
         await client.close()
     await list_environments(stack, channel, report, sizes.environments)
+    report.rows += await sharing_bench.shared_get(stack, CLIENTS)
+    report.rows += await sharing_bench.shared_list(stack, channel, sizes.environments)
 
 
 async def builtin_figures(

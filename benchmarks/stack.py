@@ -20,7 +20,7 @@ import grpc
 import psycopg
 
 from darb.executor.v1 import executor_pb2_grpc
-from darb.v1 import environments_pb2_grpc, jobs_pb2_grpc, users_pb2
+from darb.v1 import environments_pb2_grpc, groups_pb2_grpc, jobs_pb2_grpc, users_pb2
 from services.api.auth.tokens import token_hash
 from testkit.agent import AgentProcess, start_agent
 from testkit.control_plane import ApiProcess, api_env, start_api
@@ -147,6 +147,7 @@ class AioClient:
         self.metadata = (("authorization", f"Bearer {token}"),)
         self.envs = environments_pb2_grpc.EnvironmentServiceStub(self.channel)
         self.jobs = jobs_pb2_grpc.JobServiceStub(self.channel)
+        self.groups = groups_pb2_grpc.GroupServiceStub(self.channel)
 
     async def close(self) -> None:
         await self.channel.close()

@@ -109,10 +109,13 @@ def test_users_see_only_their_own_environments_and_jobs(api: ApiProcess) -> None
     for call in _every_call_on(bob, missing_env, missing_job):
         assert code_of(call) == grpc.StatusCode.NOT_FOUND
 
-    # Bob's lists do not show Alice's things, and Bob may reuse her environment name.
+    # Bob's lists do not show Alice's things (other tests' environments shared with
+    # everyone may be there), and Bob may reuse her environment name.
     listed = bob.call(bob.envs.ListEnvironments, environments_pb2.ListEnvironmentsRequest())
-    assert listed.environments == []
-    assert bob.call(bob.jobs.ListJobs, jobs_pb2.ListJobsRequest()).jobs == []
+    assert all(environment.owner_id != alice.user.id for environment in listed.environments)
+    assert not [e for e in listed.environments if e.role != common_pb2.ROLE_VIEWER]
+    listed_jobs = bob.call(bob.jobs.ListJobs, jobs_pb2.ListJobsRequest()).jobs
+    assert all(job.environment_id != env_id for job in listed_jobs)
     assert bob.create("shared-name", ["acme-core"]).environment.name == "shared-name"
 
     # Alice still sees and owns hers; the admin sees everyone's.

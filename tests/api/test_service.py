@@ -110,7 +110,6 @@ def test_migrations_match_the_models_and_schema_sql_is_applied() -> None:
                     "darb_create_environment",
                     "darb_environment_changed",
                     "darb_finish_job",
-                    "darb_role",
                 ]
                 assert list(triggers) == ["environment_changed"]
         finally:

@@ -24,9 +24,11 @@ from shared.errors import NotFound, PermissionDenied
 
 
 def role_of(environment_id: Any, user_id: Any) -> ColumnElement[int]:
-    """The user's role on the environment as SQL (``darb_role``, repo/schema.sql):
-    NULL for none."""
-    return func.darb_role(environment_id, user_id)
+    """The user's role on the environment as SQL, NULL for none: a scalar subquery, which
+    PostgreSQL runs as a few index lookups per environment."""
+    members = visible_members(user_id).where(EnvironmentMember.environment_id == environment_id)
+    subquery = members.with_only_columns(func.max(EnvironmentMember.role))
+    return subquery.scalar_subquery()
 
 
 def caller_role(caller: User, stored: int | None) -> Role | None:
@@ -52,20 +54,25 @@ def require(role: Role | None, need: Role, environment_id: str) -> Role:
     return role
 
 
-def visible(user_id: Any) -> Select[tuple[str, int]]:
-    """(environment_id, role) of every environment the user has a role on, through any
-    member of its policy: the user, a group of theirs, or everyone."""
+def visible_members(user_id: Any) -> Select[tuple[str, int]]:
+    """(environment_id, role) of every membership that names the user, a group of
+    theirs, or everyone."""
     groups = select(GroupMember.group_id).where(GroupMember.user_id == user_id)
-    return (
-        select(EnvironmentMember.environment_id, func.max(EnvironmentMember.role).label("role"))
-        .where(
-            or_(
-                EnvironmentMember.user_id == user_id,
-                EnvironmentMember.group_id.in_(groups.scalar_subquery()),
-                EnvironmentMember.member_key == EVERYONE_KEY,
-            )
+    return select(EnvironmentMember.environment_id, EnvironmentMember.role).where(
+        or_(
+            EnvironmentMember.user_id == user_id,
+            EnvironmentMember.group_id.in_(groups.scalar_subquery()),
+            EnvironmentMember.member_key == EVERYONE_KEY,
         )
-        .group_by(EnvironmentMember.environment_id)
+    )
+
+
+def visible(user_id: Any) -> Select[tuple[str, int]]:
+    """(environment_id, role) of every environment the user has a role on: the highest
+    of its memberships'."""
+    members = visible_members(user_id).subquery()
+    return select(members.c.environment_id, func.max(members.c.role).label("role")).group_by(
+        members.c.environment_id
     )
 
 

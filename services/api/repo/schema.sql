@@ -40,19 +40,6 @@ CREATE TRIGGER environment_changed AFTER UPDATE OR DELETE ON environments
     FOR EACH ROW EXECUTE FUNCTION darb_environment_changed();
 
 
--- The role (1 viewer, 2 editor, 3 owner; darb.v1.Role) of a user on an environment: the
--- highest of the policy's members that name the user, one of the user's groups, or
--- everyone signed in; NULL for none. Admins are the caller's business.
-CREATE FUNCTION darb_role(p_environment_id varchar, p_user_id varchar) RETURNS smallint
-LANGUAGE sql STABLE AS $$
-    SELECT max(m.role) FROM environment_members AS m
-        WHERE m.environment_id = p_environment_id
-            AND (m.user_id = p_user_id OR m.member_key = 'all'
-                 OR m.group_id IN (SELECT g.group_id FROM group_members AS g
-                                       WHERE g.user_id = p_user_id))
-$$;
-
-
 -- A create in one call: lock the owner, count for the quotas, insert the environment,
 -- its creator as its owner (role 3, darb.v1.ROLE_OWNER) and its job, NOTIFY the dispatchers. Inside PL/pgSQL each statement takes a new snapshot
 -- (READ COMMITTED), so the counts come after the owner's lock and see a create that
