@@ -42,7 +42,7 @@ test: proto
 # Regenerates requirements.lock from pyproject.toml (needs the network to PyPI).
 lock: $(STAMP)
 	$(PY) -m pip install -q uv
-	$(VENV)/bin/uv pip compile pyproject.toml --extra dev --python-version 3.11 -o requirements.lock
+	$(VENV)/bin/uv pip compile pyproject.toml --extra dev --extra cli --python-version 3.11 -o requirements.lock
 
 clean:
 	rm -rf $(VENV) darb/v1 darb/executor $(GEN_STAMP) node_modules
