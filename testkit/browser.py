@@ -12,9 +12,11 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from selenium import webdriver
+from selenium.common.exceptions import WebDriverException
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
+from selenium.webdriver.remote.webelement import WebElement
 from selenium.webdriver.support.ui import WebDriverWait
 
 DESKTOP = (1280, 900)
@@ -61,11 +63,30 @@ def wait_for(chrome: WebDriver, condition: Callable[[WebDriver], T], timeout: fl
     return result
 
 
+def follow(chrome: WebDriver, element: WebElement, confirm: bool = False) -> None:
+    """Clicks a link or a form's button and waits until the next page has loaded (a click
+    returns before the browser has even left the current page). ``confirm`` accepts the
+    confirmation dialog the click opens first."""
+    chrome.execute_script("window.darbLeaving = true;")
+    element.click()
+    if confirm:
+        wait_for(chrome, lambda c: c.switch_to.alert).accept()
+
+    def arrived(c: WebDriver) -> bool:
+        try:
+            script = "return !window.darbLeaving && document.readyState === 'complete'"
+            return bool(c.execute_script(script))
+        except WebDriverException:  # between the two documents
+            return False
+
+    wait_for(chrome, arrived)
+
+
 def sign_in(chrome: WebDriver, base_url: str, username: str, password: str) -> None:
     chrome.get(f"{base_url}/login")
     chrome.find_element(By.ID, "username").send_keys(username)
     chrome.find_element(By.ID, "password").send_keys(password)
-    chrome.find_element(By.ID, "sign-in").click()
+    follow(chrome, chrome.find_element(By.ID, "sign-in"))
     wait_for(chrome, lambda c: c.find_elements(By.ID, "current-user"))
 
 

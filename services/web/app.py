@@ -206,8 +206,13 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
         return await handler(request)
     except web.HTTPNotFound:
         return await _error_page(request, 404, "Not found", "There is no such page.")
-    except web.HTTPException:
-        raise
+    except web.HTTPForbidden:
+        message = "This page is for administrators."
+        return await _error_page(request, 403, "Forbidden", message)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        return await _error_page(request, exc.status, exc.reason, "")
     except grpc.aio.AioRpcError as exc:
         if exc.code() == grpc.StatusCode.UNAUTHENTICATED:
             raise _to_login(request) from None

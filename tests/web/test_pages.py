@@ -55,7 +55,7 @@ def test_sign_in_shows_the_user_everywhere_and_sign_out(
     assert "/login" in chrome.current_url  # not signed in: the sign-in page
     chrome.find_element(By.ID, "username").send_keys(user.user.username)
     chrome.find_element(By.ID, "password").send_keys("wrong-password")
-    chrome.find_element(By.ID, "sign-in").click()
+    browser.follow(chrome, chrome.find_element(By.ID, "sign-in"))
     assert "Wrong username or password" in chrome.find_element(By.ID, "error").text
 
     browser.sign_in(chrome, stack.url, user.user.username, PASSWORD)
@@ -64,7 +64,7 @@ def test_sign_in_shows_the_user_everywhere_and_sign_out(
     for path in ("/environments", "/jobs", "/groups", "/environments/new"):
         chrome.get(stack.url + path)
         assert chrome.find_element(By.ID, "current-user").text == user.user.username
-    chrome.find_element(By.ID, "sign-out").click()
+    browser.follow(chrome, chrome.find_element(By.ID, "sign-out"))
     browser.wait_for(chrome, lambda c: "/login" in c.current_url)
     chrome.get(f"{stack.url}/environments")
     assert "/login" in chrome.current_url
@@ -76,12 +76,12 @@ def test_create_from_the_form_and_watch_the_job_live(
     chrome = signed_in
     channel, package = slow_channel
     chrome.get(f"{stack.url}/environments")
-    chrome.find_element(By.ID, "new-environment").click()
+    browser.follow(chrome, chrome.find_element(By.ID, "new-environment"))
 
     # The server's refusal is shown next to the form, as text.
     chrome.find_element(By.ID, "name").send_keys("Not<Valid>")
     chrome.find_element(By.ID, "packages").send_keys("acme-core")
-    chrome.find_element(By.ID, "create").click()
+    browser.follow(chrome, chrome.find_element(By.ID, "create"))
     error = chrome.find_element(By.ID, "create-error").text
     assert "Not<Valid>" in error and "a-z" in error
 
@@ -93,7 +93,7 @@ def test_create_from_the_form_and_watch_the_job_live(
     packages = chrome.find_element(By.ID, "packages")
     packages.clear()
     packages.send_keys(package)
-    chrome.find_element(By.ID, "create").click()
+    browser.follow(chrome, chrome.find_element(By.ID, "create"))
     browser.wait_for(chrome, lambda c: "/jobs/" in c.current_url)
     # A marker in the page's window: it survives only if the page is never reloaded.
     chrome.execute_script("window.darbMarker = 'same page';")
@@ -107,7 +107,7 @@ def test_create_from_the_form_and_watch_the_job_live(
     assert chrome.find_element(By.ID, "elapsed").text.endswith("s")
     assert not chrome.find_element(By.ID, "cancel-form").is_displayed()
 
-    chrome.find_element(By.LINK_TEXT, name).click()
+    browser.follow(chrome, chrome.find_element(By.LINK_TEXT, name))
     assert chrome.find_element(By.ID, "env-status").text == "ready"
     assert package in _installed(chrome)
 
@@ -117,7 +117,7 @@ def test_install_and_remove_packages(signed_in: WebDriver, stack: Stack, user: C
     environment = _ready_env(user, ["acme-core"])
     chrome.get(f"{stack.url}/environments/{environment.id}")
     chrome.find_element(By.ID, "install-packages").send_keys("acme-extras")
-    chrome.find_element(By.ID, "install").click()
+    browser.follow(chrome, chrome.find_element(By.ID, "install"))
     _wait_job_done(chrome)
     chrome.get(f"{stack.url}/environments/{environment.id}")
     assert {"acme-core", "acme-utils", "acme-extras"} <= _installed(chrome)
@@ -138,7 +138,9 @@ def test_install_and_remove_packages(signed_in: WebDriver, stack: Stack, user: C
     ]
     assert names == sorted(names, reverse=True)
 
-    chrome.find_element(By.CSS_SELECTOR, "button.remove[data-package='acme-extras']").click()
+    browser.follow(
+        chrome, chrome.find_element(By.CSS_SELECTOR, "button.remove[data-package='acme-extras']")
+    )
     _wait_job_done(chrome)
     chrome.get(f"{stack.url}/environments/{environment.id}")
     assert "acme-extras" not in _installed(chrome)
@@ -162,14 +164,14 @@ def test_diff_of_two_versions_and_rollback(
     assert user.user.username in rows[0].text and "acme-utils" in rows[0].text
     Select(chrome.find_element(By.ID, "diff-from")).select_by_value("1")
     Select(chrome.find_element(By.ID, "diff-to")).select_by_value("2")
-    chrome.find_element(By.ID, "compare").click()
+    browser.follow(chrome, chrome.find_element(By.ID, "compare"))
     added = chrome.find_elements(By.CSS_SELECTOR, "#diff-packages li.added")
     assert [item.get_attribute("data-name") for item in added] == ["acme-utils"]
     assert "acme-utils" in chrome.find_element(By.ID, "diff").text
 
-    chrome.find_element(By.CSS_SELECTOR, "tr[data-version='1'] a.rollback").click()
+    browser.follow(chrome, chrome.find_element(By.CSS_SELECTOR, "tr[data-version='1'] a.rollback"))
     assert "version 1" in chrome.find_element(By.TAG_NAME, "h1").text  # the confirmation
-    chrome.find_element(By.ID, "confirm-rollback").click()
+    browser.follow(chrome, chrome.find_element(By.ID, "confirm-rollback"))
     browser.wait_for(chrome, lambda c: "/jobs/" in c.current_url)
     _wait_job_done(chrome)
     assert "rollback" in chrome.find_element(By.TAG_NAME, "h1").text
@@ -191,7 +193,7 @@ def test_share_with_a_second_user(
     Select(chrome.find_element(By.ID, "share-kind")).select_by_value("user")
     chrome.find_element(By.ID, "share-name").send_keys(other.user.username)
     Select(chrome.find_element(By.ID, "share-role")).select_by_value("editor")
-    chrome.find_element(By.ID, "share").click()
+    browser.follow(chrome, chrome.find_element(By.ID, "share"))
     row = chrome.find_element(By.CSS_SELECTOR, f"tr[data-member='user:{other.user.username}']")
     assert row.find_element(By.CLASS_NAME, "role").text == "editor"
 
@@ -212,9 +214,12 @@ def test_share_with_a_second_user(
 
     # The owner removes them: their page is then a 404, as for any environment they
     # may not see.
-    chrome.find_element(
-        By.CSS_SELECTOR, f"tr[data-member='user:{other.user.username}'] button.remove-member"
-    ).click()
+    browser.follow(
+        chrome,
+        chrome.find_element(
+            By.CSS_SELECTOR, f"tr[data-member='user:{other.user.username}'] button.remove-member"
+        ),
+    )
     second_chrome.get(f"{stack.url}/environments/{environment.id}")
     assert second_chrome.find_element(By.ID, "error-title").text == "Not found"
 

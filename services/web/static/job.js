@@ -94,6 +94,11 @@
       var bar = $("progress-bar");
       box.hidden = false;
       $("progress-phase").textContent = progress.phase;
+      var phases = root.dataset.phases ? root.dataset.phases.split(",") : [];
+      if (phases.indexOf(progress.phase) === -1) {
+        phases.push(progress.phase);
+        root.dataset.phases = phases.join(",");  // the phases seen, in order
+      }
       var done = progress.bytes_total ? progress.bytes_done : progress.packages_done;
       var total = progress.bytes_total || progress.packages_total;
       if (total) {

@@ -1,0 +1,266 @@
+"""More of the web UI in headless Chromium: lists and filters, imports, progress and
+cancel, users and groups, several copies of the web process."""
+
+from __future__ import annotations
+
+import re
+import urllib.error
+import urllib.parse
+import urllib.request
+import uuid
+from pathlib import Path
+
+from selenium.webdriver.common.by import By
+from selenium.webdriver.remote.webdriver import WebDriver
+from selenium.webdriver.support.ui import Select
+
+from darb.v1 import common_pb2, environments_pb2
+from testkit import browser
+from testkit.agent import AgentProcess
+from testkit.control_plane import ADMIN_PASSWORD, Client
+from testkit.web import start_web
+from tests.web.conftest import PASSWORD, Stack
+
+
+def _name(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:8]}"
+
+
+def _listed(chrome: WebDriver) -> set[str]:
+    links = chrome.find_elements(By.CSS_SELECTOR, "#environments a.env-link")
+    return {link.text for link in links}
+
+
+def _wait_ended(chrome: WebDriver) -> str:
+    browser.wait_for(
+        chrome, lambda c: c.find_element(By.ID, "job").get_attribute("data-stream") == "ended"
+    )
+    return chrome.find_element(By.ID, "job-status").text
+
+
+class NoRedirect(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *args: object, **kwargs: object) -> None:
+        return None
+
+
+def test_the_list_filters_by_status_name_and_owner(
+    signed_in: WebDriver, stack: Stack, user: Client
+) -> None:
+    chrome = signed_in
+    good, bad = _name("good"), _name("bad")
+    ready = user.create(good, ["acme-core"])
+    failed = user.create(bad, ["acme-broken"])
+    user.wait(ready.job.id)
+    assert user.wait(failed.job.id).status == common_pb2.JOB_STATUS_FAILED
+
+    chrome.get(f"{stack.url}/environments")
+    assert {good, bad} <= _listed(chrome)
+    row = chrome.find_element(By.CSS_SELECTOR, f"tr[data-env-id='{failed.environment.id}']")
+    assert row.find_element(By.CSS_SELECTOR, ".badge").text == "failed"
+    assert row.find_element(By.CLASS_NAME, "role").text == "owner"
+
+    Select(chrome.find_element(By.NAME, "status")).select_by_value("FAILED")
+    browser.follow(chrome, chrome.find_element(By.CSS_SELECTOR, "#filters button"))
+    assert _listed(chrome) == {bad}
+    chrome.get(f"{stack.url}/environments?name={good}&scope=mine")
+    assert _listed(chrome) == {good}
+    chrome.get(f"{stack.url}/environments?scope=shared")
+    assert not _listed(chrome) & {good, bad}
+
+    # A failed create: its page shows the error at the top.
+    chrome.get(f"{stack.url}/jobs/{failed.job.id}")
+    assert _wait_ended(chrome) == "failed"
+    assert "acme-broken" in chrome.find_element(By.ID, "job-error").text
+
+
+def test_import_a_pixi_toml_with_its_lock_and_an_environment_yml(
+    signed_in: WebDriver, stack: Stack, user: Client, tmp_path: Path
+) -> None:
+    chrome = signed_in
+    source = user.create(_name("source"), ["acme-core ==1.0", "acme-utils"])
+    assert user.wait(source.job.id).status == common_pb2.JOB_STATUS_COMPLETED
+    export = user.call(
+        user.envs.ExportEnvironment,
+        environments_pb2.ExportEnvironmentRequest(id=source.environment.id),
+    )
+    (tmp_path / "pixi.toml").write_text(export.manifest)
+    (tmp_path / "pixi.lock").write_text(export.lockfile)
+
+    chrome.get(f"{stack.url}/environments/new")
+    copy = _name("copy")
+    chrome.find_element(By.ID, "name").send_keys(copy)
+    chrome.find_element(By.ID, "import-file").send_keys(str(tmp_path / "pixi.toml"))
+    chrome.find_element(By.ID, "lockfile").send_keys(str(tmp_path / "pixi.lock"))
+    browser.follow(chrome, chrome.find_element(By.ID, "create"))
+    assert _wait_ended(chrome) == "completed"
+    browser.follow(chrome, chrome.find_element(By.LINK_TEXT, copy))
+    versions = {
+        row.get_attribute("data-name"): row.find_elements(By.TAG_NAME, "td")[1].text
+        for row in chrome.find_elements(By.CSS_SELECTOR, "#packages tbody tr")
+    }
+    assert versions == {"acme-core": "1.0", "acme-utils": "1.0"}
+
+    channel = source.environment.channels[0]
+    (tmp_path / "environment.yml").write_text(
+        f"name: from-yml\nchannels:\n  - {channel}\ndependencies:\n  - acme-tool\n"
+    )
+    chrome.get(f"{stack.url}/environments/new")
+    from_yml = _name("yml")
+    chrome.find_element(By.ID, "name").send_keys(from_yml)
+    chrome.find_element(By.ID, "import-file").send_keys(str(tmp_path / "environment.yml"))
+    browser.follow(chrome, chrome.find_element(By.ID, "create"))
+    assert _wait_ended(chrome) == "completed"
+    browser.follow(chrome, chrome.find_element(By.LINK_TEXT, from_yml))
+    assert "acme-tool" in {
+        row.get_attribute("data-name")
+        for row in chrome.find_elements(By.CSS_SELECTOR, "#packages tbody tr")
+    }
+
+
+def test_progress_shows_while_a_job_runs_and_cancel_stops_it(
+    signed_in: WebDriver, stack: Stack, user: Client, web_agent: AgentProcess
+) -> None:
+    chrome = signed_in
+    created = user.create(_name("big"), ["acme-core"])
+    assert user.wait(created.job.id).status == common_pb2.JOB_STATUS_COMPLETED
+    web_agent.evict_cached("acme-big")  # installing it takes seconds again
+    chrome.get(f"{stack.url}/environments/{created.environment.id}")
+    chrome.find_element(By.ID, "install-packages").send_keys("acme-big")
+    browser.follow(chrome, chrome.find_element(By.ID, "install"))
+    browser.wait_for(chrome, lambda c: "/jobs/" in c.current_url)
+    job = chrome.find_element(By.ID, "job")
+    browser.wait_for(chrome, lambda c: job.get_attribute("data-phases"))
+    assert chrome.find_element(By.ID, "progress").is_displayed()
+    assert chrome.find_element(By.ID, "progress-phase").text
+    browser.follow(chrome, chrome.find_element(By.ID, "cancel"))
+    assert _wait_ended(chrome) == "cancelled"
+    assert not chrome.find_element(By.ID, "progress").is_displayed()
+
+    chrome.get(f"{stack.url}/jobs")
+    rows = chrome.find_elements(By.CSS_SELECTOR, "#job-list tbody tr")
+    assert rows[0].find_element(By.CSS_SELECTOR, ".badge").text == "cancelled"  # newest first
+    assert "acme-big" in rows[0].text
+
+
+def test_admins_manage_users(chrome: WebDriver, stack: Stack, user: Client) -> None:
+    browser.sign_in(chrome, stack.url, user.user.username, PASSWORD)
+    assert not chrome.find_elements(By.LINK_TEXT, "Users")  # not an admin
+    chrome.get(f"{stack.url}/admin/users")
+    assert chrome.find_element(By.ID, "error-title").text == "Forbidden"
+    chrome.delete_all_cookies()
+
+    browser.sign_in(chrome, stack.url, "admin", ADMIN_PASSWORD)
+    browser.follow(chrome, chrome.find_element(By.LINK_TEXT, "Users"))
+    newcomer = f"n{uuid.uuid4().hex[:10]}"
+    chrome.find_element(By.ID, "new-username").send_keys(newcomer)
+    chrome.find_element(By.ID, "new-password").send_keys("a-good-password")
+    browser.follow(chrome, chrome.find_element(By.CSS_SELECTOR, "#create-user button"))
+    row = f"tr[data-username='{newcomer}']"
+    browser.follow(
+        chrome, chrome.find_element(By.CSS_SELECTOR, f"{row} button[value='make-admin']")
+    )
+    assert chrome.find_elements(By.CSS_SELECTOR, f"{row} button[value='revoke-admin']")
+    browser.follow(chrome, chrome.find_element(By.CSS_SELECTOR, f"{row} button[value='disable']"))
+    assert chrome.find_elements(By.CSS_SELECTOR, f"{row} button[value='enable']")
+
+    # The same username again: the server's message, readable.
+    chrome.find_element(By.ID, "new-username").send_keys(newcomer)
+    chrome.find_element(By.ID, "new-password").send_keys("a-good-password")
+    browser.follow(chrome, chrome.find_element(By.CSS_SELECTOR, "#create-user button"))
+    assert newcomer in chrome.find_element(By.ID, "error").text
+
+    chrome.delete_all_cookies()
+    chrome.get(f"{stack.url}/login")
+    chrome.find_element(By.ID, "username").send_keys(newcomer)
+    chrome.find_element(By.ID, "password").send_keys("a-good-password")
+    browser.follow(chrome, chrome.find_element(By.ID, "sign-in"))
+    assert chrome.find_element(By.ID, "error").text  # disabled: cannot sign in
+
+
+def test_groups_and_sharing_with_a_group(signed_in: WebDriver, stack: Stack, user: Client) -> None:
+    chrome = signed_in
+    member = stack.api.new_user()
+    group = f"g{uuid.uuid4().hex[:10]}"
+    chrome.get(f"{stack.url}/groups")
+    chrome.find_element(By.ID, "group-name").send_keys(group)
+    browser.follow(chrome, chrome.find_element(By.CSS_SELECTOR, "#create-group button"))
+    browser.wait_for(chrome, lambda c: c.current_url.endswith(f"/groups/{group}"))
+    chrome.find_element(By.ID, "member-name").send_keys(member.user.username)
+    browser.follow(chrome, chrome.find_element(By.CSS_SELECTOR, "#add-member button"))
+    row = f"#group-members tr[data-username='{member.user.username}']"
+    assert chrome.find_elements(By.CSS_SELECTOR, row)
+
+    environment = user.create(_name("team"), ["acme-core"]).environment
+    chrome.get(f"{stack.url}/environments/{environment.id}/sharing")
+    Select(chrome.find_element(By.ID, "share-kind")).select_by_value("group")
+    chrome.find_element(By.ID, "share-name").send_keys(group)
+    Select(chrome.find_element(By.ID, "share-role")).select_by_value("viewer")
+    browser.follow(chrome, chrome.find_element(By.ID, "share"))
+    shared = chrome.find_element(By.CSS_SELECTOR, f"tr[data-member='group:{group}']")
+    assert shared.find_element(By.CLASS_NAME, "role").text == "viewer"
+    # A stale page (another owner changed the policy since) is refused, not overwritten.
+    stale_etag = chrome.find_element(By.CSS_SELECTOR, "#share-form input[name=etag]")
+    chrome.execute_script("arguments[0].value = 'stale'", stale_etag)
+    chrome.find_element(By.ID, "share-name").send_keys("someone")
+    browser.follow(chrome, chrome.find_element(By.ID, "share"))
+    assert "changed the sharing meanwhile" in chrome.find_element(By.ID, "error").text
+
+    chrome.get(f"{stack.url}/groups/{group}")
+    browser.follow(chrome, chrome.find_element(By.CSS_SELECTOR, f"{row} button"))
+    assert not chrome.find_elements(By.CSS_SELECTOR, row)
+    delete = chrome.find_element(By.CSS_SELECTOR, "form.danger-zone button")
+    browser.follow(chrome, delete, confirm=True)  # after the confirmation dialog
+    browser.wait_for(chrome, lambda c: c.current_url.endswith("/groups"))
+    assert group not in chrome.find_element(By.ID, "groups").text
+
+
+def test_several_copies_serve_one_session(
+    signed_in: WebDriver, stack: Stack, user: Client, tmp_path: Path
+) -> None:
+    """The web process keeps nothing: a page from one copy posts to another."""
+    created = user.create(_name("copies"), ["acme-core"])
+    user.wait(created.job.id)
+    environment = created.environment
+    other = start_web(stack.api.addr, tmp_path / "web2.log")
+    try:
+        session = signed_in.get_cookie("darb_session")
+        assert session is not None
+        cookie = f"darb_session={session['value']}"
+        page = urllib.request.Request(
+            f"{stack.url}/environments/{environment.id}", headers={"Cookie": cookie}
+        )
+        with urllib.request.urlopen(page) as response:
+            html = response.read().decode()
+        match = re.search(r'name="csrf" value="([0-9a-f]+)"', html)
+        assert match is not None
+        form = urllib.parse.urlencode({"csrf": match.group(1), "packages": "acme-utils"})
+        post = urllib.request.Request(
+            f"{other.url}/environments/{environment.id}/install",
+            data=form.encode(),
+            headers={"Cookie": cookie, "Content-Type": "application/x-www-form-urlencoded"},
+            method="POST",
+        )
+        try:
+            urllib.request.build_opener(NoRedirect).open(post)
+            raise AssertionError("expected a redirect to the job")
+        except urllib.error.HTTPError as exc:
+            assert exc.code == 302 and exc.headers["Location"].startswith("/jobs/")
+        signed_in.get(f"{other.url}/environments")
+        assert signed_in.find_element(By.ID, "current-user").text == user.user.username
+    finally:
+        other.stop()
+
+
+def test_a_stale_session_goes_to_sign_in_and_404_is_a_404(
+    chrome: WebDriver, stack: Stack, browser_available: None
+) -> None:
+    chrome.get(f"{stack.url}/login")
+    chrome.add_cookie({"name": "darb_session", "value": "not-a-token", "path": "/"})
+    chrome.get(f"{stack.url}/environments")
+    assert "/login" in chrome.current_url
+    try:
+        urllib.request.urlopen(f"{stack.url}/no/such/page")
+        raise AssertionError("expected 404")
+    except urllib.error.HTTPError as exc:
+        assert exc.code == 404
+        assert "Traceback" not in exc.read().decode()
