@@ -232,13 +232,22 @@ def test_a_log_line_of_html_shows_as_text(signed_in: WebDriver, stack: Stack, us
     created = user.create(_name("xss"), ["acme-core"])
     assert user.wait(created.job.id).status == common_pb2.JOB_STATUS_COMPLETED
     with psycopg.connect(libpq_url(stack.database_url)) as conn:
-        conn.execute(
-            "INSERT INTO job_log_lines (job_id, seq, stream, time, text)"
-            " SELECT %s, max(seq) + 1, 'stderr', now(), %s FROM job_log_lines WHERE job_id = %s",
-            (created.job.id, XSS, created.job.id),
-        )
+        # Enough lines to scroll, then the HTML one.
+        for text, stream in [*((f"filler {n}", "stdout") for n in range(200)), (XSS, "stderr")]:
+            conn.execute(
+                "INSERT INTO job_log_lines (job_id, seq, stream, time, text)"
+                " SELECT %s, max(seq) + 1, %s, now(), %s FROM job_log_lines WHERE job_id = %s",
+                (created.job.id, stream, text, created.job.id),
+            )
     chrome.get(f"{stack.url}/jobs/{created.job.id}")
     _wait_job_done(chrome)
+    # The log followed its end; scrolling up stops that.
+    log = chrome.find_element(By.ID, "log")
+    at_end = "return arguments[0].scrollTop + arguments[0].clientHeight"
+    assert chrome.execute_script(at_end, log) >= log.get_property("scrollHeight") - 8
+    chrome.execute_script("arguments[0].scrollTop = 0", log)
+    job = chrome.find_element(By.ID, "job")
+    browser.wait_for(chrome, lambda c: job.get_attribute("data-follow") == "no")
     lines = chrome.find_elements(By.CSS_SELECTOR, "#log .line")
     assert lines[-1].text == XSS
     assert "stderr" in (lines[-1].get_attribute("class") or "")
