@@ -248,7 +248,10 @@ async def csrf_middleware(request: web.Request, handler: Handler) -> web.StreamR
 
 
 def _safe_next(target: str) -> str:
-    return target if target.startswith("/") and not target.startswith("//") else "/"
+    """Only a path of this site: never ``//host`` or ``/\\host``, which browsers read as
+    another site."""
+    local = target.startswith("/") and not target.startswith(("//", "/\\"))
+    return target if local and "\\" not in target else "/"
 
 
 async def login_page(request: web.Request) -> web.Response:
