@@ -19,6 +19,7 @@ from darb.v1 import (
     users_pb2_grpc,
 )
 from shared.config import WebSettings
+from shared.tls import channel_credentials
 
 # Readable words for the gRPC codes a page can meet, with the HTTP status to answer.
 ERRORS: dict[grpc.StatusCode, tuple[int, str]] = {
@@ -58,13 +59,8 @@ class Api:
     """One channel to the control plane for the whole process; calls carry the token."""
 
     def __init__(self, settings: WebSettings) -> None:
-        tls = settings.tls
-        if tls.ca is not None:
-            credentials = grpc.ssl_channel_credentials(
-                tls.ca.read_bytes(),
-                tls.key.read_bytes() if tls.key else None,
-                tls.cert.read_bytes() if tls.cert else None,
-            )
+        credentials = channel_credentials(settings.tls)  # the rule of every darb client
+        if credentials is not None:
             self.channel = grpc.aio.secure_channel(settings.api_addr, credentials)
         else:
             self.channel = grpc.aio.insecure_channel(settings.api_addr)
