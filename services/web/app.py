@@ -711,15 +711,33 @@ async def jobs_page(request: web.Request) -> web.Response:
     await current_user(request)
     page = request.query.get("page", "")
     message = jobs_pb2.ListJobsRequest(page_size=PAGE_SIZE, page_token=page)
-    response = await call(request, api(request).jobs.ListJobs, message)
+    response, names = await asyncio.gather(
+        call(request, api(request).jobs.ListJobs, message), environment_names(request)
+    )
     next_page = response.next_page_token
     return render(
         request,
         "jobs.html",
         nav="jobs",
         jobs=list(response.jobs),
+        names=names,
         next_url=f"/jobs?{urlencode({'page': next_page})}" if next_page else "",
     )
+
+
+async def environment_names(request: web.Request) -> dict[str, str]:
+    """id -> name of the environments the caller sees (the first pages), for job lists."""
+    names: dict[str, str] = {}
+    page = ""
+    for _ in range(5):
+        message = environments_pb2.ListEnvironmentsRequest(page_size=200, page_token=page)
+        response = await _optional(request, api(request).envs.ListEnvironments, message)
+        if response is None:
+            break
+        names.update((env.id, env.name) for env in response.environments)
+        if not (page := response.next_page_token):
+            break
+    return names
 
 
 async def job_page(request: web.Request) -> web.Response:

@@ -85,10 +85,13 @@ def stack(
 
 @pytest.fixture(scope="session")
 def browser_available() -> None:
+    missing = ""
     try:
         browser.find_browser()
     except RuntimeError as exc:
-        pytest.fail(str(exc), pytrace=False)
+        missing = str(exc)
+    if missing:  # fail, never skip: CI must have the browser
+        pytest.fail(missing, pytrace=False)
 
 
 @pytest.fixture

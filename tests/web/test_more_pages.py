@@ -121,7 +121,8 @@ def test_progress_shows_while_a_job_runs_and_cancel_stops_it(
     signed_in: WebDriver, stack: Stack, user: Client, web_agent: AgentProcess
 ) -> None:
     chrome = signed_in
-    created = user.create(_name("big"), ["acme-core"])
+    name = _name("big")
+    created = user.create(name, ["acme-core"])
     assert user.wait(created.job.id).status == common_pb2.JOB_STATUS_COMPLETED
     web_agent.evict_cached("acme-big")  # installing it takes seconds again
     chrome.get(f"{stack.url}/environments/{created.environment.id}")
@@ -139,7 +140,7 @@ def test_progress_shows_while_a_job_runs_and_cancel_stops_it(
     chrome.get(f"{stack.url}/jobs")
     rows = chrome.find_elements(By.CSS_SELECTOR, "#job-list tbody tr")
     assert rows[0].find_element(By.CSS_SELECTOR, ".badge").text == "cancelled"  # newest first
-    assert "acme-big" in rows[0].text
+    assert "acme-big" in rows[0].text and name in rows[0].text
 
 
 def test_admins_manage_users(chrome: WebDriver, stack: Stack, user: Client) -> None:
