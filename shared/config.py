@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 DEFAULT_API_ADDR = "127.0.0.1:50051"
@@ -45,6 +45,25 @@ def _number(env: Mapping[str, str], name: str, default: float, minimum: float = 
         raise ConfigError(f"{name} must be a number, got {raw!r}") from exc
     if value < minimum:
         raise ConfigError(f"{name} must be at least {minimum}, got {raw!r}")
+    return value
+
+
+_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def _duration(env: Mapping[str, str], name: str, default: float) -> float:
+    """Seconds, given as a number of seconds or with a unit: ``90s``, ``15m``, ``12h``, ``30d``."""
+    raw = env.get(name, "").strip().lower()
+    if not raw:
+        return default
+    unit = _DURATION_UNITS.get(raw[-1])
+    number = raw[:-1] if unit else raw
+    try:
+        value = float(number) * (unit or 1)
+    except ValueError as exc:
+        raise ConfigError(f"{name} must be seconds or a duration like 30d, got {raw!r}") from exc
+    if value < 0:
+        raise ConfigError(f"{name} must not be negative, got {raw!r}")
     return value
 
 
@@ -112,6 +131,7 @@ class ExecutorSettings:
     tls: TlsSettings = TlsSettings()
     max_packages_per_request: int = DEFAULT_MAX_PACKAGES_PER_REQUEST
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+    disk: DiskSettings = field(default_factory=lambda: DiskSettings())
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> ExecutorSettings:
@@ -139,6 +159,28 @@ class ExecutorSettings:
             max_message_bytes=int(
                 _number(env, "DARB_MAX_MESSAGE_BYTES", DEFAULT_MAX_MESSAGE_BYTES, minimum=1024)
             ),
+            disk=DiskSettings.from_env(env),
+        )
+
+
+@dataclass(frozen=True)
+class DiskSettings:
+    """The agent's disk bounds: the package-cache sweep (``pkg_cache_max_age`` and
+    ``pkg_cache_sweep_interval`` in seconds; an interval of 0 turns the scheduled sweep
+    off) and the free space a create, install or apply needs (0: no check)."""
+
+    pkg_cache_max_age: float = 30 * 86400
+    pkg_cache_sweep_interval: float = 3600
+    min_free_bytes: int = 1024**3
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> DiskSettings:
+        return cls(
+            pkg_cache_max_age=_duration(env, "DARB_PKG_CACHE_MAX_AGE", cls.pkg_cache_max_age),
+            pkg_cache_sweep_interval=_duration(
+                env, "DARB_PKG_CACHE_SWEEP_INTERVAL", cls.pkg_cache_sweep_interval
+            ),
+            min_free_bytes=int(_number(env, "DARB_MIN_FREE_BYTES", cls.min_free_bytes)),
         )
 
 
@@ -217,6 +259,10 @@ class ApiSettings:
     limits: ApiLimits = ApiLimits()
     metrics_addr: str = ""
     processes: int = 1
+    # Job logs of jobs that ended longer ago are dropped (0: kept forever), checked
+    # every ``log_retention_interval`` seconds.
+    log_retention_days: float = 0
+    log_retention_interval: float = 3600
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> ApiSettings:
@@ -256,6 +302,8 @@ class ApiSettings:
             limits=ApiLimits.from_env(env),
             metrics_addr=_text(env, "DARB_METRICS_ADDR", ""),
             processes=processes,
+            log_retention_days=_number(env, "DARB_LOG_RETENTION_DAYS", 0),
+            log_retention_interval=_duration(env, "DARB_LOG_RETENTION_INTERVAL", 3600) or 3600,
         )
 
 

@@ -9,8 +9,10 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from rattler import Platform
 
-from darb.executor.v1 import executor_pb2, executor_pb2_grpc
+from darb.executor.v1 import disk_pb2, disk_pb2_grpc, executor_pb2, executor_pb2_grpc
 from services.executor.auth import AgentTokenInterceptor
+from services.executor.disk import DiskKeeper
+from services.executor.disk_service import DiskServicer
 from services.executor.engines import available_engines
 from services.executor.engines.base import Engine
 from services.executor.engines.builtin import BuiltinEngine
@@ -23,6 +25,7 @@ from shared.tls import add_port
 
 log = logging.getLogger(__name__)
 SERVICE_NAME = executor_pb2.DESCRIPTOR.services_by_name["ExecutorService"].full_name
+DISK_SERVICE_NAME = disk_pb2.DESCRIPTOR.services_by_name["DiskService"].full_name
 SHUTDOWN_GRACE_SECONDS = 5.0
 # After the grace, what the repairs of the operations stopped then get (ExecutorServicer.stop).
 REPAIR_SECONDS = 2.0
@@ -54,21 +57,24 @@ async def serve(settings: ExecutorSettings) -> None:
     builtin, engines = build_engines(layout, platform)
     builtin.start()
     engine_name = choose_engine(settings.engine, engines)
-    servicer = ExecutorServicer(settings, layout, platform, engines, engine_name)
+    disk = DiskKeeper(layout, settings.disk)
+    servicer = ExecutorServicer(settings, layout, platform, disk.gated(engines), engine_name, disk)
     interceptors = [AgentTokenInterceptor(settings.token)] if settings.token else []
     server = grpc.aio.server(
         interceptors=interceptors,
         options=[("grpc.max_receive_message_length", settings.max_message_bytes)],
     )
     executor_pb2_grpc.add_ExecutorServiceServicer_to_server(servicer, server)
+    disk_pb2_grpc.add_DiskServiceServicer_to_server(DiskServicer(disk), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
-        (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+        (SERVICE_NAME, DISK_SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
     )
     host = settings.addr.rsplit(":", 1)[0]
     port = add_port(server, settings.addr, settings.tls)
     await server.start()
+    disk.start()
     for name in ("", SERVICE_NAME):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     settle_heap()
@@ -85,4 +91,5 @@ async def serve(settings: ExecutorSettings) -> None:
     await health_servicer.enter_graceful_shutdown()
     await server.stop(SHUTDOWN_GRACE_SECONDS)
     await servicer.stop(REPAIR_SECONDS)
+    await disk.stop()
     await builtin.close()

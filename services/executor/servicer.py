@@ -28,6 +28,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from darb.executor.v1 import executor_pb2 as pb
 from darb.executor.v1 import executor_pb2_grpc
 from services.executor.builtin_worker.progress import Report
+from services.executor.disk import DiskKeeper
 from services.executor.engines.base import Engine, Operation
 from services.executor.errors import maps_errors
 from services.executor.locks import stage_lock
@@ -86,7 +87,9 @@ class ExecutorServicer(executor_pb2_grpc.ExecutorServiceServicer):
         platform: str,
         engines: dict[str, Engine],
         engine_name: str,
+        disk: DiskKeeper | None = None,
     ) -> None:
+        self._disk = disk  # the free-space check and GetInfo's disk figures
         self._settings = settings
         self._layout = layout
         self._platform = platform
@@ -106,6 +109,8 @@ class ExecutorServicer(executor_pb2_grpc.ExecutorServiceServicer):
             platform=self._platform,
             engines=sorted(self._engines),
             engine=self._engine_name,
+            free_bytes=self._disk.free() if self._disk else 0,
+            package_cache_bytes=self._disk.cache_bytes if self._disk else -1,
         )
 
     @maps_errors
@@ -240,6 +245,8 @@ class ExecutorServicer(executor_pb2_grpc.ExecutorServiceServicer):
             raise Unavailable("the agent is stopping")
         if environment_id in self._busy:
             raise Aborted(f"another operation on environment {environment_id} is running")
+        if self._disk is not None:
+            self._disk.admit(operation.kind)  # RESOURCE_EXHAUSTED when the disk is full
         self._busy.add(environment_id)  # released by the work's task, or by its repair
         try:
             _check_preconditions(operation)
