@@ -265,3 +265,35 @@ def test_a_stale_session_goes_to_sign_in_and_404_is_a_404(
     except urllib.error.HTTPError as exc:
         assert exc.code == 404
         assert "Traceback" not in exc.read().decode()
+
+
+def test_export_and_delete_with_confirmation(
+    signed_in: WebDriver, stack: Stack, user: Client
+) -> None:
+    chrome = signed_in
+    name = _name("doomed")
+    created = user.create(name, ["acme-core"])
+    user.wait(created.job.id)
+    env_id = created.environment.id
+    chrome.get(f"{stack.url}/environments/{env_id}")
+
+    session = chrome.get_cookie("darb_session")
+    assert session is not None
+    for link, needle in (("export-manifest", "[workspace]"), ("export-lock", "packages:")):
+        href = chrome.find_element(By.ID, link).get_attribute("href")
+        assert href is not None
+        download = urllib.request.Request(
+            href, headers={"Cookie": f"darb_session={session['value']}"}
+        )
+        with urllib.request.urlopen(download) as response:
+            assert response.headers["Content-Disposition"].startswith("attachment")
+            assert needle in response.read().decode()
+
+    browser.follow(chrome, chrome.find_element(By.ID, "delete"))
+    assert name in chrome.find_element(By.TAG_NAME, "h1").text  # the confirmation page
+    assert user.get_env(env_id).status == common_pb2.ENVIRONMENT_STATUS_READY  # not yet
+    browser.follow(chrome, chrome.find_element(By.ID, "confirm-delete"))
+    assert _wait_ended(chrome) == "completed"
+    assert "delete" in chrome.find_element(By.TAG_NAME, "h1").text
+    chrome.get(f"{stack.url}/environments")
+    assert name not in _listed(chrome)
