@@ -31,6 +31,7 @@ from services.executor.builtin_worker.progress import Report
 from services.executor.disk import DiskKeeper
 from services.executor.engines.base import Engine, Operation
 from services.executor.errors import maps_errors
+from services.executor.fencing import SETTLE_SECONDS, Fences
 from services.executor.locks import stage_lock
 from services.executor.packages import (
     EnvironmentState,
@@ -96,6 +97,7 @@ class ExecutorServicer(executor_pb2_grpc.ExecutorServiceServicer):
         self._engines = engines
         self._engine_name = engine_name
         self._busy: set[str] = set()
+        self._fences = Fences(layout.data_dir)
         self._operations: set[Task] = set()
         self._repairs: set[Task] = set()
         self._stopping = False  # no operation starts any more
@@ -126,6 +128,7 @@ class ExecutorServicer(executor_pb2_grpc.ExecutorServiceServicer):
             channels=self._channels(request.channels),
             specs=self._specs(request.packages),
             platforms=self._with_host(validate_platforms(request.platforms)),
+            fence_token=request.fence_token,
         )
         async for message in self._operate(operation, pb.CreateEnvironmentResponse):
             yield message
@@ -146,7 +149,10 @@ class ExecutorServicer(executor_pb2_grpc.ExecutorServiceServicer):
         try:
             await asyncio.to_thread(stage_lock, staged, request.lockfile, self._platform, policy)
             operation = Operation(
-                "apply", workspace, name, channels, specs, platforms=platforms, lockfile=staged
+                *("apply", workspace, name, channels, specs),
+                platforms=platforms,
+                lockfile=staged,
+                fence_token=request.fence_token,
             )
             async for message in self._operate(operation, pb.ApplyLockResponse):
                 yield message
@@ -160,7 +166,10 @@ class ExecutorServicer(executor_pb2_grpc.ExecutorServiceServicer):
         self._check_count(request.packages)
         specs = parse_specs(list(request.packages), self._settings.channels)
         operation = Operation(
-            "install", self._workspace(request.environment_id), specs=tuple(s.text for s in specs)
+            "install",
+            self._workspace(request.environment_id),
+            specs=tuple(s.text for s in specs),
+            fence_token=request.fence_token,
         )
         async for message in self._operate(operation, pb.InstallPackagesResponse):
             yield message
@@ -173,7 +182,8 @@ class ExecutorServicer(executor_pb2_grpc.ExecutorServiceServicer):
             raise InvalidArgument("at least one package name is required")
         self._check_count(request.packages)
         names = tuple(validate_package_name(name) for name in request.packages)
-        operation = Operation("remove", self._workspace(request.environment_id), specs=names)
+        workspace = self._workspace(request.environment_id)
+        operation = Operation("remove", workspace, specs=names, fence_token=request.fence_token)
         async for message in self._operate(operation, pb.RemovePackagesResponse):
             yield message
 
@@ -181,7 +191,8 @@ class ExecutorServicer(executor_pb2_grpc.ExecutorServiceServicer):
     async def DeleteEnvironment(
         self, request: pb.DeleteEnvironmentRequest, context: Any
     ) -> AsyncIterator[pb.DeleteEnvironmentResponse]:
-        operation = Operation("delete", self._workspace(request.environment_id))
+        workspace = self._workspace(request.environment_id)
+        operation = Operation("delete", workspace, fence_token=request.fence_token)
         async for message in self._operate(operation, pb.DeleteEnvironmentResponse):
             yield message
 
@@ -194,6 +205,28 @@ class ExecutorServicer(executor_pb2_grpc.ExecutorServiceServicer):
             raise NotFound(f"environment {request.environment_id} does not exist")
         packages = await asyncio.to_thread(locked_packages, workspace, self._platform)
         return pb.ListPackagesResponse(packages=[_package_message(p) for p in packages])
+
+    @maps_errors
+    async def Fence(self, request: pb.FenceRequest, context: Any) -> pb.FenceResponse:
+        """A takeover (see ``fencing.py``): record the token, stop an older operation and
+        wait for its rollback, then report the environment as it is."""
+        workspace = self._workspace(request.environment_id)
+        environment_id = workspace.root.name
+        recorded = await self._fences.fence(
+            environment_id,
+            request.fence_token,
+            lambda: environment_id in self._busy,
+            SETTLE_SECONDS,
+        )
+        state = await asyncio.to_thread(read_state, workspace, self._platform)
+        return pb.FenceResponse(
+            fence_token=recorded,
+            exists=bool(state.manifest),
+            packages=[_package_message(p) for p in state.packages],
+            manifest=state.manifest,
+            lockfile=state.lockfile,
+            content_hash=state.content_hash,
+        )
 
     def _workspace(self, environment_id: str) -> Workspace:
         if not is_environment_id(environment_id):
@@ -248,6 +281,11 @@ class ExecutorServicer(executor_pb2_grpc.ExecutorServiceServicer):
         if self._disk is not None:
             self._disk.admit(operation.kind)  # RESOURCE_EXHAUSTED when the disk is full
         self._busy.add(environment_id)  # released by the work's task, or by its repair
+        try:  # the token is recorded before anything changes; a lower one is refused
+            await self._fences.admit(environment_id, operation.fence_token)
+        except BaseException:
+            self._busy.discard(environment_id)
+            raise
         try:
             _check_preconditions(operation)
         except Exception:
@@ -256,6 +294,7 @@ class ExecutorServicer(executor_pb2_grpc.ExecutorServiceServicer):
         stream = _LineStream(response_type)
         with _OperationLog(operation, engine.name, stream):
             work = self._start(self._operations, self._work(operation, engine, stream))
+            self._fences.track(environment_id, operation.fence_token, work)
             try:
                 async for message in stream.relay(work):
                     yield message

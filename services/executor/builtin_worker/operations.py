@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import secrets
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from services.executor.builtin_worker.manifest import Dependency, Manifest, depe
 from services.executor.builtin_worker.output import log, warn
 from services.executor.builtin_worker.progress import PROGRESS, Phase
 from services.executor.builtin_worker.request import Request, WorkerError
+from services.executor.fencing import StaleFence, commit_guard
 
 WriteLock = Callable[[Path], object]
 
@@ -47,7 +49,8 @@ async def first_install(
     await install(request, [], records)
     PROGRESS.report(Phase.WRITING_LOCK)
     write_staged(ws.lockfile, write_lock)
-    write_staged(ws.manifest, write_text(manifest.text()))
+    with fenced(request):
+        write_staged(ws.manifest, write_text(manifest.text()))
 
 
 def next_dependencies(request: Request, current: dict[str, Dependency]) -> dict[str, Dependency]:
@@ -93,7 +96,8 @@ async def change(
     ws.dirty_marker.touch()
     await install(request, old, new)
     PROGRESS.report(Phase.WRITING_LOCK)
-    commit(ws, manifest, write_lock)
+    with fenced(request):
+        commit(ws, manifest, write_lock)
     ws.dirty_marker.unlink()
 
 
@@ -158,13 +162,27 @@ async def delete(request: Request) -> None:
         log(f"removing {label(record)}")
     request.trash_dir.mkdir(parents=True, exist_ok=True)
     trash = request.trash_dir / f"{ws.root.name}.{secrets.token_hex(4)}"
-    ws.root.rename(trash)
+    with fenced(request):
+        ws.root.rename(trash)
     log(f"deleted environment {ws.root.name}")
     try:
         shutil.rmtree(trash)
     except OSError as exc:
         warn(f"warning: could not empty {trash}: {exc}")
     PROGRESS.report(Phase.REMOVING, (len(records), len(records)))
+
+
+@contextlib.contextmanager
+def fenced(request: Request) -> Iterator[None]:
+    """Around the commit point: refuse to commit once the agent has seen a higher fencing
+    token for the environment (another control plane took it over); the lock held
+    through the commit orders it before any later raise of the token."""
+    try:
+        with commit_guard(request.fence_file, request.workspace.root.name, request.fence_token):
+            yield
+    except StaleFence as exc:
+        log(f"not committing: {exc}")
+        raise WorkerError(str(exc)) from exc
 
 
 HANDLERS = {

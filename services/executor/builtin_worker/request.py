@@ -32,6 +32,10 @@ class Request:
     specs: tuple[str, ...] = ()
     platforms: tuple[str, ...] = ()
     lockfile: Path | None = None
+    # The agent's fencing token file for the environment and the operation's token,
+    # checked at the commit point (``services/executor/fencing.py``); None: not fenced.
+    fence_file: Path | None = None
+    fence_token: int = 0
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Request:
@@ -48,8 +52,10 @@ class Request:
                 specs=tuple(data.get("specs", ())),
                 platforms=tuple(data.get("platforms", ())),
                 lockfile=Path(data["lockfile"]) if data.get("lockfile") else None,
+                fence_file=Path(data["fence_file"]) if data.get("fence_file") else None,
+                fence_token=int(data.get("fence_token", 0)),
             )
-        except (KeyError, TypeError) as exc:
+        except (KeyError, TypeError, ValueError) as exc:
             raise WorkerError(f"invalid request: missing or malformed {exc}") from exc
         if request.op not in OPERATIONS:
             raise WorkerError(f"invalid request: unknown op {request.op!r}")

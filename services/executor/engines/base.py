@@ -23,7 +23,9 @@ SECRET_VARIABLES = ("DARB_AGENT_TOKEN", "DARB_ADMIN_PASSWORD", "DARB_DATABASE_UR
 @dataclass(frozen=True)
 class Operation:
     """One unit of work on one environment; specs are already validated. ``platforms`` are
-    the manifest's (the host's first); ``lockfile`` is the staged lock an apply writes."""
+    the manifest's (the host's first); ``lockfile`` is the staged lock an apply writes.
+    ``fence_token`` is the claim's fencing token (``services/executor/fencing.py``),
+    checked again at the commit point; a restore is not fenced."""
 
     kind: OperationKind
     workspace: Workspace
@@ -32,6 +34,7 @@ class Operation:
     specs: tuple[str, ...] = field(default=())
     platforms: tuple[str, ...] = ()
     lockfile: Path | None = None
+    fence_token: int = 0
 
 
 class Engine(Protocol):

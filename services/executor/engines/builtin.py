@@ -19,6 +19,7 @@ from services.executor.engines.base import (
     follow_tracked,
     spawn_tracked,
 )
+from services.executor.fencing import fencing_fields
 from services.executor.process import Emit, OutputLine, Stream, end_group
 from services.executor.workspace import DataLayout
 
@@ -128,6 +129,7 @@ class BuiltinEngine:
             "specs": list(operation.specs),
             "platforms": list(operation.platforms),
             "lockfile": str(operation.lockfile or ""),
+            **fencing_fields(self._layout.data_dir, operation),
         }
 
     async def run(

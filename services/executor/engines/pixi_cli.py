@@ -3,12 +3,14 @@ to put back when a change fails."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 from collections import deque
 from collections.abc import Sequence
 from pathlib import Path
 
+from services.executor import fencing
 from services.executor.builtin_worker.manifest import Manifest
 from services.executor.builtin_worker.request import WorkerError
 from services.executor.engines.base import (
@@ -73,9 +75,31 @@ class PixiCliEngine:
         elif operation.kind != "create":
             _take_backup(operation.workspace)
         error = await self._run_all(self.commands(operation), emit)
-        if error is None:
+        if error is None and operation.kind == "restore":  # not fenced: it commits nothing new
             _drop_backup(operation.workspace)
+        elif error is None:
+            error = await self._commit(operation)
         return error
+
+    async def _commit(self, operation: Operation) -> str | None:
+        """The commit point: drop the backup (a create: keep the workspace) unless another
+        control plane took the environment over meanwhile (a higher fencing token); then
+        the backup stays for the repair to put back, and a create's workspace goes."""
+        fence_file = fencing.fence_file(self._layout.data_dir, operation.workspace.root.name)
+
+        def commit() -> None:
+            token = operation.fence_token
+            with fencing.commit_guard(fence_file, operation.workspace.root.name, token):
+                if operation.kind != "create":
+                    _drop_backup(operation.workspace)
+
+        try:
+            await asyncio.to_thread(commit)
+        except fencing.StaleFence as exc:
+            if operation.kind == "create":
+                shutil.rmtree(operation.workspace.root, ignore_errors=True)
+            return str(exc)
+        return None
 
     async def _apply(self, operation: Operation, emit: Emit) -> str | None:
         """Write darb's manifest and the given lock, then let pixi install the lock as is.
@@ -96,10 +120,10 @@ class PixiCliEngine:
             shutil.copyfile(operation.lockfile, workspace.lockfile)
             workspace.manifest.write_text(manifest.text())
             error = await self._run_all(self.commands(operation), emit)
-        finally:
             if error is None:
-                _drop_backup(workspace)
-            elif new:
+                error = await self._commit(operation)
+        finally:
+            if error is not None and new:
                 shutil.rmtree(workspace.root, ignore_errors=True)
         return error
 
