@@ -73,12 +73,27 @@ def fill(api: ApiProcess) -> dict[str, str]:
             policy=environments_pb2.Policy(bindings=bindings, etag=policy.etag),
         ),
     )
-    return {"env": env_id, "job": install.id, "failed_job": broken.job.id}
+    training = alice.create("training", ["acme-core"])
+    done(alice, training.job)
+    return {
+        "env": env_id,
+        "job": install.id,
+        "failed_job": broken.job.id,
+        "training": training.environment.id,
+    }
+
+
+def alice_install(api: ApiProcess, env_id: str, package: str) -> str:
+    """Submits an install as alice and returns its job's id without waiting for it."""
+    return api.login("alice", PASSWORD).install(env_id, [package]).id
 
 
 def shoot(chrome: WebDriver, out: Path, name: str, url: str, ready: str | None = None) -> None:
     chrome.get(url)
-    if ready:
+    if ready == "progress":  # a running job: once its progress bar shows
+        job = chrome.find_element(By.ID, "job")
+        browser.wait_for(chrome, lambda c: job.get_attribute("data-phases"))
+    elif ready:
         browser.wait_for(
             chrome,
             lambda c: c.find_element(By.ID, "job").get_attribute("data-stream") == ready,
@@ -106,6 +121,8 @@ def main(out: Path) -> int:
             shoot(chrome, out, "new-environment", f"{base}/environments/new")
             shoot(chrome, out, "environment", f"{base}/environments/{ids['env']}")
             shoot(chrome, out, "job", f"{base}/jobs/{ids['job']}", ready="ended")
+            running = alice_install(api, ids["training"], "acme-big")  # seconds to link
+            shoot(chrome, out, "running-job", f"{base}/jobs/{running}", ready="progress")
             shoot(chrome, out, "failed-job", f"{base}/jobs/{ids['failed_job']}", ready="ended")
             shoot(chrome, out, "jobs", f"{base}/jobs")
             shoot(chrome, out, "history", f"{base}/environments/{ids['env']}/history?from=1&to=2")
