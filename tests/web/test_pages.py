@@ -202,6 +202,10 @@ def test_share_with_a_second_user(
     listed = second_chrome.find_element(By.CSS_SELECTOR, f"tr[data-env-id='{environment.id}']")
     assert environment.name in listed.text and user.user.username in listed.text
     assert listed.find_element(By.CLASS_NAME, "role").text == "editor"
+    for role, shown in (("EDITOR", True), ("VIEWER", False), ("OWNER", False)):
+        second_chrome.get(f"{stack.url}/environments?role={role}")
+        rows = second_chrome.find_elements(By.CSS_SELECTOR, f"tr[data-env-id='{environment.id}']")
+        assert bool(rows) is shown, role
     second_chrome.get(f"{stack.url}/environments?scope=mine")
     assert not second_chrome.find_elements(By.CSS_SELECTOR, f"tr[data-env-id='{environment.id}']")
 
