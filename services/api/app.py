@@ -16,6 +16,8 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from darb.v1 import (
+    admin_pb2,
+    admin_pb2_grpc,
     auth_pb2,
     auth_pb2_grpc,
     environments_pb2,
@@ -34,12 +36,14 @@ from services.api.database.db import Database
 from services.api.database.embedded import EmbeddedPostgres
 from services.api.database.migrate import migrate
 from services.api.events import EventBus
+from services.api.handlers.admin import AdminService
 from services.api.handlers.auth import AuthService
 from services.api.handlers.environments import EnvironmentService
 from services.api.handlers.groups import GroupService
 from services.api.handlers.health import DatabaseHealth
 from services.api.handlers.jobs import JobService
 from services.api.handlers.users import UserService
+from services.api.housekeeping import Housekeeping
 from services.api.metrics import (
     PROCESS_FILES,
     Exporter,
@@ -67,6 +71,7 @@ SERVICE_NAMES = [
     environments_pb2.DESCRIPTOR.services_by_name["EnvironmentService"].full_name,
     jobs_pb2.DESCRIPTOR.services_by_name["JobService"].full_name,
     groups_pb2.DESCRIPTOR.services_by_name["GroupService"].full_name,
+    admin_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name,
 ]
 STARTUP_DB_WAIT = 30.0
 # Beyond the grace and the recording of handed-back jobs, what a stop may take (the
@@ -85,8 +90,12 @@ class JobRunner:
     client: ExecutorClient
     agents: AgentMonitor
     exporter: Exporter | None
+    # Log retention and the disk gauges (``housekeeping``).
+    housekeeping: Housekeeping | None = None
 
     async def stop(self, grace: float) -> None:
+        if self.housekeeping is not None:
+            await self.housekeeping.stop()
         await self.dispatcher.drain(grace)
         await self.agents.stop()
         if self.exporter is not None:
@@ -187,7 +196,9 @@ async def _start_runner(
         metrics=metrics,
     )
     await dispatcher.start()
-    return JobRunner(dispatcher, client, agents, exporter)
+    housekeeping = Housekeeping(settings, db, metrics if exporter is not None else None)
+    housekeeping.start()
+    return JobRunner(dispatcher, client, agents, exporter, housekeeping=housekeeping)
 
 
 def _rpc_server(state: AppState, metrics: Metrics) -> tuple[grpc.aio.Server, DatabaseHealth]:
@@ -203,6 +214,7 @@ def _rpc_server(state: AppState, metrics: Metrics) -> tuple[grpc.aio.Server, Dat
     )
     jobs_pb2_grpc.add_JobServiceServicer_to_server(JobService(state), server)
     groups_pb2_grpc.add_GroupServiceServicer_to_server(GroupService(state), server)
+    admin_pb2_grpc.add_AdminServiceServicer_to_server(AdminService(state), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(

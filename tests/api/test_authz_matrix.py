@@ -21,6 +21,8 @@ import grpc
 import pytest
 
 from darb.v1 import (
+    admin_pb2,
+    admin_pb2_grpc,
     auth_pb2,
     common_pb2,
     environments_pb2,
@@ -231,6 +233,12 @@ CALLS: dict[str, Callable[[Target, Client, Metadata], Any]] = {
             metadata=md,
         )
     ),
+    "AdminService.GetUsage": lambda t, c, md: admin_pb2_grpc.AdminServiceStub(c.channel).GetUsage(
+        admin_pb2.GetUsageRequest(), metadata=md, timeout=120
+    ),
+    "AdminService.SweepPackageCache": lambda t, c, md: admin_pb2_grpc.AdminServiceStub(
+        c.channel
+    ).SweepPackageCache(admin_pb2.SweepPackageCacheRequest(), metadata=md, timeout=120),
     "JobService.GetJob": lambda t, c, md: c.jobs.GetJob(J.GetJobRequest(id=t.job_id), metadata=md),
     "JobService.ListJobs": lambda t, c, md: c.jobs.ListJobs(
         J.ListJobsRequest(environment_id=t.env_id), metadata=md
@@ -278,6 +286,8 @@ EXPECTED: dict[str, tuple[grpc.StatusCode, ...]] = {
         ["UserService.CreateUser", "UserService.ListUsers", "UserService.UpdateUser"], ADMIN_ONLY
     ),
     "UserService.DeleteUser": ADMIN_ONLY,
+    # The disk of the one agent; its sweep removes nothing younger than 30 days.
+    **dict.fromkeys(["AdminService.GetUsage", "AdminService.SweepPackageCache"], ADMIN_ONLY),
     "EnvironmentService.CreateEnvironment": ANY_USER,
     "EnvironmentService.ListEnvironments": ANY_USER,
     **dict.fromkeys(

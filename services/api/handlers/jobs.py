@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Iterator
+from datetime import datetime
 
 from sqlalchemy.orm import Session
 
@@ -73,12 +74,15 @@ def _flag_cancel(session: Session, caller: User, job_id: str) -> None:
 class JobService(pb_grpc.JobServiceServicer):
     def __init__(self, state: AppState) -> None:
         self.state = state
-        self._events: OrderedDict[tuple[str, int, int], list[pb.WatchJobResponse]] = OrderedDict()
+        self._events: OrderedDict[tuple[str, int, int, datetime], list[pb.WatchJobResponse]] = (
+            OrderedDict()
+        )
 
     def _line_events(self, job_id: str, rows: list[LineRow]) -> list[pb.WatchJobResponse]:
         """The events for consecutive lines, built once for every watcher that sends the
-        same lines (a line's content never changes once it has its seq)."""
-        key = (job_id, rows[0].seq, rows[-1].seq)
+        same lines (a line's content never changes once it has its seq and time; log
+        retention puts a new line 1, with the time it dropped the log, in place of them)."""
+        key = (job_id, rows[0].seq, rows[-1].seq, rows[0].time)
         events = self._events.get(key)
         if events is None:
             if isinstance(rows, LineBatch) and rows.wire is not None:  # the agent's bytes
