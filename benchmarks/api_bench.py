@@ -157,6 +157,12 @@ METHOD = """\
   watcher hearing COMPLETED) and empties it again, and py-rattler alone installs version
   1's lock into a new prefix from the same cache (its own process, timed inside).
   Medians of the rounds.
+- **rebuild** (builtin stack, benchmarks/history_bench.py): the flask environment is
+  created; each round the agent loses the environment's directory and its whole package
+  cache (an empty agent, cold cache), an admin's RebuildEnvironment installs the current
+  version's lock again through the control plane (from the RPC to the watcher hearing
+  COMPLETED), and py-rattler alone installs the same lock into a new prefix with a new,
+  empty cache (its own process, timed inside). Medians of the rounds.
 - **diff**: DiffEnvironmentVersions of two versions of 300 packages (30 changed, one
   added, one removed), written straight into the database, 500 calls from one client.
 """
@@ -947,6 +953,7 @@ async def builtin_figures(
     await dispatch_latency(stack, token, report, sizes.dispatch_samples)
     await create_overhead(stack, token, channel, specs, report, sizes.overhead_rounds)
     report.rows += await history_bench.rollback(stack, token, sizes.overhead_rounds)
+    report.rows += await history_bench.rebuild(stack, sizes.overhead_rounds)
     report.rows += await history_bench.diff(stack, user_id, token, channel)
 
 

@@ -259,6 +259,9 @@ class ApiSettings:
     limits: ApiLimits = ApiLimits()
     metrics_addr: str = ""
     processes: int = 1
+    # Agents whose environments the control plane moves to the others at start, and to
+    # which no new environment goes (``DARB_DRAIN``; see ``scheduling/rebuilds.py``).
+    drain: tuple[str, ...] = ()
     # Job logs of jobs that ended longer ago are dropped (0: kept forever), checked
     # every ``log_retention_interval`` seconds.
     log_retention_days: float = 0
@@ -302,9 +305,19 @@ class ApiSettings:
             limits=ApiLimits.from_env(env),
             metrics_addr=_text(env, "DARB_METRICS_ADDR", ""),
             processes=processes,
+            drain=_drain(env, executors),
             log_retention_days=_number(env, "DARB_LOG_RETENTION_DAYS", 0),
             log_retention_interval=_duration(env, "DARB_LOG_RETENTION_INTERVAL", 3600) or 3600,
         )
+
+
+def _drain(env: Mapping[str, str], executors: tuple[str, ...]) -> tuple[str, ...]:
+    """``DARB_DRAIN``: agents to empty. One of ``DARB_EXECUTORS`` must remain to take
+    their environments."""
+    drain = _list(env, "DARB_DRAIN", ())
+    if drain and not [addr for addr in executors if addr not in drain]:
+        raise ConfigError("DARB_DRAIN names every agent of DARB_EXECUTORS: none is left")
+    return drain
 
 
 def _database_url(env: Mapping[str, str]) -> str:

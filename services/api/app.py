@@ -38,12 +38,12 @@ from services.api.database.migrate import migrate
 from services.api.events import EventBus
 from services.api.handlers.admin import AdminService
 from services.api.handlers.auth import AuthService
+from services.api.handlers.drains import drain_at_start
 from services.api.handlers.environments import EnvironmentService
 from services.api.handlers.groups import GroupService
 from services.api.handlers.health import DatabaseHealth
 from services.api.handlers.jobs import JobService
 from services.api.handlers.users import UserService
-from services.api.housekeeping import Housekeeping
 from services.api.metrics import (
     PROCESS_FILES,
     Exporter,
@@ -90,12 +90,8 @@ class JobRunner:
     client: ExecutorClient
     agents: AgentMonitor
     exporter: Exporter | None
-    # Log retention and the disk gauges (``housekeeping``).
-    housekeeping: Housekeeping | None = None
 
     async def stop(self, grace: float) -> None:
-        if self.housekeeping is not None:
-            await self.housekeeping.stop()
         await self.dispatcher.drain(grace)
         await self.agents.stop()
         if self.exporter is not None:
@@ -194,11 +190,10 @@ async def _start_runner(
         job_timeout=settings.job_timeout,
         log_limits=settings.limits,
         metrics=metrics,
+        draining=settings.drain,
     )
     await dispatcher.start()
-    housekeeping = Housekeeping(settings, db, metrics if exporter is not None else None)
-    housekeeping.start()
-    return JobRunner(dispatcher, client, agents, exporter, housekeeping=housekeeping)
+    return JobRunner(dispatcher, client, agents, exporter)
 
 
 def _rpc_server(state: AppState, metrics: Metrics) -> tuple[grpc.aio.Server, DatabaseHealth]:
@@ -265,6 +260,8 @@ async def start(settings: ApiSettings, *, rpc_worker: bool = False) -> ControlPl
     await database_health.check(timeout=5.0)
     port = add_port(server, settings.addr, settings.tls)
     await server.start()
+    if not rpc_worker:
+        await drain_at_start(state)  # DARB_DRAIN
     health_task = asyncio.create_task(database_health.watch(interval=2.0))
     return ControlPlane(
         server, port, db, bus, runner, database_health, health_task, settings.shutdown_grace

@@ -56,6 +56,8 @@ TYPE_LABELS = {
     JobType.REMOVE_PACKAGES: "remove",
     JobType.DELETE_ENVIRONMENT: "delete",
     JobType.ROLLBACK_ENVIRONMENT: "rollback",
+    JobType.REBUILD_ENVIRONMENT: "rebuild",
+    JobType.MOVE_ENVIRONMENT: "move",
 }
 # prometheus_client's own variable: the directory where each process keeps its values.
 PROCESS_FILES = "PROMETHEUS_MULTIPROC_DIR"

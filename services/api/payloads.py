@@ -45,7 +45,28 @@ class RollbackPayload:
     version: int
 
 
-Payload = CreatePayload | InstallPayload | RemovePayload | DeletePayload | RollbackPayload
+@dataclass(frozen=True)
+class RebuildPayload:
+    """The current version's lock installed again, as is, on the environment's agent or,
+    if that agent is gone, on another (``scheduling/rebuilds.py``)."""
+
+
+@dataclass(frozen=True)
+class MovePayload:
+    """Rebuilt on ``agent`` (a DARB_EXECUTORS address), bound there, freed on the old one."""
+
+    agent: str
+
+
+Payload = (
+    CreatePayload
+    | InstallPayload
+    | RemovePayload
+    | DeletePayload
+    | RollbackPayload
+    | RebuildPayload
+    | MovePayload
+)
 
 PAYLOAD_TYPES: dict[JobType, type[Payload]] = {
     JobType.CREATE_ENVIRONMENT: CreatePayload,
@@ -53,6 +74,8 @@ PAYLOAD_TYPES: dict[JobType, type[Payload]] = {
     JobType.REMOVE_PACKAGES: RemovePayload,
     JobType.DELETE_ENVIRONMENT: DeletePayload,
     JobType.ROLLBACK_ENVIRONMENT: RollbackPayload,
+    JobType.REBUILD_ENVIRONMENT: RebuildPayload,
+    JobType.MOVE_ENVIRONMENT: MovePayload,
 }
 
 
@@ -98,4 +121,8 @@ def describe(payload: Payload) -> str:
         return f"removed {', '.join(payload.packages)}"
     if isinstance(payload, RollbackPayload):
         return f"rolled back to version {payload.version}"
+    if isinstance(payload, RebuildPayload):
+        return "rebuilt"
+    if isinstance(payload, MovePayload):
+        return f"moved to {payload.agent}"
     return "deleted"

@@ -348,7 +348,7 @@ def _code(call: Callable[[], Any]) -> tuple[grpc.StatusCode, str]:
 def test_the_matrix_covers_every_rpc() -> None:
     every = {
         f"{service.name}.{method.name}"
-        for module in (auth_pb2, users_pb2, environments_pb2, jobs_pb2, groups_pb2)
+        for module in (auth_pb2, users_pb2, environments_pb2, jobs_pb2, groups_pb2, admin_pb2)
         for service in module.DESCRIPTOR.services_by_name.values()
         for method in service.methods
     }

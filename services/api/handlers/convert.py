@@ -88,6 +88,8 @@ def version(row: EnvironmentVersion, texts: bool = False) -> environments_pb2.En
         content_hash=row.content_hash,
         packages=[package(PackageRow(*values)) for values in row.packages],
         platforms=row.platforms,
+        rebuild_count=row.rebuild_count,
+        rebuilt_at=timestamp(row.rebuilt_at),
     )
     if texts:
         message.manifest, message.lockfile = row.manifest, row.lockfile

@@ -11,7 +11,7 @@ from darb.v1 import environments_pb2 as pb
 from darb.v1 import environments_pb2_grpc as pb_grpc
 from services.api import diffs, filters, imports, payloads
 from services.api.events import JOBS_CHANNEL, EventBus
-from services.api.handlers import convert, paging, policies
+from services.api.handlers import convert, paging, policies, rebuilds
 from services.api.handlers.rpc import unary
 from services.api.ids import parse_id
 from services.api.records import PackageRow
@@ -175,7 +175,11 @@ class EnvironmentService(pb_grpc.EnvironmentServiceServicer):
                 f"package_manager {manager[:40]!r} is not supported; use one of {PACKAGE_MANAGERS}"
             )
         payload = _create_payload(name, request, self.state.settings)
-        executor = random.choice(self.state.settings.executors)
+        settings = self.state.settings
+        executor = random.choice(
+            [addr for addr in settings.executors if addr not in settings.drain]
+            or settings.executors
+        )
         environment, job = await _create(self.state, caller, payload, executor)
         self.state.bus.jobs_available.set()  # other processes heard the commit's NOTIFY
         return pb.CreateEnvironmentResponse(
@@ -338,6 +342,20 @@ class EnvironmentService(pb_grpc.EnvironmentServiceServicer):
     ) -> pb.TestEnvironmentPermissionsResponse:
         held = await self.state.db.read(policies.test, caller, request)
         return pb.TestEnvironmentPermissionsResponse(permissions=held)
+
+    @unary()
+    async def RebuildEnvironment(
+        self, request: pb.RebuildEnvironmentRequest, caller: User
+    ) -> pb.RebuildEnvironmentResponse:
+        job = await rebuilds.rebuild(self.state, caller, request.environment_id)
+        return pb.RebuildEnvironmentResponse(job=job)
+
+    @unary()
+    async def MoveEnvironment(
+        self, request: pb.MoveEnvironmentRequest, caller: User
+    ) -> pb.MoveEnvironmentResponse:
+        job = await rebuilds.move(self.state, caller, request.environment_id, request.agent)
+        return pb.MoveEnvironmentResponse(job=job)
 
 
 def _answer(cached: CachedEnvironment, role: Role) -> pb.GetEnvironmentResponse:

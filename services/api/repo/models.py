@@ -42,6 +42,8 @@ class EnvironmentStatus(enum.StrEnum):
     READY = "READY"
     FAILED = "FAILED"
     DELETING = "DELETING"
+    # Its files are being rebuilt from its current version (``scheduling/rebuilds.py``).
+    REBUILDING = "REBUILDING"
 
 
 class JobType(enum.StrEnum):
@@ -50,6 +52,8 @@ class JobType(enum.StrEnum):
     REMOVE_PACKAGES = "REMOVE_PACKAGES"
     DELETE_ENVIRONMENT = "DELETE_ENVIRONMENT"
     ROLLBACK_ENVIRONMENT = "ROLLBACK_ENVIRONMENT"
+    REBUILD_ENVIRONMENT = "REBUILD_ENVIRONMENT"
+    MOVE_ENVIRONMENT = "MOVE_ENVIRONMENT"
 
 
 class Role(enum.IntEnum):
@@ -240,6 +244,9 @@ class EnvironmentVersion(Base):
     specs: Mapped[dict[str, str]] = mapped_column(JSON)
     manifest: Mapped[str] = mapped_column(Text)
     lockfile: Mapped[str] = mapped_column(Text)
+    # How often its lock was installed again as is (a rebuild or a move), and when last.
+    rebuild_count: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    rebuilt_at: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
     # Who made it, by name, read with it (None once that account is deleted).
     created_by_username: Mapped[str | None] = column_property(_username_of(created_by))
 

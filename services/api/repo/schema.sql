@@ -137,6 +137,12 @@ BEGIN
             FROM unnest(p_names, p_versions, p_builds, p_channels)
                 AS p (name, version, build, channel);
     END IF;
+    -- A change that succeeded on an environment left REBUILDING (its rebuild stopped
+    -- with its control plane, services/api/scheduling/rebuilds.py) found its files.
+    IF v_succeeded AND p_has_state AND v_env.status = 'REBUILDING' THEN
+        v_env.status := 'READY';
+        v_env.error := '';
+    END IF;
     IF v_job.type = 'CREATE_ENVIRONMENT' THEN
         IF NOT v_succeeded THEN
             v_env.error := coalesce(nullif(p_error, ''), 'creation did not complete');

@@ -86,6 +86,26 @@ class AgentMonitor:
         return random.choice(healthy) if healthy else current
 
     @property
+    def configured(self) -> tuple[str, ...]:
+        """The agents of ``DARB_EXECUTORS``."""
+        return tuple(self._configured)
+
+    async def answers(self, addr: str) -> bool:
+        """Whether ``addr`` answers a probe now."""
+        return await self._probe(addr)
+
+    async def choose_other(self, exclude: Iterable[str]) -> str | None:
+        """A configured agent outside ``exclude`` that answers a probe now, preferring
+        those whose last probe answered; None if none does."""
+        others = [addr for addr in self._configured if addr not in set(exclude)]
+        random.shuffle(others)
+        others.sort(key=lambda addr: not self._up.get(addr))
+        for addr in others:
+            if await self._probe(addr):
+                return addr
+        return None
+
+    @property
     def silence(self) -> str:
         """Why an agent counts as lost, for the job's error message."""
         return f"no answer for over {self.lease:g} s, DARB_AGENT_LEASE_SECONDS"

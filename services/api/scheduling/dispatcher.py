@@ -31,7 +31,13 @@ from services.api.database.db import Database
 from services.api.events import JOB_CHANGED_CHANNEL, EventBus
 from services.api.joblog.writer import LineWriter
 from services.api.metrics import JobObserver, Metrics
-from services.api.records import CANCELLED_BY_REQUEST, AgentState, ClaimedJob, Outcome
+from services.api.records import (
+    CANCELLED_BY_REQUEST,
+    AgentState,
+    ClaimedJob,
+    LockToApply,
+    Outcome,
+)
 from services.api.repo import environments, jobs, versions
 from services.api.repo.finishes import end_job
 from services.api.repo.models import JobStatus
@@ -44,6 +50,7 @@ from services.api.scheduling.executor_client import (
     Operation,
 )
 from services.api.scheduling.progress import ProgressRecorder
+from services.api.scheduling.rebuilds import Rebuilder, is_missing, is_rebuild_job
 from shared.config import ApiLimits
 
 log = logging.getLogger(__name__)
@@ -82,6 +89,7 @@ class Dispatcher:
         job_timeout: float,
         log_limits: ApiLimits,
         metrics: Metrics,
+        draining: tuple[str, ...] = (),
     ) -> None:
         self._db = database
         self._bus = bus
@@ -95,6 +103,7 @@ class Dispatcher:
         self._metrics = metrics
         self._observer = JobObserver(metrics)
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self._rebuilds = Rebuilder(database, bus, client, agents, self.worker_id, draining)
         self._running: dict[str, asyncio.Task[None]] = {}
         # Jobs whose operation is on an agent: ``concurrency`` bounds these. A job whose
         # operation has ended leaves at once, so the next claim overlaps its bookkeeping
@@ -264,7 +273,7 @@ class Dispatcher:
     async def _executor_for(self, job: ClaimedJob, trust_recent: bool) -> str:
         """The agent that has (or, for a create, will have) the environment."""
         if not isinstance(job.payload, payloads.CreatePayload):
-            return job.executor
+            return await self._rebuilds.executor_for(job)  # see scheduling/rebuilds.py
         executor = await self._agents.choose_for_new_environment(job.executor, trust_recent)
         if executor != job.executor:
             log.info(
@@ -275,14 +284,34 @@ class Dispatcher:
         return executor
 
     async def _execute(
-        self, job: ClaimedJob, executor: str, writer: LineWriter, may_move: bool
+        self,
+        job: ClaimedJob,
+        executor: str,
+        writer: LineWriter,
+        may_move: bool,
+        lock: LockToApply | None = None,
     ) -> Outcome:
         """One operation on the agent. ``ABORTED`` (busy with the environment, e.g. still
         rolling back an operation of a control plane that died) is retried for
         ``RETRY_WINDOW``; ``UNAVAILABLE`` before the agent sent anything is ``REFUSED``
         when ``may_move``, else retried until the agent watchdog in ``_supervise_on``
-        declares the agent lost."""
-        operation = await self._operation(job)
+        declares the agent lost. ``lock``: a rebuild's ApplyLock instead of the job's
+        operation. A rebuild or move job, and a job whose environment's files are
+        missing on its agent, rebuild it first (``scheduling/rebuilds.py``)."""
+
+        def apply(target: str, lock: LockToApply) -> Any:
+            return self._execute(job, target, writer, may_move, lock)
+
+        if lock is None and is_rebuild_job(job):
+            return await self._rebuilds.rebuild(job, executor, writer, apply, "")
+        rebuilt = False
+        if lock is None and self._rebuilds.needs_rebuild_first(job, executor):
+            why = f"its agent {job.executor} is not in DARB_EXECUTORS"
+            outcome = await self._rebuilds.rebuild(job, executor, writer, apply, why)
+            if outcome.status != JobStatus.COMPLETED:
+                return outcome
+            rebuilt = True
+        operation = lock if lock is not None else await self._operation(job)
         deadline = time.monotonic() + RETRY_WINDOW
         delay = 0.2
         while True:
@@ -309,6 +338,13 @@ class Dispatcher:
                 if exc.retryable and not heard and waiting:
                     await asyncio.sleep(delay)
                     delay = min(delay * 2, 2.0)
+                    continue
+                if lock is None and not heard and not rebuilt and is_missing(job, exc):
+                    why = f"agent {executor} does not have the environment"
+                    outcome = await self._rebuilds.rebuild(job, executor, writer, apply, why)
+                    if outcome.status != JobStatus.COMPLETED:
+                        return outcome
+                    rebuilt = True
                     continue
                 gone = exc.code == grpc.StatusCode.NOT_FOUND
                 if gone and isinstance(job.payload, payloads.DeletePayload):

@@ -1,0 +1,204 @@
+"""Agents as caches of PostgreSQL: environments rebuilt from their current version when
+their agent lost them, moved between agents and drained off one, through real control
+planes and real agents (real processes, real files: an agent's data directory is
+deleted for real and the agent restarted empty on the same address)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import grpc
+
+from darb.v1 import admin_pb2, admin_pb2_grpc, common_pb2, environments_pb2
+from testkit.agent import AgentProcess, start_agent
+from testkit.control_plane import ApiProcess, Client
+from tests.api.faults import ready_environment
+
+COMPLETED = common_pb2.JOB_STATUS_COMPLETED
+READY = common_pb2.ENVIRONMENT_STATUS_READY
+REBUILD = common_pb2.JOB_TYPE_REBUILD_ENVIRONMENT
+MOVE = common_pb2.JOB_TYPE_MOVE_ENVIRONMENT
+
+
+def disk_builds(agent: AgentProcess, environment_id: str) -> set[tuple[str, str, str]]:
+    """(name, version, build) of every package in the prefix on the agent's disk."""
+    meta = agent.data_dir / "environments" / environment_id / ".pixi/envs/default/conda-meta"
+    records = [json.loads(path.read_text()) for path in meta.glob("*.json")]
+    return {(record["name"], record["version"], record["build"]) for record in records}
+
+
+def on_disk(agent: AgentProcess, environment_id: str) -> bool:
+    return (agent.data_dir / "environments" / environment_id).exists()
+
+
+def listed_builds(client: Client, environment_id: str) -> set[tuple[str, str, str]]:
+    request = environments_pb2.ListPackagesRequest(environment_id=environment_id)
+    packages = client.call(client.envs.ListPackages, request).packages
+    return {(p.name, p.version, p.build) for p in packages}
+
+
+def history(client: Client, environment_id: str) -> list[environments_pb2.EnvironmentVersion]:
+    request = environments_pb2.ListEnvironmentVersionsRequest(environment_id=environment_id)
+    return list(client.call(client.envs.ListEnvironmentVersions, request).versions)
+
+
+def without_mark(version: environments_pb2.EnvironmentVersion) -> bytes:
+    copy = environments_pb2.EnvironmentVersion()
+    copy.CopyFrom(version)
+    copy.ClearField("rebuild_count")
+    copy.ClearField("rebuilt_at")
+    return copy.SerializeToString(deterministic=True)
+
+
+def rebuild(client: Client, environment_id: str) -> common_pb2.Job:
+    request = environments_pb2.RebuildEnvironmentRequest(environment_id=environment_id)
+    return client.call(client.envs.RebuildEnvironment, request).job
+
+
+def move(client: Client, environment_id: str, agent: str) -> common_pb2.Job:
+    request = environments_pb2.MoveEnvironmentRequest(environment_id=environment_id, agent=agent)
+    return client.call(client.envs.MoveEnvironment, request).job
+
+
+def drain(client: Client, agent: str) -> admin_pb2.DrainAgentResponse:
+    stub = admin_pb2_grpc.AdminServiceStub(client.channel)
+    return client.call(stub.DrainAgent, admin_pb2.DrainAgentRequest(agent=agent))
+
+
+def code_of(call: Callable[[], object]) -> grpc.StatusCode:
+    try:
+        call()
+    except grpc.RpcError as exc:
+        return exc.code()
+    return grpc.StatusCode.OK
+
+
+def completed(client: Client, job: common_pb2.Job) -> common_pb2.Job:
+    ended = client.wait(job.id, timeout=300)
+    assert ended.status == COMPLETED, (ended.error, ended.logs)
+    return ended
+
+
+def test_an_agent_restarted_empty_gets_every_environment_back(
+    tmp_path: Path,
+    channel_url: str,
+    agent_factory: Callable[..., AgentProcess],
+    own_database: str,
+    api_factory: Callable[..., ApiProcess],
+) -> None:
+    agent = agent_factory()
+    api = api_factory(own_database, executors=agent.addr)
+    admin, user = api.admin(), api.new_user()
+    changed = ready_environment(user, "changed", ["acme-core ==1.1"])
+    completed(user, user.install(changed, ["acme-utils"]))
+    rebuilt = ready_environment(user, "rebuilt", ["acme-utils"])
+    before = {env: disk_builds(agent, env) for env in (changed, rebuilt)}
+    versions = {env: history(user, env) for env in (changed, rebuilt)}
+    assert all(before.values()) and len(versions[changed]) == 2
+
+    # The disk is lost: the whole data directory goes, and a new agent starts empty on
+    # the same address.
+    agent.stop()
+    shutil.rmtree(agent.data_dir)
+    agent = start_agent(agent.data_dir, channel_url, token=agent.token, addr=agent.addr)
+    try:
+        assert not on_disk(agent, changed) and not on_disk(agent, rebuilt)
+
+        # The next job needs the environment: it is rebuilt first, then the job runs.
+        job = completed(user, user.install(changed, ["acme-extras"]))
+        assert "rebuilding environment 'changed'" in job.logs and "no solve" in job.logs
+        assert "rebuilt version 2" in job.logs
+        extras = {row for row in disk_builds(agent, changed) if row[0] == "acme-extras"}
+        assert disk_builds(agent, changed) == before[changed] | extras and extras
+        after = history(user, changed)
+        assert [v.version for v in after] == [3, 2, 1]
+        assert [without_mark(v) for v in after[1:]] == [without_mark(v) for v in versions[changed]]
+        assert after[1].rebuild_count == 1 and after[1].HasField("rebuilt_at")
+        assert after[2].rebuild_count == 0 and after[0].rebuild_count == 0
+
+        # An admin rebuilds the other: same builds, no version added, only the mark.
+        job = completed(admin, rebuild(admin, rebuilt))
+        assert job.type == REBUILD and "rebuilt version 1" in job.logs
+        assert disk_builds(agent, rebuilt) == before[rebuilt] == listed_builds(user, rebuilt)
+        after = history(user, rebuilt)
+        assert [without_mark(v) for v in after] == [without_mark(v) for v in versions[rebuilt]]
+        assert after[0].rebuild_count == 1
+        assert user.get_env(rebuilt).status == READY and user.get_env(changed).status == READY
+
+        # Only admins rebuild and move.
+        assert code_of(lambda: rebuild(user, rebuilt)) == grpc.StatusCode.PERMISSION_DENIED
+        denied = code_of(lambda: move(user, rebuilt, agent.addr))
+        assert denied == grpc.StatusCode.PERMISSION_DENIED
+    finally:
+        agent.stop()
+
+
+def test_environments_follow_their_agents_out_of_the_configuration(
+    channel_url: str,
+    agent_factory: Callable[..., AgentProcess],
+    own_database: str,
+    api_factory: Callable[..., ApiProcess],
+) -> None:
+    old, new = agent_factory(), agent_factory()
+    api = api_factory(own_database, executors=old.addr)
+    user = api.new_user()
+    envs = [ready_environment(user, f"e{n}", ["acme-utils"]) for n in range(5)]
+    builds = {env: disk_builds(old, env) for env in envs}
+    api.stop()
+
+    # The old agent leaves DARB_EXECUTORS: the next job rebuilds on the new one there.
+    api = api_factory(own_database, executors=new.addr)
+    user = api.login(user.user.username, "password-1")
+    admin = api.admin()
+    job = completed(user, user.install(envs[0], ["acme-extras"]))
+    assert f"its agent {old.addr} is not in DARB_EXECUTORS" in job.logs, job.logs
+    assert f"moved from agent {old.addr}" in job.logs
+    assert on_disk(new, envs[0]) and builds[envs[0]] < disk_builds(new, envs[0])
+    # An admin's rebuild of one whose agent is gone goes to an answering agent too.
+    job = completed(admin, rebuild(admin, envs[1]))
+    assert disk_builds(new, envs[1]) == builds[envs[1]]
+    assert on_disk(old, envs[1])  # the old agent was not asked: nothing freed there
+    api.stop()
+
+    # Both configured: a move rebuilds on the target and frees the old directory.
+    api = api_factory(own_database, executors=f"{old.addr},{new.addr}")
+    admin = api.admin()
+    user = api.login(user.user.username, "password-1")
+    bad = code_of(lambda: move(admin, envs[2], "127.0.0.1:1"))
+    assert bad == grpc.StatusCode.INVALID_ARGUMENT
+    job = completed(admin, move(admin, envs[2], new.addr))
+    assert job.type == MOVE and f"freed its old directory on agent {old.addr}" in job.logs
+    assert not on_disk(old, envs[2]) and disk_builds(new, envs[2]) == builds[envs[2]]
+    # A job queued behind the move waits for it and runs on the new agent.
+    queued = user.install(envs[2], ["acme-extras"])
+    completed(user, queued)
+    assert "acme-extras" in {row[0] for row in disk_builds(new, envs[2])}
+
+    # Draining the old agent moves the rest; its disk ends up with no environment.
+    answer = drain(admin, old.addr)
+    assert sorted(job.environment_id for job in answer.jobs) == sorted(envs[3:])
+    assert drain(admin, old.addr).jobs == []  # already moving: not twice
+    for job in answer.jobs:
+        completed(admin, job)
+    for env in envs[3:]:
+        assert disk_builds(new, env) == builds[env] == listed_builds(user, env)
+        assert user.get_env(env).status == READY
+    # What is left there is what was rebuilt elsewhere while it was not configured.
+    left = sorted(path.name for path in (old.data_dir / "environments").iterdir())
+    assert left == sorted(envs[:2])
+    assert code_of(lambda: drain(user, old.addr)) == grpc.StatusCode.PERMISSION_DENIED
+    api.stop()
+
+    # DARB_DRAIN at start moves everything off the new agent again.
+    api = api_factory(own_database, executors=f"{old.addr},{new.addr}", DARB_DRAIN=new.addr)
+    user = api.login(user.user.username, "password-1")
+    deadline = time.monotonic() + 300
+    while any(on_disk(new, env) for env in envs) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not [env for env in envs if on_disk(new, env)]
+    for env in envs[2:]:
+        assert {row for row in disk_builds(old, env)} >= builds[env]
