@@ -44,6 +44,7 @@ from services.api.handlers.groups import GroupService
 from services.api.handlers.health import DatabaseHealth
 from services.api.handlers.jobs import JobService
 from services.api.handlers.users import UserService
+from services.api.housekeeping import Housekeeping
 from services.api.metrics import (
     PROCESS_FILES,
     Exporter,
@@ -90,8 +91,12 @@ class JobRunner:
     client: ExecutorClient
     agents: AgentMonitor
     exporter: Exporter | None
+    # Log retention and the disk gauges (``housekeeping``).
+    housekeeping: Housekeeping | None = None
 
     async def stop(self, grace: float) -> None:
+        if self.housekeeping is not None:
+            await self.housekeeping.stop()
         await self.dispatcher.drain(grace)
         await self.agents.stop()
         if self.exporter is not None:
@@ -193,7 +198,9 @@ async def _start_runner(
         draining=settings.drain,
     )
     await dispatcher.start()
-    return JobRunner(dispatcher, client, agents, exporter)
+    housekeeping = Housekeeping(settings, db, metrics if exporter is not None else None)
+    housekeeping.start()
+    return JobRunner(dispatcher, client, agents, exporter, housekeeping=housekeeping)
 
 
 def _rpc_server(state: AppState, metrics: Metrics) -> tuple[grpc.aio.Server, DatabaseHealth]:
