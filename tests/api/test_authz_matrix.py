@@ -75,6 +75,7 @@ class World:
     editor: str = ""
     viewer: str = ""
     group_name: str = ""
+    agent: str = ""  # the address of the one agent
     metadata: dict[str, Metadata] | None = None
     targets: dict[str, Target] | None = None
 
@@ -143,6 +144,7 @@ def world(
         )
         world = World(api, owner, admin, member, editor.user.username, viewer.user.username)
         world.group_name = world.group("team")
+        world.agent = shared_agent.addr
         shared, public = _target(world, public=False), _target(world, public=True)
         clients = {
             "owner": owner, "editor": editor, "viewer": viewer, "group": member,
@@ -233,6 +235,15 @@ CALLS: dict[str, Callable[[Target, Client, Metadata], Any]] = {
             metadata=md,
         )
     ),
+    "EnvironmentService.RebuildEnvironment": lambda t, c, md: c.envs.RebuildEnvironment(
+        E.RebuildEnvironmentRequest(environment_id=t.env_id), metadata=md
+    ),
+    "EnvironmentService.MoveEnvironment": lambda t, c, md: c.envs.MoveEnvironment(
+        E.MoveEnvironmentRequest(environment_id=t.env_id, agent=t.world.agent), metadata=md
+    ),
+    "AdminService.DrainAgent": lambda t, c, md: admin_pb2_grpc.AdminServiceStub(
+        c.channel
+    ).DrainAgent(admin_pb2.DrainAgentRequest(agent="127.0.0.1:1"), metadata=md),
     "AdminService.GetUsage": lambda t, c, md: admin_pb2_grpc.AdminServiceStub(c.channel).GetUsage(
         admin_pb2.GetUsageRequest(), metadata=md, timeout=120
     ),
@@ -288,6 +299,16 @@ EXPECTED: dict[str, tuple[grpc.StatusCode, ...]] = {
     "UserService.DeleteUser": ADMIN_ONLY,
     # The disk of the one agent; its sweep removes nothing younger than 30 days.
     **dict.fromkeys(["AdminService.GetUsage", "AdminService.SweepPackageCache"], ADMIN_ONLY),
+    # A rebuild in place and a move to the agent the environment is on; a drain of an
+    # agent that has no environment.
+    **dict.fromkeys(
+        [
+            "EnvironmentService.RebuildEnvironment",
+            "EnvironmentService.MoveEnvironment",
+            "AdminService.DrainAgent",
+        ],
+        ADMIN_ONLY,
+    ),
     "EnvironmentService.CreateEnvironment": ANY_USER,
     "EnvironmentService.ListEnvironments": ANY_USER,
     **dict.fromkeys(
