@@ -27,7 +27,7 @@ from benchmarks.stats import Row, target_met
 from shared.version import __version__
 from testkit.postgres import admin_conninfo
 
-STACKS = ("api", "builtin", "logs", "two-agents", "embedded")
+STACKS = ("api", "builtin", "logs", "two-agents", "web", "embedded")
 DOC = Path(__file__).resolve().parents[1] / "docs" / "benchmarks.md"
 # Measurements behind design choices and earlier runs, kept by hand; appended to DOC.
 DESIGN_NOTES = Path(__file__).resolve().parent / "design_notes.md"

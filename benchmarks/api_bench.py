@@ -1,6 +1,6 @@
 """Control-plane benchmarks (issue 6): one function per figure, against real processes.
 
-Four stacks, each a fresh PostgreSQL database, its agents and one control plane:
+Five stacks, each a fresh PostgreSQL database, its agents and one control plane:
 
 - ``api``: no agent. The control plane's only executor address has nothing listening, so
   its dispatcher holds its slots retrying and runs nothing: the request-path figures
@@ -10,6 +10,8 @@ Four stacks, each a fresh PostgreSQL database, its agents and one control plane:
 - ``logs``: one agent with the ``cli`` engine and the stand-in ``pixi`` of
   ``benchmarks/standin.py``: log throughput, log latency, 1,000 watchers.
 - ``two-agents``: two builtin agents: 200 jobs at once.
+- ``web``: the ``logs`` stack's agent, with the web UI in front of the control plane
+  (benchmarks/web_bench.py): the environments page, and a log line → the job page's DOM.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ from benchmarks import (
     real_environment,
     sharing_bench,
     standin,
+    web_bench,
 )
 from benchmarks.stack import (
     WORKER_CONCURRENCY,
@@ -165,6 +168,26 @@ METHOD = """\
   empty cache (its own process, timed inside). Medians of the rounds.
 - **diff**: DiffEnvironmentVersions of two versions of 300 packages (30 changed, one
   added, one removed), written straight into the database, 500 calls from one client.
+- **web UI** (benchmarks/web_bench.py; the `web` stack: one agent with the stand-in
+  `pixi`, the control plane and `python -m services.web` in front of it, as `make run`
+  starts them). Environments page: a user whose 200 environments were inserted with SQL
+  (with the owner's membership rows) signs in by posting the sign-in form with its CSRF
+  token, then GETs `/environments` 20 times unmeasured and 300 times measured, one after
+  another on one keep-alive HTTP/1.1 connection; the page shows the first 50 (the UI's
+  page size) and a next-page link, which every response is checked for (HTTP 200, 50
+  rows, signed in). Server time is the client's time from sending the request to having
+  read the whole response, on loopback: the app sets no `Server-Timing` header, so it
+  includes the client's own HTTP handling (the notes give GET `/healthz` on the same
+  connection, which makes no gRPC call, as that floor). Log line → DOM: a job whose
+  stand-in prints 1,000 lines at 100 lines/s, each with its print time; headless Chromium
+  (testkit/browser.py) signs in and opens the job's page while the job waits at its gate,
+  so the page is the live one (its EventSource fed from `WatchJob`); a MutationObserver,
+  injected by the driver, stamps each line's element with `performance.timeOrigin +
+  performance.now()` when it is added to the log; the gate is opened once the stream is
+  live and the agent's first line is shown. Latency is that stamp minus the print time,
+  both from the same machine clock (the browser's clock and `time.time()` are compared
+  before the first line and after the last; the notes give the difference). Every line
+  must appear once, and the stream must end with the job completed.
 """
 
 
@@ -929,9 +952,11 @@ class Sizes:
     load_seconds: float = 8
     environments: int = 10_000
     burst_jobs: int = 200
+    page_requests: int = 300
+    browser_lines: int = 1_000
 
 
-QUICK = Sizes(5, 1, 20_000, 50, 200, 2, 1_000, 20)
+QUICK = Sizes(5, 1, 20_000, 50, 200, 2, 1_000, 20, 50, 200)
 
 
 async def api_figures(stack: Stack, channel: str, sizes: Sizes, report: Report) -> None:
@@ -962,6 +987,17 @@ async def log_figures(stack: Stack, sizes: Sizes, report: Report) -> None:
     await log_throughput(stack, token, report, sizes.log_lines)
     await log_latency(stack, token, report)
     await many_watchers(stack, token, report, sizes.watchers, sizes.watched_lines)
+
+
+async def web_figures(stack: Stack, channel: str, sizes: Sizes, report: Report) -> None:
+    rows, notes = await web_bench.figures(
+        stack,
+        lambda owner_id, count: insert_environments(stack, owner_id, count, channel),
+        sizes.page_requests,
+        sizes.browser_lines,
+    )
+    report.rows += rows
+    report.notes += notes
 
 
 async def burst_figures(stack: Stack, sizes: Sizes, report: Report) -> None:
@@ -1003,6 +1039,8 @@ def main(scratch: Path, sizes: Sizes = Sizes(), only: set[str] | None = None) ->
         ("logs", {"agents": 1, "agent_env": logs_agent_env(scratch / "logs")},
          lambda stack: log_figures(stack, sizes, report)),
         ("two-agents", {"agents": 2}, lambda stack: burst_figures(stack, sizes, report)),
+        ("web", {"agents": 1, "agent_env": logs_agent_env(scratch / "web")},
+         lambda stack: web_figures(stack, channel, sizes, report)),
     ]  # fmt: skip
     for name, options, figures in plans:
         if only and name not in only:
