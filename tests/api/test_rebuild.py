@@ -96,7 +96,8 @@ def test_an_agent_restarted_empty_gets_every_environment_back(
     changed = ready_environment(user, "changed", ["acme-core ==1.1"])
     completed(user, user.install(changed, ["acme-utils"]))
     rebuilt = ready_environment(user, "rebuilt", ["acme-utils"])
-    before = {env: disk_builds(agent, env) for env in (changed, rebuilt)}
+    big = ready_environment(user, "big", ["acme-big"])  # 80 MB: its rebuild takes a while
+    before = {env: disk_builds(agent, env) for env in (changed, rebuilt, big)}
     versions = {env: history(user, env) for env in (changed, rebuilt)}
     assert all(before.values()) and len(versions[changed]) == 2
 
@@ -128,6 +129,19 @@ def test_an_agent_restarted_empty_gets_every_environment_back(
         assert [without_mark(v) for v in after] == [without_mark(v) for v in versions[rebuilt]]
         assert after[0].rebuild_count == 1
         assert user.get_env(rebuilt).status == READY and user.get_env(changed).status == READY
+
+        # While it is rebuilt the environment is REBUILDING, never READY without its files.
+        job = rebuild(admin, big)
+        seen = []
+        while not user.get_job(job.id).completed_at.seconds:
+            status = user.get_env(big).status
+            seen.append(status)
+            if status == READY:
+                assert disk_builds(agent, big) == before[big]
+            time.sleep(0.02)
+        completed(admin, job)
+        assert common_pb2.ENVIRONMENT_STATUS_REBUILDING in seen, seen
+        assert user.get_env(big).status == READY and disk_builds(agent, big) == before[big]
 
         # Only admins rebuild and move.
         assert code_of(lambda: rebuild(user, rebuilt)) == grpc.StatusCode.PERMISSION_DENIED

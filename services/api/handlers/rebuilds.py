@@ -26,6 +26,7 @@ async def _queue(
         return job
 
     job = await state.db.run(queue)
+    state.bus.environment_changed_here(environment_id)  # a rebuild made it REBUILDING
     state.bus.jobs_available.set()  # other processes heard the commit's NOTIFY
     return convert.job(job, created_by_username=caller.username)
 

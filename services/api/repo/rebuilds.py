@@ -93,7 +93,9 @@ def failed(
 
 
 def queue(session: Session, caller: User, environment_id: str, payload: payloads.Payload) -> Job:
-    """An admin's rebuild or move, queued behind the environment's other jobs."""
+    """An admin's rebuild or move, queued behind the environment's other jobs. A rebuild
+    makes the environment REBUILDING at once; a move does when it starts (until then its
+    files are where they were)."""
     environment = session.get(Environment, environment_id, with_for_update=True)
     if environment is None or environment.deleted_at is not None:
         raise NotFound(f"environment {environment_id} not found")
@@ -104,6 +106,10 @@ def queue(session: Session, caller: User, environment_id: str, payload: payloads
             f"environment {environment.name!r} has no version to rebuild from"
             f" (it is {environment.status})"
         )
+    if isinstance(payload, payloads.RebuildPayload):
+        # Asked for because its files are (thought) lost: not READY from now on.
+        environment.status = EnvironmentStatus.REBUILDING
+        environment.updated_at = func.now()
     return jobs.submit(session, environment, payload, caller.id)
 
 
