@@ -157,9 +157,14 @@ def test_environments_follow_their_agents_out_of_the_configuration(
     own_database: str,
     api_factory: Callable[..., ApiProcess],
 ) -> None:
-    old, new = agent_factory(), agent_factory()
-    api = api_factory(own_database, executors=old.addr)
+    old, new, lost = agent_factory(), agent_factory(), agent_factory()
+    api = api_factory(own_database, executors=lost.addr)
     user = api.new_user()
+    doomed = ready_environment(user, "doomed", ["acme-core"])
+    api.stop()
+    lost.stop()  # that agent is gone for good
+    api = api_factory(own_database, executors=old.addr)
+    user = api.login(user.user.username, "password-1")
     envs = [ready_environment(user, f"e{n}", ["acme-utils"]) for n in range(5)]
     builds = {env: disk_builds(old, env) for env in envs}
     api.stop()
@@ -176,6 +181,12 @@ def test_environments_follow_their_agents_out_of_the_configuration(
     job = completed(admin, rebuild(admin, envs[1]))
     assert disk_builds(new, envs[1]) == builds[envs[1]]
     assert on_disk(old, envs[1])  # the old agent was not asked: nothing freed there
+    # Deleting one whose agent is gone for good completes without it, and says so.
+    request = environments_pb2.DeleteEnvironmentRequest(id=doomed)
+    job = completed(user, user.call(user.envs.DeleteEnvironment, request).job)
+    assert f"could not free its directory on agent {lost.addr}" in job.logs, job.logs
+    gone = code_of(lambda: user.get_env(doomed))
+    assert gone == grpc.StatusCode.NOT_FOUND
     api.stop()
 
     # Both configured: a move rebuilds on the target and frees the old directory.
@@ -185,7 +196,7 @@ def test_environments_follow_their_agents_out_of_the_configuration(
     bad = code_of(lambda: move(admin, envs[2], "127.0.0.1:1"))
     assert bad == grpc.StatusCode.INVALID_ARGUMENT
     job = completed(admin, move(admin, envs[2], new.addr))
-    assert job.type == MOVE and f"freed its old directory on agent {old.addr}" in job.logs
+    assert job.type == MOVE and f"freed its directory on agent {old.addr}" in job.logs
     assert not on_disk(old, envs[2]) and disk_builds(new, envs[2]) == builds[envs[2]]
     # A job queued behind the move waits for it and runs on the new agent.
     queued = user.install(envs[2], ["acme-extras"])

@@ -304,6 +304,8 @@ class Dispatcher:
 
         if lock is None and is_rebuild_job(job):
             return await self._rebuilds.rebuild(job, executor, writer, apply, "")
+        if lock is None and self._rebuilds.deletes_elsewhere(job):
+            return await self._rebuilds.delete_elsewhere(job, writer)
         rebuilt = False
         if lock is None and self._rebuilds.needs_rebuild_first(job, executor):
             why = f"its agent {job.executor} is not in DARB_EXECUTORS"

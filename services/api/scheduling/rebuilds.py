@@ -113,6 +113,17 @@ class Rebuilder:
             other = await self._agents.choose_other({bound})
         return other or bound
 
+    def deletes_elsewhere(self, job: ClaimedJob) -> bool:
+        """A delete of an environment whose agent left ``DARB_EXECUTORS``."""
+        return isinstance(job.payload, payloads.DeletePayload) and self._gone(job.executor)
+
+    async def delete_elsewhere(self, job: ClaimedJob, writer: LineWriter) -> Outcome:
+        """Such a delete completes without that agent: it is asked to free the directory,
+        best effort, within half the agent lease (the job's log says how it went)."""
+        await self._line(writer, f"its agent {job.executor} is not in DARB_EXECUTORS")
+        await self._free(job, job.executor, writer, min(FREE_TIMEOUT, self._agents.lease / 2))
+        return Outcome(JobStatus.COMPLETED, "", AgentState())
+
     def needs_rebuild_first(self, job: ClaimedJob, executor: str) -> bool:
         """A job that needs the files runs on another agent than the one they are on."""
         return rebuilds_when_missing(job) and executor != job.executor
@@ -165,11 +176,13 @@ class Rebuilder:
             await self._free(job, old, writer)
         return Outcome(JobStatus.COMPLETED, "", None, "rebuilt")
 
-    async def _free(self, job: ClaimedJob, old: str, writer: LineWriter) -> None:
-        """Deletes the moved environment's directory on its old agent, best effort."""
+    async def _free(
+        self, job: ClaimedJob, old: str, writer: LineWriter, timeout: float = FREE_TIMEOUT
+    ) -> None:
+        """Deletes the environment's directory on its old agent, best effort."""
         try:
-            async with asyncio.timeout(FREE_TIMEOUT):
-                result = await self._delete(old, job.environment_id)
+            async with asyncio.timeout(timeout):
+                result = await self._delete(old, job.environment_id, job.fence)
         except (ExecutorError, TimeoutError) as exc:
             reason = exc.message if isinstance(exc, ExecutorError) else "timed out"
             if isinstance(exc, ExecutorError) and exc.code == grpc.StatusCode.NOT_FOUND:
@@ -177,14 +190,17 @@ class Rebuilder:
             else:
                 result = AgentResult(False, reason, AgentState())
         if result.success:
-            await self._line(writer, f"freed its old directory on agent {old}")
+            await self._line(writer, f"freed its directory on agent {old}")
             return
-        text = f"could not free its old directory on agent {old} ({result.error}); delete it there"
+        text = f"could not free its directory on agent {old} ({result.error}); delete it there"
         await self._line(writer, text, "stderr")
         log.warning("environment %s: %s", job.environment_id, text)
 
-    async def _delete(self, executor: str, environment_id: str) -> AgentResult:
-        async for event in self._client.run(executor, environment_id, payloads.DeletePayload()):
+    async def _delete(self, executor: str, environment_id: str, fence: int) -> AgentResult:
+        """The move's delete on the old agent, with the move's claim's fencing token (the
+        old agent refuses a lower one than it has seen for the environment)."""
+        delete = payloads.DeletePayload()
+        async for event in self._client.run(executor, environment_id, delete, fence):
             if isinstance(event, AgentResult):
                 return event
         return AgentResult(False, "the agent ended without a result", AgentState())
