@@ -182,7 +182,7 @@ class Rebuilder:
         """Deletes the environment's directory on its old agent, best effort."""
         try:
             async with asyncio.timeout(timeout):
-                result = await self._delete(old, job.environment_id, job.fence)
+                result = await self._delete(old, job.environment_id)
         except (ExecutorError, TimeoutError) as exc:
             reason = exc.message if isinstance(exc, ExecutorError) else "timed out"
             if isinstance(exc, ExecutorError) and exc.code == grpc.StatusCode.NOT_FOUND:
@@ -196,11 +196,8 @@ class Rebuilder:
         await self._line(writer, text, "stderr")
         log.warning("environment %s: %s", job.environment_id, text)
 
-    async def _delete(self, executor: str, environment_id: str, fence: int) -> AgentResult:
-        """The move's delete on the old agent, with the move's claim's fencing token (the
-        old agent refuses a lower one than it has seen for the environment)."""
-        delete = payloads.DeletePayload()
-        async for event in self._client.run(executor, environment_id, delete, fence):
+    async def _delete(self, executor: str, environment_id: str) -> AgentResult:
+        async for event in self._client.run(executor, environment_id, payloads.DeletePayload()):
             if isinstance(event, AgentResult):
                 return event
         return AgentResult(False, "the agent ended without a result", AgentState())
