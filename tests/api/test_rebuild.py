@@ -227,3 +227,41 @@ def test_environments_follow_their_agents_out_of_the_configuration(
     assert not [env for env in envs if on_disk(new, env)]
     for env in envs[2:]:
         assert {row for row in disk_builds(old, env)} >= builds[env]
+
+
+def test_a_failed_rebuild_leaves_the_environment_rebuilding_until_one_succeeds(
+    channel_url: str,
+    agent_factory: Callable[..., AgentProcess],
+    own_database: str,
+    api_factory: Callable[..., ApiProcess],
+) -> None:
+    agent = agent_factory()
+    api = api_factory(own_database, executors=agent.addr)
+    user = api.new_user()
+    env = ready_environment(user, "fragile", ["acme-utils"])
+    before = disk_builds(agent, env)
+    # The agent comes back with an empty disk that it deems full: it refuses the rebuild
+    # (an ApplyLock) that a remove (not refused for disk space) asks for.
+    agent.stop()
+    shutil.rmtree(agent.data_dir)
+    full = {"DARB_MIN_FREE_BYTES": str(2**62)}
+    agent = start_agent(agent.data_dir, channel_url, agent.token, full, addr=agent.addr)
+    try:
+        failed = user.wait(user.remove(env, ["acme-utils"]).id, timeout=300)
+        assert failed.status == common_pb2.JOB_STATUS_FAILED and "rebuilding" in failed.logs
+        assert "RESOURCE_EXHAUSTED" in failed.error or "free" in failed.error, failed.error
+        shown = user.get_env(env)
+        assert shown.status == common_pb2.ENVIRONMENT_STATUS_REBUILDING
+        assert "rebuild failed" in shown.error, shown.error
+        assert len(history(user, env)) == 1 and history(user, env)[0].rebuild_count == 0
+    finally:
+        agent.stop()
+    # With room again, the next job rebuilds it and runs.
+    agent = start_agent(agent.data_dir, channel_url, token=agent.token, addr=agent.addr)
+    try:
+        completed(user, user.install(env, ["acme-extras"]))
+        shown = user.get_env(env)
+        assert shown.status == READY and shown.error == ""
+        assert disk_builds(agent, env) > before and history(user, env)[1].rebuild_count == 1
+    finally:
+        agent.stop()
