@@ -85,6 +85,7 @@ class ClaimedJob:
     executor: str
     payload: payloads.Payload
     queued_seconds: float  # from submission to this claim
+    fence: int = 0  # the environment's fencing token this claim gave it
 
 
 class LineRow(NamedTuple):

@@ -23,7 +23,7 @@ from services.api import payloads
 from services.api.database.direct import Query
 from services.api.ids import new_id
 from services.api.records import ClaimedJob
-from services.api.repo import access, environments, quotas
+from services.api.repo import access, environments, fences, quotas
 from services.api.repo.models import (
     ACTIVE_JOB_STATUSES,
     Environment,
@@ -162,13 +162,15 @@ def _start_environment(environment_id: Any) -> Update:
 
 def _claim_in_one_statement() -> Select[Any]:
     """The claim, the environment's update and the NOTIFY (parameters channel, origin)
-    as one statement, so one round trip with no BEGIN or COMMIT."""
+    as one statement, so one round trip with no BEGIN or COMMIT. The claim takes a new
+    fencing token (``fences.next_token``), which the job's operation carries to the agent."""
     claimed = _claim().cte("claimed")
     started = _start_environment(claimed.c.environment_id).cte("started")
     notify = func.pg_notify(bindparam("channel"), bindparam("origin") + claimed.c.id)
     return select(
         *(claimed.c.id, claimed.c.type, claimed.c.payload, claimed.c.environment_id),
         *(claimed.c.created_at, claimed.c.started_at, started.c.name, started.c.executor),
+        fences.next_token().label("fence"),
         notify,
     ).join_from(claimed, started, started.c.id == claimed.c.environment_id)
 
@@ -195,6 +197,7 @@ async def claim_next(
         executor=job.executor,
         payload=payloads.load(job.type, job.payload),
         queued_seconds=max((job.started_at - job.created_at).total_seconds(), 0.0),
+        fence=job.fence,
     )
 
 

@@ -25,6 +25,12 @@ END
 $$;
 
 
+-- Fencing tokens (services/api/repo/fences.py): every claim of a job and every takeover
+-- of a job whose lease expired takes the next one, so the tokens of one environment's
+-- claims grow; its agent refuses an operation with a lower token than it has seen.
+CREATE SEQUENCE IF NOT EXISTS darb_fence_tokens AS bigint;
+
+
 -- Every change to an environment row sends NOTIFY darb_environment_changed with its id.
 -- Control-plane processes answer GetEnvironment from memory and drop an entry when its
 -- row changes. A trigger, not the code paths that write, sends it: no path (a new one,

@@ -51,6 +51,7 @@ from services.api.scheduling.executor_client import (
 )
 from services.api.scheduling.progress import ProgressRecorder
 from services.api.scheduling.rebuilds import Rebuilder, is_missing, is_rebuild_job
+from services.api.scheduling.takeover import FENCE_TIMEOUT, Takeover
 from shared.config import ApiLimits
 
 log = logging.getLogger(__name__)
@@ -64,7 +65,6 @@ SHUTDOWN = (
 )
 # After the grace, how long a stopping control plane still waits to record handed-back jobs.
 FINISH_ON_SHUTDOWN = 5.0
-LEASE_EXPIRED = "the control plane running this job stopped (its lease expired)"
 # A create's agent refused the connection before anything ran: place it again.
 REFUSED = Outcome(JobStatus.FAILED, "the executor agent refused the connection")
 # What a database outage raises: retried with a one-line warning instead of a traceback.
@@ -105,6 +105,7 @@ class Dispatcher:
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._rebuilds = Rebuilder(database, bus, client, agents, self.worker_id, draining)
         self._running: dict[str, asyncio.Task[None]] = {}
+        self._takeover = Takeover(database, client, agents.lease, self._finish_expired)
         # Jobs whose operation is on an agent: ``concurrency`` bounds these. A job whose
         # operation has ended leaves at once, so the next claim overlaps its bookkeeping
         # (storing the last lines, recording the end) instead of waiting for it.
@@ -119,7 +120,11 @@ class Dispatcher:
         return len(self._running)
 
     async def start(self) -> None:
-        await self.fail_expired()
+        # Jobs a stopped control plane left end before the first claim, unless their
+        # agent keeps the takeover waiting: then they end in the background.
+        taking_over = await self._takeover.sweep(self._running)
+        if taking_over:
+            await asyncio.wait(taking_over, timeout=FENCE_TIMEOUT)
         self._loop_task = asyncio.create_task(self._loop(), name="darb-dispatcher")
 
     async def stop_claiming(self) -> None:
@@ -150,13 +155,14 @@ class Dispatcher:
         """Fails jobs left running by a control plane that stopped renewing their lease.
 
         Our own running jobs are skipped: after a database outage their lease may have run
-        out before the heartbeat could renew it, but they are alive.
+        out before the heartbeat could renew it, but they are alive. Each is fenced on its
+        agent first, and ended as the agent then has it (``scheduling/takeover.py``), in
+        the background.
         """
-        for job_id in await self._db.run(jobs.expired):
-            if job_id in self._running:
-                continue
-            outcome = Outcome(JobStatus.FAILED, LEASE_EXPIRED)
-            await self._finish(job_id, outcome, JobStatus.RUNNING, worker_id=None)
+        await self._takeover.sweep(self._running)
+
+    async def _finish_expired(self, job_id: str, outcome: Outcome) -> None:
+        await self._finish(job_id, outcome, JobStatus.RUNNING, worker_id=None)
 
     async def _loop(self) -> None:
         last_sweep = time.monotonic()
@@ -319,7 +325,8 @@ class Dispatcher:
         while True:
             heard = False
             try:
-                async for event in self._client.run(executor, job.environment_id, operation):
+                events = self._client.run(executor, job.environment_id, operation, job.fence)
+                async for event in events:
                     heard = True
                     if isinstance(event, AgentLines):
                         await writer.add(event)  # waits while storing lags behind

@@ -67,15 +67,32 @@ class ExecutorError(Exception):
         return self.code in RETRYABLE
 
 
+@dataclass(frozen=True)
+class FencedState:
+    """The agent's answer to ``Fence``: whether the environment exists there, and as what."""
+
+    exists: bool
+    state: AgentState
+
+
 class ExecutorClient(Protocol):
     def run(
-        self, executor: str, environment_id: str, operation: Operation
+        self, executor: str, environment_id: str, operation: Operation, fence: int = 0
     ) -> AsyncIterator[AgentLines | Progress | AgentResult]:
         """Streams the operation's lines in batches, with its progress reports between
-        them, and then its result; raises ExecutorError.
+        them, and then its result; raises ExecutorError. ``fence``: the claim's fencing
+        token (``scheduling/takeover.py``).
 
         Closing the iterator early cancels the operation on the agent.
         """
+        ...
+
+    async def fence(
+        self, executor: str, environment_id: str, token: int, timeout: float
+    ) -> FencedState:
+        """Raises the agent's fencing token of the environment to ``token``: an older
+        operation is stopped and can no longer commit; returns the state it left. Raises
+        ExecutorError."""
         ...
 
     async def probe(self, executor: str, timeout: float) -> bool:
@@ -105,7 +122,11 @@ class GrpcExecutorClient:
         return self._stubs[addr][1]
 
     def _call(
-        self, stub: pb_grpc.ExecutorServiceStub, environment_id: str, operation: Operation
+        self,
+        stub: pb_grpc.ExecutorServiceStub,
+        environment_id: str,
+        operation: Operation,
+        fence: int = 0,
     ) -> grpc.aio.UnaryStreamCall:
         metadata = self._metadata
         if isinstance(operation, payloads.CreatePayload) and operation.lockfile:
@@ -124,6 +145,7 @@ class GrpcExecutorClient:
                 platforms=operation.platforms,
                 packages=operation.packages,
                 lockfile=operation.lockfile,
+                fence_token=fence,
             )
             return stub.ApplyLock(apply, metadata=metadata)
         if isinstance(operation, payloads.CreatePayload):
@@ -133,27 +155,28 @@ class GrpcExecutorClient:
                 channels=operation.channels,
                 packages=operation.packages,
                 platforms=operation.platforms,
+                fence_token=fence,
             )
             return stub.CreateEnvironment(create, metadata=metadata)
         if isinstance(operation, payloads.InstallPayload):
             install = pb.InstallPackagesRequest(
-                environment_id=environment_id, packages=operation.packages
+                environment_id=environment_id, packages=operation.packages, fence_token=fence
             )
             return stub.InstallPackages(install, metadata=metadata)
         if isinstance(operation, payloads.RemovePayload):
             remove = pb.RemovePackagesRequest(
-                environment_id=environment_id, packages=operation.packages
+                environment_id=environment_id, packages=operation.packages, fence_token=fence
             )
             return stub.RemovePackages(remove, metadata=metadata)
         if isinstance(operation, payloads.RollbackPayload):  # the dispatcher resolves these
             raise TypeError("a rollback reaches the agent as a LockToApply")
-        delete = pb.DeleteEnvironmentRequest(environment_id=environment_id)
+        delete = pb.DeleteEnvironmentRequest(environment_id=environment_id, fence_token=fence)
         return stub.DeleteEnvironment(delete, metadata=metadata)
 
     async def run(
-        self, executor: str, environment_id: str, operation: Operation
+        self, executor: str, environment_id: str, operation: Operation, fence: int = 0
     ) -> AsyncIterator[AgentLines | Progress | AgentResult]:
-        call = self._call(self._stub(executor), environment_id, operation)
+        call = self._call(self._stub(executor), environment_id, operation, fence)
         try:
             async for message in call:
                 if message.HasField("log_lines"):
@@ -168,6 +191,25 @@ class GrpcExecutorClient:
             raise ExecutorError(exc.code(), exc.details() or exc.code().name) from exc
         finally:
             call.cancel()
+
+    async def fence(
+        self, executor: str, environment_id: str, token: int, timeout: float
+    ) -> FencedState:
+        request = pb.FenceRequest(environment_id=environment_id, fence_token=token)
+        try:
+            answer = await self._stub(executor).Fence(
+                request, metadata=self._metadata, timeout=timeout
+            )
+        except grpc.aio.AioRpcError as exc:
+            raise ExecutorError(exc.code(), exc.details() or exc.code().name) from exc
+        result = pb.OperationResult(
+            success=True,
+            packages=answer.packages,
+            manifest=answer.manifest,
+            lockfile=answer.lockfile,
+            content_hash=answer.content_hash,
+        )
+        return FencedState(answer.exists, _result(result).state)
 
     async def probe(self, executor: str, timeout: float) -> bool:
         """GetInfo with a deadline: it runs on the agent's event loop, so it also fails

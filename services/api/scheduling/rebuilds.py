@@ -138,7 +138,10 @@ class Rebuilder:
         there and marks the version rebuilt. A move then frees the old directory.
         Returns the outcome of the ApplyLock (itself when it failed), with no state
         when it completed: a rebuild adds no version."""
-        known_missing = bool(why) or self._gone(job.executor) or executor != job.executor
+        if isinstance(job.payload, payloads.MovePayload):  # still where it was if this fails
+            known_missing = self._gone(job.executor)
+        else:
+            known_missing = bool(why) or self._gone(job.executor) or executor != job.executor
         try:
             lock, before, number = await self._db.run(rebuilds.begin, job.environment_id)
         finally:
@@ -182,7 +185,7 @@ class Rebuilder:
         """Deletes the environment's directory on its old agent, best effort."""
         try:
             async with asyncio.timeout(timeout):
-                result = await self._delete(old, job.environment_id)
+                result = await self._delete(old, job.environment_id, job.fence)
         except (ExecutorError, TimeoutError) as exc:
             reason = exc.message if isinstance(exc, ExecutorError) else "timed out"
             if isinstance(exc, ExecutorError) and exc.code == grpc.StatusCode.NOT_FOUND:
@@ -196,8 +199,11 @@ class Rebuilder:
         await self._line(writer, text, "stderr")
         log.warning("environment %s: %s", job.environment_id, text)
 
-    async def _delete(self, executor: str, environment_id: str) -> AgentResult:
-        async for event in self._client.run(executor, environment_id, payloads.DeletePayload()):
+    async def _delete(self, executor: str, environment_id: str, fence: int) -> AgentResult:
+        """The delete on the old agent, with this job's claim's fencing token (the agent
+        refuses a lower one than it has seen for the environment)."""
+        delete = payloads.DeletePayload()
+        async for event in self._client.run(executor, environment_id, delete, fence):
             if isinstance(event, AgentResult):
                 return event
         return AgentResult(False, "the agent ended without a result", AgentState())

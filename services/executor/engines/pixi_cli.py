@@ -70,9 +70,11 @@ class PixiCliEngine:
             return await self._builtin.run(operation, emit, progress)
         if operation.kind == "apply":
             return await self._apply(operation, emit)
+        if operation.kind == "create":
+            return await self._create(operation, emit)
         if operation.kind == "restore":
             _restore_backup(operation.workspace)
-        elif operation.kind != "create":
+        else:
             _take_backup(operation.workspace)
         error = await self._run_all(self.commands(operation), emit)
         if error is None and operation.kind == "restore":  # not fenced: it commits nothing new
@@ -81,10 +83,24 @@ class PixiCliEngine:
             error = await self._commit(operation)
         return error
 
+    async def _create(self, operation: Operation, emit: Emit) -> str | None:
+        """``pixi init`` writes pixi.toml first, so a create that failed, was stopped or
+        was fenced out removes the workspace: only a committed create leaves one (as
+        with the builtin engine, whose pixi.toml comes last)."""
+        error: str | None = "the create did not finish"
+        try:
+            error = await self._run_all(self.commands(operation), emit)
+            if error is None:
+                error = await self._commit(operation)
+        finally:
+            if error is not None:
+                shutil.rmtree(operation.workspace.root, ignore_errors=True)
+        return error
+
     async def _commit(self, operation: Operation) -> str | None:
         """The commit point: drop the backup (a create: keep the workspace) unless another
         control plane took the environment over meanwhile (a higher fencing token); then
-        the backup stays for the repair to put back, and a create's workspace goes."""
+        the backup stays for the repair to put back (a create's workspace goes)."""
         fence_file = fencing.fence_file(self._layout.data_dir, operation.workspace.root.name)
 
         def commit() -> None:
@@ -96,8 +112,6 @@ class PixiCliEngine:
         try:
             await asyncio.to_thread(commit)
         except fencing.StaleFence as exc:
-            if operation.kind == "create":
-                shutil.rmtree(operation.workspace.root, ignore_errors=True)
             return str(exc)
         return None
 
