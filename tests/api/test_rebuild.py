@@ -236,10 +236,18 @@ def test_a_failed_rebuild_leaves_the_environment_rebuilding_until_one_succeeds(
     api_factory: Callable[..., ApiProcess],
 ) -> None:
     agent = agent_factory()
-    api = api_factory(own_database, executors=agent.addr)
-    user = api.new_user()
+    # An agent that deems its disk full, kept out of placement by DARB_DRAIN.
+    full = agent_factory(DARB_MIN_FREE_BYTES=str(2**62))
+    executors = f"{agent.addr},{full.addr}"
+    api = api_factory(own_database, executors=executors, DARB_DRAIN=full.addr)
+    user, admin = api.new_user(), api.admin()
     env = ready_environment(user, "fragile", ["acme-utils"])
     before = disk_builds(agent, env)
+    # A move that the target refuses leaves the environment READY where it was.
+    failed = admin.wait(move(admin, env, full.addr).id, timeout=300)
+    assert failed.status == common_pb2.JOB_STATUS_FAILED, failed.logs
+    assert user.get_env(env).status == READY and disk_builds(agent, env) == before
+    assert not on_disk(full, env)
     # The agent comes back with an empty disk that it deems full: it refuses the rebuild
     # (an ApplyLock) that a remove (not refused for disk space) asks for.
     agent.stop()
