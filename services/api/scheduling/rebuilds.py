@@ -141,9 +141,6 @@ class Rebuilder:
         if isinstance(job.payload, payloads.MovePayload):  # still where it was if this fails
             known_missing = self._gone(job.executor)
         else:
-            if isinstance(job.payload, payloads.MovePayload):  # still where it was if this fails
-            known_missing = self._gone(job.executor)
-        else:
             known_missing = bool(why) or self._gone(job.executor) or executor != job.executor
         try:
             lock, before, number = await self._db.run(rebuilds.begin, job.environment_id)
