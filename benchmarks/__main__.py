@@ -21,7 +21,7 @@ import psycopg
 import rattler
 import sqlalchemy
 
-from benchmarks import api_bench, embedded_start, executor_bench
+from benchmarks import api_bench, embedded_start, executor_bench, sweep_bench
 from benchmarks.stack import WORKER_CONCURRENCY
 from benchmarks.stats import Row, target_met
 from shared.version import __version__
@@ -60,7 +60,7 @@ def executor_rows() -> list[Row]:
     """The agent-only rows of executor_bench, judged where their target is a plain bound."""
     return [
         Row(f"agent only: {figure}", value, target, target_met(value, target))
-        for figure, value, target in executor_bench.main()
+        for figure, value, target in [*executor_bench.main(), *sweep_bench.main()]
     ]
 
 
@@ -80,7 +80,9 @@ def document(rows: list[Row], notes: list[str], minutes: float) -> str:
         "## How each figure is measured\n\n"
         "- **agent only** rows: benchmarks/executor_bench.py, a create sent straight to one\n"
         f"  agent vs py-rattler alone, {executor_bench.ROUNDS} rounds that alternate the two"
-        " (medians; the added time is the median of the paired differences).\n"
+        " (medians; the added time is the median of the paired differences); the sweep row:\n"
+        f"  benchmarks/sweep_bench.py, one SweepPackageCache call to a real agent over"
+        f" {sweep_bench.PACKAGES:,} cached packages (median of {sweep_bench.ROUNDS}).\n"
         + api_bench.METHOD
         + "- **make run** rows: benchmarks/embedded_start.py, "
         + embedded_start.METHOD.format(rounds=embedded_start.ROUNDS)

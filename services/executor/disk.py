@@ -16,7 +16,9 @@ age" means: not written, and not seen in use, for that long.
 The sweep must never remove a package an operation is about to link. Every engine run
 holds the ``CacheGate`` shared; the sweep takes it exclusively, only when no operation
 runs (it waits for a moment without one, rather than queueing behind a long install), and
-operations that start while it runs wait for it (seconds at most).
+operations that start while it runs wait for it (seconds at most). Within the gate the
+sweep only renames what goes into ``$DARB_DATA_DIR/trash``; deleting it (which frees the
+blocks, slow on a file system that trims each one) happens after, outside the gate.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import os
 import shutil
 import stat
 import time
+import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -137,24 +140,34 @@ def _packages(cache: Path) -> Iterator[os.DirEntry[str]]:
             yield entry
 
 
-def _linked(directory: str) -> bool:
-    """Whether any file under ``directory`` has another link (an environment's)."""
+def _scan(directory: str) -> int | None:
+    """None when a file under ``directory`` has another link (an environment's), else the
+    bytes of everything under it. ``info/`` (metadata, which installs do not link) is
+    looked into last, so a package in use is told by its payload files."""
+    total = 0
     stack = [directory]
-    while stack:
+    later: list[str] = []
+    while stack or later:
+        path = stack.pop() if stack else later.pop()
         try:
-            entries = list(os.scandir(stack.pop()))
+            entries = os.scandir(path)
         except (FileNotFoundError, NotADirectoryError):
             continue
-        for entry in entries:
-            if entry.is_dir(follow_symlinks=False):
-                stack.append(entry.path)
-            elif entry.is_file(follow_symlinks=False):
+        with entries:
+            for entry in entries:
                 try:
-                    if entry.stat(follow_symlinks=False).st_nlink > 1:
-                        return True
+                    info = entry.stat(follow_symlinks=False)
                 except FileNotFoundError:
                     continue
-    return False
+                mode = info.st_mode
+                if stat.S_ISDIR(mode):
+                    (later if path is directory and entry.name == "info" else stack).append(
+                        entry.path
+                    )
+                elif info.st_nlink > 1 and stat.S_ISREG(mode):
+                    return None
+                total += info.st_blocks * 512
+    return total
 
 
 @dataclass
@@ -165,37 +178,46 @@ class SweepResult:
     packages_too_young: int = 0
 
 
-def sweep_cache(cache: Path, max_age: float, now: float | None = None) -> SweepResult:
-    """Remove the packages of ``cache`` that nothing links to and that are older than
-    ``max_age`` seconds (by their directory's and their ``.lock`` file's time); stamp the
-    directories of packages in use with ``now``. The caller keeps operations out."""
+def sweep_cache(cache: Path, trash: Path, max_age: float, now: float | None = None) -> SweepResult:
+    """Move out of ``cache`` into ``trash`` the packages older than ``max_age`` seconds
+    (by their directory's and their ``.lock`` file's time) that nothing links to, with
+    their ``.lock`` and archive; stamp the directories of old packages in use with
+    ``now``, so that their age counts from when they were last seen in use. The caller
+    keeps operations out meanwhile, and deletes ``trash`` afterwards: renames are quick,
+    freeing blocks may not be (a file system mounted with ``discard`` trims each)."""
     now = time.time() if now is None else now
     result = SweepResult()
+    root, bin_ = str(cache), str(trash)
+    made = False
     for entry in _packages(cache):
-        lock = cache / f"{entry.name}.lock"
+        lock = f"{root}/{entry.name}.lock"
         try:
-            written = entry.stat(follow_symlinks=False).st_mtime
+            own = entry.stat(follow_symlinks=False)
+            written = own.st_mtime
             with contextlib.suppress(FileNotFoundError):
-                written = max(written, lock.lstat().st_mtime)
+                written = max(written, os.lstat(lock).st_mtime)
         except FileNotFoundError:
-            continue
-        if _linked(entry.path):
-            result.packages_in_use += 1
-            with contextlib.suppress(OSError):
-                os.utime(entry.path, (now, now), follow_symlinks=False)
             continue
         if now - written < max_age:
             result.packages_too_young += 1
             continue
-        counter = _Counter()
-        freed = counter.tree(Path(entry.path))
-        shutil.rmtree(entry.path, ignore_errors=True)
-        for extra in (lock, *(cache / f"{entry.name}{s}" for s in ARCHIVE_SUFFIXES)):
+        size = _scan(entry.path)
+        if size is None:
+            result.packages_in_use += 1
+            with contextlib.suppress(OSError):
+                os.utime(entry.path, (now, now), follow_symlinks=False)
+            continue
+        if not made:
+            os.makedirs(bin_, exist_ok=True)
+            made = True
+        os.rename(entry.path, f"{bin_}/{entry.name}")
+        for suffix in (".lock", *ARCHIVE_SUFFIXES):
             with contextlib.suppress(FileNotFoundError):
-                freed += counter.entry(extra.lstat())
-                extra.unlink()
+                extra = f"{root}/{entry.name}{suffix}"
+                size += os.lstat(extra).st_blocks * 512
+                os.rename(extra, f"{bin_}/{entry.name}{suffix}")
         result.packages_removed += 1
-        result.bytes_freed += freed
+        result.bytes_freed += size + own.st_blocks * 512
     return result
 
 
@@ -280,6 +302,7 @@ class DiskKeeper:
         self._measured = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._sweep_lock = asyncio.Lock()
+        self._deletions: set[asyncio.Task[None]] = set()
 
     def gated(self, engines: dict[str, Engine]) -> dict[str, Engine]:
         return {name: GatedEngine(engine, self) for name, engine in engines.items()}
@@ -307,11 +330,19 @@ class DiskKeeper:
         return await asyncio.to_thread(measure, self._layout)
 
     async def sweep(self, wait: float | None) -> SweepResult:
-        """One sweep now: waits up to ``wait`` seconds for no operation to run."""
+        """One sweep now: waits up to ``wait`` seconds for no operation to run. What it
+        removes is deleted in the background once operations may run again."""
+        trash = self._layout.trash / f"pkgs-{uuid.uuid4().hex}"
         async with self._sweep_lock, self.gate.exclusive(wait):
             started = time.monotonic()
             cache, max_age = self._layout.package_cache, self._settings.pkg_cache_max_age
-            result = await asyncio.to_thread(sweep_cache, cache, max_age)
+            result = await asyncio.to_thread(sweep_cache, cache, trash, max_age)
+        if trash.exists():
+            task = asyncio.get_running_loop().create_task(
+                asyncio.to_thread(shutil.rmtree, trash, True), name="darb-sweep-delete"
+            )
+            self._deletions.add(task)
+            task.add_done_callback(self._deletions.discard)
         log.info(
             "package cache swept in %.3fs: %d packages removed (%d bytes), %d in use,"
             " %d younger than %gs",
