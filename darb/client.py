@@ -302,6 +302,20 @@ class Environments:
         )
         return Job.from_proto(self._client._call(self._stub.RollbackEnvironment, request).job)
 
+    def rebuild(self, environment_id: str) -> Job:
+        """Admins: queues a job that installs the current version's lock again, as is, on
+        the environment's agent (or another, if that agent is gone) and returns it."""
+        request = environments_pb2.RebuildEnvironmentRequest(environment_id=environment_id)
+        return Job.from_proto(self._client._call(self._stub.RebuildEnvironment, request).job)
+
+    def move(self, environment_id: str, agent: str) -> Job:
+        """Admins: queues a job that rebuilds the environment on ``agent`` (one of the
+        control plane's DARB_EXECUTORS), binds it there and frees its old directory."""
+        request = environments_pb2.MoveEnvironmentRequest(
+            environment_id=environment_id, agent=agent
+        )
+        return Job.from_proto(self._client._call(self._stub.MoveEnvironment, request).job)
+
     def diff(
         self, environment_id: str, from_version: int, to_version: int = 0, platform: str = ""
     ) -> VersionDiff:

@@ -315,6 +315,10 @@ class EnvironmentVersion:
     platforms: tuple[str, ...]
     manifest: str
     lockfile: str
+    # How often its lock was installed again as is (a rebuild or a move to another
+    # agent; no version is added for those), and when last (None: never).
+    rebuild_count: int = 0
+    rebuilt_at: datetime | None = None
 
     @classmethod
     def from_proto(cls, message: environments_pb2.EnvironmentVersion) -> EnvironmentVersion:
@@ -331,6 +335,8 @@ class EnvironmentVersion:
             platforms=tuple(message.platforms),
             manifest=message.manifest,
             lockfile=message.lockfile,
+            rebuild_count=message.rebuild_count,
+            rebuilt_at=_time(message, "rebuilt_at"),
         )
 
 
