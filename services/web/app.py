@@ -64,7 +64,7 @@ ROLE_PERMISSIONS = {
     common_pb2.ROLE_EDITOR: {"environments.get", "environments.update", "jobs.cancel"},
     common_pb2.ROLE_OWNER: set(PERMISSIONS),
 }
-STATUS_FILTERS = ("READY", "PENDING", "CREATING", "FAILED", "DELETING")
+STATUS_FILTERS = ("READY", "PENDING", "CREATING", "FAILED", "DELETING", "REBUILDING")
 ROLE_FILTERS = ("OWNER", "EDITOR", "VIEWER")
 ROLE_CHOICES = {"viewer": common_pb2.ROLE_VIEWER, "editor": common_pb2.ROLE_EDITOR}
 ROLE_CHOICES["owner"] = common_pb2.ROLE_OWNER
