@@ -42,6 +42,7 @@ from services.api.scheduling.executor_client import (
     ExecutorClient,
     ExecutorError,
 )
+from shared.errors import ServiceError
 
 log = logging.getLogger(__name__)
 
@@ -144,6 +145,8 @@ class Rebuilder:
             known_missing = bool(why) or self._gone(job.executor) or executor != job.executor
         try:
             lock, before, number = await self._db.run(rebuilds.begin, job.environment_id)
+        except ServiceError as exc:  # e.g. no version to rebuild from
+            return Outcome(JobStatus.FAILED, f"cannot rebuild: {exc}")
         finally:
             self._bus.environment_changed_here(job.environment_id)
         await self._line(
