@@ -7,7 +7,8 @@ beside its ``.lock`` file. A third are linked (one payload file hard-linked into
 environment directory), and of the others half are older than DARB_PKG_CACHE_MAX_AGE
 (1 day) and half younger: the sweep checks all 10,000, removes the ~3,300 old unlinked
 ones and stamps the linked ones. Timed: one SweepPackageCache call to the agent, from the
-request to the answer, over fresh caches in each round (median).
+request to the answer, once the agent has settled after its start (its first measure of
+the cache, its spare worker), over fresh caches in each round (median).
 """
 
 from __future__ import annotations
@@ -22,13 +23,14 @@ from pathlib import Path
 
 import grpc
 
-from darb.executor.v1 import disk_pb2, disk_pb2_grpc
-from testkit.agent import start_agent
+from darb.executor.v1 import disk_pb2, disk_pb2_grpc, executor_pb2
+from testkit.agent import AgentProcess, start_agent
 
 PACKAGES = 10_000
 ROUNDS = 3
 OLD = 40 * 86400
 MAX_AGE = "1d"
+SETTLE_SECONDS = 1.5
 
 
 def fill(data_dir: Path) -> tuple[int, int]:
@@ -65,6 +67,18 @@ def fill(data_dir: Path) -> tuple[int, int]:
     return doomed, linked
 
 
+def settle(agent: AgentProcess) -> None:
+    """Until the agent has measured its cache once (it does at start) and started its
+    spare worker: a scheduled sweep does not run in the agent's first seconds."""
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        info = agent.stub().GetInfo(executor_pb2.GetInfoRequest(), metadata=agent.metadata)
+        if info.package_cache_bytes >= 0:
+            break
+        time.sleep(0.2)
+    time.sleep(SETTLE_SECONDS)
+
+
 def sweep_seconds(scratch: Path) -> float:
     data_dir = scratch / f"agent-{uuid.uuid4().hex[:8]}" / "data"
     doomed, linked = fill(data_dir)
@@ -72,6 +86,7 @@ def sweep_seconds(scratch: Path) -> float:
     env = {"DARB_PKG_CACHE_MAX_AGE": MAX_AGE, "DARB_PKG_CACHE_SWEEP_INTERVAL": "0"}
     agent = start_agent(data_dir, "file:///nonexistent", token="bench", extra_env=env)
     with agent, grpc.insecure_channel(agent.addr) as channel:
+        settle(agent)
         stub = disk_pb2_grpc.DiskServiceStub(channel)
         started = time.perf_counter()
         result = stub.SweepPackageCache(

@@ -46,8 +46,8 @@ log = logging.getLogger(__name__)
 # Operations that add packages; a delete or a remove frees space and is never refused.
 GROWING = frozenset({"create", "install", "apply"})
 ARCHIVE_SUFFIXES = (".conda", ".tar.bz2")
-# The scheduled sweep waits for a moment without operations, looking this often.
-IDLE_POLL_SECONDS = 1.0
+# Walking a big cache costs CPU: after operations, it is measured again at most this often.
+MEASURE_GAP_SECONDS = 5.0
 
 
 def free_bytes(path: Path) -> tuple[int, int]:
@@ -370,16 +370,22 @@ class DiskKeeper:
         interval = self._settings.pkg_cache_sweep_interval
         loop = asyncio.get_running_loop()
         next_sweep = loop.time() + interval if interval else None
+        measure_after = loop.time()
         while True:
-            timeout = None if next_sweep is None else max(next_sweep - loop.time(), 0)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._measured.wait(), timeout)
-            if self._measured.is_set():
+            due = [] if next_sweep is None else [next_sweep]
+            if self._measured.is_set():  # a measure is due, once the gap since the last is over
+                await asyncio.sleep(max(min([*due, measure_after]) - loop.time(), 0))
+            else:
+                timeout = max(due[0] - loop.time(), 0) if due else None
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._measured.wait(), timeout)
+            if self._measured.is_set() and loop.time() >= measure_after:
                 self._measured.clear()
                 try:
                     self.cache_bytes = await asyncio.to_thread(cache_size, self._layout)
                 except Exception:
                     log.exception("measuring the package cache failed")
+                measure_after = loop.time() + MEASURE_GAP_SECONDS
             if next_sweep is not None and loop.time() >= next_sweep:
                 try:
                     await self.sweep(wait=interval)
