@@ -97,12 +97,13 @@ class Housekeeping:
         """One round: every batch of old logs; the number of jobs whose log went."""
         days = self._settings.log_retention_days
         cutoff = datetime.now(UTC) - timedelta(days=days)
-        dropped = 0
+        dropped, after = 0, 0
         while True:
-            batch = await self._db.run(disk.drop_old_logs, cutoff, days)
-            if not batch:  # none left, or another control plane is at it
+            batch = await self._db.run(disk.drop_old_logs, cutoff, days, after)
+            if not batch or not batch[0]:  # another control plane is at it, or none left
                 break
-            dropped += batch
+            dropped += batch[0]
+            after = batch[1]
             await asyncio.sleep(0)
         if dropped:
             log.info("log retention: dropped the logs of %d jobs older than %g days", dropped, days)

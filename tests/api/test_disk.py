@@ -230,3 +230,54 @@ def test_disk_metrics(
     free = value(samples, "darb_agent_free_bytes", agent=agent.addr)
     statvfs = os.statvfs(agent.data_dir)
     assert free is not None and abs(free - statvfs.f_bavail * statvfs.f_frsize) < 1024**3
+
+
+def test_log_retention_in_batches(
+    shared_agent: AgentProcess, api_factory: ApiFactory, own_database: str
+) -> None:
+    """More old jobs than one transaction takes (100): every one loses its lines, in
+    several batches, and a job that ended recently keeps them."""
+    api = api_factory(own_database, DARB_LOG_RETENTION_DAYS="1", DARB_LOG_RETENTION_INTERVAL="1")
+    user = api.new_user()
+    environment_id = ready_environment(user, name(), ["acme-core"])
+    old = datetime.now(UTC) - timedelta(days=2)
+    with psycopg.connect(libpq_url(own_database), autocommit=True) as conn:
+        conn.execute(
+            "INSERT INTO jobs (id, environment_id, owner_id, created_by, type, status, payload,"
+            " error, cancel_requested, created_at, started_at, completed_at)"
+            " SELECT gen_random_uuid()::text, %(env)s, %(user)s, %(user)s, 'INSTALL_PACKAGES',"
+            " 'COMPLETED', '{}', '', false, %(old)s, %(old)s, %(old)s"
+            " FROM generate_series(1, 250)",
+            {"env": environment_id, "user": user.user.id, "old": old},
+        )
+        conn.execute(
+            "INSERT INTO job_log_lines (job_id, seq, stream, time, text)"
+            " SELECT j.id, n, 'stdout', %(old)s, 'line ' || n FROM jobs j,"
+            " generate_series(1, 3) AS n"
+            " WHERE j.environment_id = %(env)s AND j.payload::text = '{}'",
+            {"env": environment_id, "old": old},
+        )
+        deadline = time.monotonic() + 60
+        while True:
+            left = conn.execute(
+                "SELECT count(*) FROM job_log_lines WHERE text LIKE 'line %%'"
+            ).fetchone()
+            if left == (0,) or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        assert left == (0,)
+        markers = conn.execute(
+            "SELECT count(*) FROM job_log_lines"
+            " WHERE seq = 1 AND text LIKE '%%dropped after 1 days%%'"
+        ).fetchone()
+        assert markers == (250,)
+        assert conn.execute("SELECT count(*) FROM jobs").fetchone() == (251,)
+    assert "log retention: dropped the logs of 250 jobs" in api.log_text()
+    with psycopg.connect(libpq_url(own_database)) as conn:
+        create = conn.execute(
+            "SELECT id FROM jobs WHERE environment_id = %s AND type = 'CREATE_ENVIRONMENT'",
+            (environment_id,),
+        ).fetchone()
+    assert create is not None
+    logs = user.get_job(create[0]).logs
+    assert len(logs.splitlines()) > 1 and "dropped" not in logs

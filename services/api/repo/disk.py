@@ -48,14 +48,17 @@ def environment_counts(session: Session) -> dict[tuple[str, str], int]:
     return {(executor, status): count for executor, status, count in session.execute(query)}
 
 
-# Jobs that ended before the cutoff and still hold lines other than the marker: seq 1 is
-# the marker once dropped, so any line past it, or a first line that is not the marker.
+# Jobs that ended before the cutoff and still hold lines other than the marker (seq 1 is
+# the marker once dropped: any line past it, or a first line that is not the marker), in
+# submission order from ``after``: the primary key's index, so one round is one pass over
+# the jobs however many there are, and each job costs a probe of its lines' key.
 _OLD_LOGS = text(
-    "SELECT j.id FROM jobs j"
-    " WHERE j.completed_at < :cutoff AND j.status IN ('COMPLETED', 'FAILED', 'CANCELLED')"
+    "SELECT j.seq, j.id FROM jobs j"
+    " WHERE j.seq > :after AND j.completed_at < :cutoff"
+    " AND j.status IN ('COMPLETED', 'FAILED', 'CANCELLED')"
     " AND EXISTS (SELECT 1 FROM job_log_lines l WHERE l.job_id = j.id"
     " AND (l.seq > 1 OR l.text <> :marker))"
-    " ORDER BY j.completed_at LIMIT :batch"
+    " ORDER BY j.seq LIMIT :batch"
 )
 _DROP = text("DELETE FROM job_log_lines WHERE job_id = ANY(CAST(:ids AS VARCHAR[]))")
 _MARK = text(
@@ -65,19 +68,24 @@ _MARK = text(
 )
 
 
-def drop_old_logs(session: Session, cutoff: datetime, days: float) -> int | None:
-    """One batch: the lines of up to ``RETENTION_BATCH_JOBS`` jobs that ended before
-    ``cutoff`` give way to one line saying so. The number of jobs, 0 when none is left,
-    or None when another control plane is dropping logs right now."""
+def drop_old_logs(
+    session: Session, cutoff: datetime, days: float, after: int
+) -> tuple[int, int] | None:
+    """One batch: the lines of up to ``RETENTION_BATCH_JOBS`` jobs past job ``seq``
+    ``after`` that ended before ``cutoff`` give way to one line saying so. (jobs dropped,
+    the last one's seq), (0, after) when none is left, or None when another control
+    plane is dropping logs right now."""
     locked = session.execute(
         text("SELECT pg_try_advisory_xact_lock(:key)"), {"key": RETENTION_LOCK}
     )
     if not locked.scalar_one():
         return None
     marker = DROPPED_LOG.format(days=days)
-    params = {"cutoff": cutoff, "marker": marker, "batch": RETENTION_BATCH_JOBS}
-    ids = list(session.execute(_OLD_LOGS, params).scalars())
-    if ids:
-        session.execute(_DROP, {"ids": ids})
-        session.execute(_MARK, {"ids": ids, "marker": marker})
-    return len(ids)
+    params = {"after": after, "cutoff": cutoff, "marker": marker, "batch": RETENTION_BATCH_JOBS}
+    rows = session.execute(_OLD_LOGS, params).all()
+    if not rows:
+        return 0, after
+    ids = [job_id for _, job_id in rows]
+    session.execute(_DROP, {"ids": ids})
+    session.execute(_MARK, {"ids": ids, "marker": marker})
+    return len(ids), rows[-1][0]
