@@ -252,12 +252,6 @@ def request_cancel(job: Job) -> None:
     job.cancel_requested = True
 
 
-def expired(session: Session) -> list[str]:
-    """Running jobs whose dispatcher stopped renewing the lease."""
-    query = select(Job.id).where(Job.status == JobStatus.RUNNING, Job.lease_expires_at < func.now())
-    return list(session.scalars(query))
-
-
 def active_counts(session: Session) -> dict[tuple[str, str], int]:
     """Pending and running jobs by (type, status), for the metrics."""
     query = (
