@@ -169,9 +169,11 @@ def run_stream(
 
 def paths_outside_environments(agent: AgentProcess, tmp_root: Path) -> dict[str, object]:
     """Every path under the test's temp root, with size and mtime for files, except
-    environment contents, the caches and the agent's own log (which grows)."""
+    environment contents, their fencing tokens (kept per environment id, even for a
+    refused request: see services/executor/fencing.py), the caches and the agent's own
+    log (which grows)."""
     data, log = agent.data_dir, agent.log_path
-    skipped = {data / "environments", *(data / name for name in SCRATCH)}
+    skipped = {data / "environments", data / "fences", *(data / name for name in SCRATCH)}
     found: dict[str, object] = {}
     for root, dirs, files in os.walk(tmp_root):
         dirs[:] = [d for d in dirs if Path(root, d) not in skipped]
@@ -208,6 +210,11 @@ def contained_and_healthy(
     assert paths_outside_environments(shared_agent, tmp_root) == before
     entries = list((shared_agent.data_dir / "environments").iterdir())
     assert all(is_environment_id(entry.name) and entry.is_dir() for entry in entries), entries
+    fences = shared_agent.data_dir / "fences"
+    tokens = list(fences.iterdir()) if fences.exists() else []
+    assert all(
+        is_environment_id(entry.name.removesuffix(".lock")) and entry.is_file() for entry in tokens
+    ), tokens
     assert shared_agent.process.poll() is None, shared_agent.log_text()[-3000:]
     assert_healthy(shared_agent)
     assert "unexpected error" not in shared_agent.log_text()[log_start:]
