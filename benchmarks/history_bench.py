@@ -129,6 +129,11 @@ def insert_versions(stack: Stack, owner_id: str, channel: str) -> str:
             " 'READY', '', '', '', %s, %s, 2, '[\"linux-64\"]')",
             (environment_id, owner_id, json.dumps([channel]), now, now),
         )
+        conn.execute(  # its owner's membership, as a create gives it (role 3: OWNER)
+            "INSERT INTO environment_members (environment_id, member_key, user_id, role)"
+            " VALUES (%s, 'user:' || %s, %s, 3)",
+            (environment_id, owner_id, owner_id),
+        )
         for version, packages in ((1, old), (2, new)):
             specs = {p[0]: f"{p[0]} >={p[1]}" for p in packages}
             deps = "\n".join(f'{p[0]} = ">={p[1]}"' for p in packages)
