@@ -162,11 +162,26 @@ def _read_password() -> str:
 
 
 def cmd_logout(args: argparse.Namespace) -> int:
+    """Ends the session on the server, then forgets the saved token (even if the server
+    could not be reached, which is then an error: the token stays valid until it expires)."""
     address = _address(args)
-    if credentials.delete(address):
-        print(f"Logged out of {address}")
-    else:
+    login = credentials.load(address)
+    if login is None:
         print(f"Not logged in to {address}")
+        return 0
+    try:
+        with _client(args, login.token) as client:
+            client.logout()
+    except errors.Unauthenticated:
+        pass  # expired or ended already: nothing left to end
+    except errors.DarbError as exc:
+        credentials.delete(address)
+        raise CliError(
+            f"the saved token is deleted, but the server did not end the session"
+            f" ({_error_message(exc, args)}); the token stays valid until it expires"
+        ) from None
+    credentials.delete(address)
+    print(f"Logged out of {address}")
     return 0
 
 
@@ -895,7 +910,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     login = top.add("login", cmd_login, "log in and save the token for this server")
     login.add_argument("--username", help="asked for when standard input is a terminal")
-    top.add("logout", cmd_logout, "forget the saved token for this server")
+    top.add("logout", cmd_logout, "end the session on the server and forget its saved token")
     top.add("whoami", cmd_whoami, "show the logged-in user", output=True)
 
     _env_parsers(top)

@@ -137,6 +137,12 @@ class Client:
         self._token = response.token
         return User.from_proto(response.user)
 
+    def logout(self) -> None:
+        """Ends the session: the server refuses the token from now on, and this client
+        sends none."""
+        self._call(self._auth.Logout, auth_pb2.LogoutRequest())
+        self._token = ""
+
     def whoami(self) -> User:
         """The user the token belongs to."""
         response = self._call(self._users.GetCurrentUser, users_pb2.GetCurrentUserRequest())

@@ -50,6 +50,12 @@ class ApiProcess:
     def client(self) -> Client:
         return Client(grpc.insecure_channel(self.addr))
 
+    def own_connection(self, token: str) -> Client:
+        """A client on a connection of its own (not shared through grpc's subchannel
+        pool), which with DARB_API_PROCESSES > 1 the kernel may give any process."""
+        options = [("grpc.use_local_subchannel_pool", 1)]
+        return Client(grpc.insecure_channel(self.addr, options=options), token)
+
     def login(self, username: str, password: str) -> Client:
         client = self.client()
         client.login(username, password)

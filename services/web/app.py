@@ -301,6 +301,15 @@ async def login(request: web.Request) -> web.Response:
 
 
 async def logout(request: web.Request) -> web.Response:
+    """Ends the session on the control plane, so that the cookie's token is refused from
+    now on even where a copy of it survives, then forgets the cookie."""
+    if token(request):
+        try:
+            await call(request, api(request).auth.Logout, auth_pb2.LogoutRequest())
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() != grpc.StatusCode.UNAUTHENTICATED:  # not already ended
+                reason = readable(exc)
+                log.warning("sign-out: the control plane did not end the session (%s)", reason)
     redirect = web.HTTPFound("/login")
     security.clear_cookie(redirect, security.SESSION_COOKIE)
     raise redirect

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -24,6 +25,42 @@ def test_login_with_a_wrong_password_is_unauthenticated(api: ApiProcess) -> None
     assert code_of(lambda: client.auth.Login(request)) == grpc.StatusCode.UNAUTHENTICATED
     request = auth_pb2.LoginRequest(username="nobody", password="wrong")
     assert code_of(lambda: client.auth.Login(request)) == grpc.StatusCode.UNAUTHENTICATED
+
+
+def test_logout_ends_that_token_at_once_in_every_process(
+    api_factory: Callable[..., ApiProcess], own_database: str
+) -> None:
+    """Logout refuses the call's token from its answer on, in both processes (each had
+    it cached); the user's other token goes on working."""
+    api = api_factory(own_database, DARB_API_PROCESSES="2")
+    user = api.new_user()
+    other = api.login(user.user.username, "password-1")
+    me = users_pb2.GetCurrentUserRequest()
+    clients = [api.own_connection(user.token) for _ in range(8)]
+    for client in clients:
+        for _ in range(3):
+            assert client.call(client.users.GetCurrentUser, me).user.id == user.user.id
+    assert user.call(user.auth.Logout, auth_pb2.LogoutRequest()) == auth_pb2.LogoutResponse()
+    deadline = time.monotonic() + 0.5  # a NOTIFY's delivery, far below the cache's TTL
+    while True:
+        codes = [_code(lambda: c.call(c.users.GetCurrentUser, me)) for c in clients]  # noqa: B023
+        if set(codes) == {grpc.StatusCode.UNAUTHENTICATED} or time.monotonic() > deadline:
+            break
+    assert codes == [grpc.StatusCode.UNAUTHENTICATED] * len(clients)
+    assert other.call(other.users.GetCurrentUser, me).user.id == user.user.id
+    # Ended already, or no token at all: nothing to end.
+    again = code_of(lambda: user.call(user.auth.Logout, auth_pb2.LogoutRequest()))
+    assert again == grpc.StatusCode.UNAUTHENTICATED
+    anonymous = code_of(lambda: api.client().auth.Logout(auth_pb2.LogoutRequest()))
+    assert anonymous == grpc.StatusCode.UNAUTHENTICATED
+
+
+def _code(call: Callable[[], Any]) -> grpc.StatusCode:
+    try:
+        call()
+    except grpc.RpcError as exc:
+        return exc.code()
+    return grpc.StatusCode.OK
 
 
 @pytest.mark.parametrize(

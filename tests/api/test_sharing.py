@@ -267,7 +267,7 @@ def test_a_removed_member_loses_access_at_once_in_every_process(
     owner.set_policy(env_id, {f"user:{owner.user.username}": OWNER, f"group:{group}": VIEWER,
                               f"user:{member.user.username}": VIEWER})  # fmt: skip
     # Many connections of the member, spread over both processes, each caching the answer.
-    clients = [_own_connection(api, member.token) for _ in range(8)]
+    clients = [api.own_connection(member.token) for _ in range(8)]
     for client in clients:
         for _ in range(3):
             assert client.get_env(env_id).role == VIEWER
@@ -283,13 +283,6 @@ def test_a_removed_member_loses_access_at_once_in_every_process(
         if all(code == grpc.StatusCode.NOT_FOUND for code in codes) or time.monotonic() > deadline:
             break
     assert codes == [grpc.StatusCode.NOT_FOUND] * len(clients)
-
-
-def _own_connection(api: ApiProcess, token: str) -> Client:
-    options = [("grpc.use_local_subchannel_pool", 1)]
-    client = Client(grpc.insecure_channel(api.addr, options=options))
-    client.token = token
-    return client
 
 
 def _code(call: Callable[[], Any]) -> grpc.StatusCode:

@@ -7,7 +7,10 @@ import stat
 import subprocess
 from pathlib import Path
 
-from darb.v1 import common_pb2
+import grpc
+import pytest
+
+from darb.v1 import common_pb2, users_pb2
 from testkit.certs import CertAuthority
 from testkit.control_plane import ApiProcess
 from tests.sdk.conftest import DARB, Account, Cli, cli_env
@@ -27,7 +30,7 @@ def _one_error_line(result: subprocess.CompletedProcess[str], code: int = 1) -> 
     return line
 
 
-def test_login_whoami_logout(cli: Cli, account: Account, tmp_path: Path) -> None:
+def test_login_whoami_logout(cli: Cli, account: Account, tmp_path: Path, api: ApiProcess) -> None:
     result = cli("login", "--username", account.username, stdin=f"{account.password}\n")
     assert result.returncode == 0, result.stderr
     assert f"as {account.username}" in result.stdout
@@ -44,8 +47,25 @@ def test_login_whoami_logout(cli: Cli, account: Account, tmp_path: Path) -> None
     assert set(user) == USER_KEYS
     assert user["username"] == account.username and user["admin"] is False
 
-    assert cli("logout").returncode == 0
+    logout = cli("logout")
+    assert logout.returncode == 0 and logout.stdout.startswith("Logged out of"), logout.stderr
     assert "not logged in" in _one_error_line(cli("whoami"))
+    # The server ended the session: the token, were it copied, is refused.
+    session = api.own_connection(saved["token"])
+    with pytest.raises(grpc.RpcError) as refused:
+        session.call(session.users.GetCurrentUser, users_pb2.GetCurrentUserRequest())
+    assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    assert cli("logout").stdout.startswith("Not logged in")
+
+
+def test_logout_with_the_server_away_still_forgets_the_token(cli: Cli, tmp_path: Path) -> None:
+    path = tmp_path / "config" / "darb" / "credentials.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"127.0.0.1:1": {"username": "someone", "token": "t0ken"}}))
+    failed = _one_error_line(cli("--address", "127.0.0.1:1", "logout"))
+    assert "the saved token is deleted, but the server did not end the session" in failed
+    assert "cannot reach the darb API at 127.0.0.1:1" in failed
+    assert json.loads(path.read_text()) == {}
 
 
 def test_login_errors(cli: Cli, account: Account) -> None:

@@ -6,13 +6,15 @@ import urllib.error
 import urllib.request
 import uuid
 
+import grpc
 import psycopg
+import pytest
 from selenium.common.exceptions import NoAlertPresentException
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support.ui import Select
 
-from darb.v1 import common_pb2
+from darb.v1 import common_pb2, users_pb2
 from testkit import browser
 from testkit.control_plane import Client
 from testkit.postgres import libpq_url
@@ -64,10 +66,17 @@ def test_sign_in_shows_the_user_everywhere_and_sign_out(
     for path in ("/environments", "/jobs", "/groups", "/environments/new"):
         chrome.get(stack.url + path)
         assert chrome.find_element(By.ID, "current-user").text == user.user.username
+    session = stack.api.own_connection(cookie["value"])
+    me = users_pb2.GetCurrentUserRequest()
+    assert session.call(session.users.GetCurrentUser, me).user.id == user.user.id
     browser.follow(chrome, chrome.find_element(By.ID, "sign-out"))
     browser.wait_for(chrome, lambda c: "/login" in c.current_url)
     chrome.get(f"{stack.url}/environments")
     assert "/login" in chrome.current_url
+    # The session ended on the control plane too: a copy of the cookie is worth nothing.
+    with pytest.raises(grpc.RpcError) as refused:
+        session.call(session.users.GetCurrentUser, me)
+    assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
 
 
 def test_create_from_the_form_and_watch_the_job_live(

@@ -5,13 +5,16 @@ from __future__ import annotations
 import math
 from datetime import datetime, timedelta
 
+import grpc
 from sqlalchemy.orm import Session
 
 from darb.v1 import auth_pb2 as pb
 from darb.v1 import auth_pb2_grpc as pb_grpc
 from services.api.auth.passwords import verify_password
+from services.api.auth.tokens import token_hash
+from services.api.events import USER_CHANGED_CHANNEL
 from services.api.handlers import convert
-from services.api.handlers.rpc import unary
+from services.api.handlers.rpc import answer, authenticate, bearer_token, unary
 from services.api.repo import logins, users
 from services.api.repo.models import User
 from services.api.state import AppState
@@ -58,3 +61,23 @@ class AuthService(pb_grpc.AuthServiceServicer):
         return pb.LoginResponse(
             token=token, user=convert.user(user), expires_at=convert.timestamp(expires_at)
         )
+
+    async def Logout(
+        self, _request: pb.LogoutRequest, context: grpc.aio.ServicerContext
+    ) -> pb.LogoutResponse:
+        return await answer(context, lambda: self._logout(context))
+
+    async def _logout(self, context: grpc.aio.ServicerContext) -> pb.LogoutResponse:
+        """Deletes the call's token. Other processes hear of it by the user-changed
+        NOTIFY, which drops that user's cached tokens there (they hold no token hashes)."""
+        caller = await authenticate(self.state, context)
+        token = bearer_token(context)
+        bus = self.state.bus
+
+        def revoke(session: Session) -> None:
+            users.revoke_token(session, token_hash(token))
+            bus.notify_in(session, USER_CHANGED_CHANNEL, caller.id)
+
+        await self.state.db.run(revoke)
+        self.state.tokens.forget(token)
+        return pb.LogoutResponse()

@@ -42,12 +42,17 @@ def _status(exc: Exception) -> tuple[grpc.StatusCode, str]:
     return grpc.StatusCode.INTERNAL, "internal error"
 
 
-async def authenticate(state: AppState, context: grpc.aio.ServicerContext) -> User:
+def bearer_token(context: grpc.aio.ServicerContext) -> str:
+    """The token of the call's ``authorization: Bearer`` metadata."""
     header = dict(context.invocation_metadata() or ()).get("authorization", "")
     scheme, _, token = str(header).partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         raise Unauthenticated("missing 'authorization: Bearer <token>' metadata")
-    token = token.strip()
+    return token.strip()
+
+
+async def authenticate(state: AppState, context: grpc.aio.ServicerContext) -> User:
+    token = bearer_token(context)
     cached = state.tokens.user(token)
     if cached is not None:
         return cached
@@ -60,6 +65,16 @@ async def authenticate(state: AppState, context: grpc.aio.ServicerContext) -> Us
     return user
 
 
+async def answer(context: grpc.aio.ServicerContext, call: Callable[[], Awaitable[Resp]]) -> Resp:
+    """``call``'s response, or its error as the call's status."""
+    try:
+        return await call()
+    except Exception as exc:
+        code, message = _status(exc)
+    await context.abort(code, message)
+    raise AssertionError("unreachable: abort raises")
+
+
 def unary(
     *, public: bool = False
 ) -> Callable[[Callable[[Any, Req, User], Awaitable[Resp]]], Callable[..., Awaitable[Resp]]]:
@@ -68,13 +83,11 @@ def unary(
     ) -> Callable[..., Awaitable[Resp]]:
         @functools.wraps(method)
         async def handler(self: Any, request: Req, context: grpc.aio.ServicerContext) -> Resp:
-            try:
+            async def call() -> Resp:
                 caller = None if public else await authenticate(self.state, context)
                 return await method(self, request, caller)  # type: ignore[arg-type]
-            except Exception as exc:
-                code, message = _status(exc)
-            await context.abort(code, message)
-            raise AssertionError("unreachable: abort raises")
+
+            return await answer(context, call)
 
         return handler
 

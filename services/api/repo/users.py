@@ -87,6 +87,10 @@ def get(session: Session, user_id: str, for_update: bool = False) -> User:
     return user
 
 
+def revoke_token(session: Session, hashed_token: str) -> None:
+    session.execute(delete(ApiToken).where(ApiToken.token_hash == hashed_token))
+
+
 def revoke_tokens(session: Session, user_id: str) -> None:
     session.execute(delete(ApiToken).where(ApiToken.user_id == user_id))
 
