@@ -61,8 +61,16 @@ class GroupService(pb_grpc.GroupServiceServicer):
         self, request: pb.DeleteGroupRequest, caller: User
     ) -> pb.DeleteGroupResponse:
         name = validate_name("group name", request.name)
-        await self._membership(groups.delete_group, caller, name)
-        self.state.bus.environment_changed_here(None)  # the policies that named it
+        bound: list[str] = []
+
+        def delete(session: Session) -> list[str]:
+            members, environments = groups.delete_group(session, caller, name)
+            bound.extend(environments)
+            return members
+
+        await self._membership(delete)
+        for environment_id in bound:  # their policies named the group
+            self.state.bus.environment_changed_here(environment_id)
         return pb.DeleteGroupResponse()
 
     @unary()

@@ -63,17 +63,19 @@ def _user_id(session: Session, username: str) -> str:
     return user_id
 
 
-def delete_group(session: Session, caller: User, name: str) -> list[str]:
+def delete_group(session: Session, caller: User, name: str) -> tuple[list[str], list[str]]:
     """Deletes the group with its memberships and the bindings naming it; returns the
-    ids of its members (whose roles changed)."""
+    ids of its members (whose roles changed) and of the environments it was bound to
+    (whose policies changed)."""
     group = managed(session, caller, name)
     bound = select(EnvironmentMember.environment_id).where(EnvironmentMember.group_id == group.id)
-    policies.bump(session, list(session.scalars(bound)))
+    environments = list(session.scalars(bound))
+    policies.bump(session, environments)
     members = list(
         session.scalars(select(GroupMember.user_id).where(GroupMember.group_id == group.id))
     )
     session.execute(delete(Group).where(Group.id == group.id))
-    return members
+    return members, environments
 
 
 def add_member(session: Session, caller: User, name: str, username: str) -> str:
