@@ -27,7 +27,7 @@ from benchmarks import standin
 from benchmarks.stack import USER_PASSWORD, AioClient, Stack
 from benchmarks.stats import Row, cpu_seconds, ms, percentile
 from darb.v1 import environments_pb2
-from services.web.app import PAGE_SIZE
+from services.web.pages.common import PAGE_SIZE
 from services.web.security import CSRF_FIELD, SESSION_COOKIE
 from testkit import browser
 from testkit.web import WebProcess, start_web
