@@ -15,7 +15,7 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from darb import credentials, errors
+from darb import cli_admin, credentials, errors
 from darb.client import DEFAULT_ADDRESS, Client, quote
 from darb.models import (
     Environment,
@@ -784,6 +784,7 @@ def _env_parsers(top: _Commands) -> None:
     )
     _history_parsers(env)
     _sharing_parsers(env)
+    cli_admin.add_env_parsers(env)
 
 
 def _sharing_parsers(env: _Commands) -> None:
@@ -936,6 +937,7 @@ def build_parser() -> argparse.ArgumentParser:
     logs.add_argument("id")
     logs.add_argument("-f", "--follow", action="store_true", help="follow the job until it ends")
     job.add("cancel", cmd_job_cancel, "cancel a job", wait=True).add_argument("id")
+    cli_admin.add_parsers(top)
     return parser
 
 

@@ -16,6 +16,8 @@ import grpc
 
 from darb import errors
 from darb.models import (
+    AgentSweep,
+    Drain,
     Environment,
     EnvironmentVersion,
     Export,
@@ -27,11 +29,14 @@ from darb.models import (
     Policy,
     Progress,
     Role,
+    Usage,
     User,
     VersionDiff,
     member,
 )
 from darb.v1 import (
+    admin_pb2,
+    admin_pb2_grpc,
     auth_pb2,
     auth_pb2_grpc,
     environments_pb2,
@@ -48,6 +53,9 @@ from shared.validation import validate_environment_name, validate_username
 
 DEFAULT_ADDRESS = "127.0.0.1:50051"
 DEFAULT_TIMEOUT = 30.0
+# The deadline of the admin calls that wait for every agent's disk: the control plane
+# gives an agent up to 120 s to measure its disk, 90 s to sweep its package cache.
+DISK_TIMEOUT = 150.0
 # A watch retries this many consecutive failed attempts (no event received) before giving up.
 WATCH_RETRIES = 6
 WATCH_BACKOFF_CAP = 5.0
@@ -106,6 +114,7 @@ class Client:
         self.packages = Packages(self, environments_stub)
         self.jobs = Jobs(self, jobs_pb2_grpc.JobServiceStub(self._channel))
         self.groups = Groups(self, groups_pb2_grpc.GroupServiceStub(self._channel))
+        self.admin = Admin(self, admin_pb2_grpc.AdminServiceStub(self._channel))
 
     def __repr__(self) -> str:
         # Never the token.
@@ -148,10 +157,13 @@ class Client:
         response = self._call(self._users.GetCurrentUser, users_pb2.GetCurrentUserRequest())
         return User.from_proto(response.user)
 
-    def _call(self, method: Callable[..., Any], request: Any) -> Any:
-        """One unary call with the token and a deadline; failures become ``darb.errors``."""
+    def _call(self, method: Callable[..., Any], request: Any, timeout: float | None = None) -> Any:
+        """One unary call with the token and a deadline (``timeout``, default the
+        client's); failures become ``darb.errors``."""
+        if timeout is None:
+            timeout = self.timeout
         try:
-            return method(request, metadata=self._metadata, timeout=self.timeout)
+            return method(request, metadata=self._metadata, timeout=timeout)
         except grpc.RpcError as exc:
             raise errors.from_rpc_error(exc) from None
 
@@ -534,6 +546,41 @@ class Jobs:
         for _ in watch.events(deadline):
             pass
         return self.get(job_id)
+
+
+class Admin:
+    """``client.admin``: operate the deployment's agents. Admins only: anyone else gets
+    ``darb.errors.PermissionDenied``. (An environment's rebuild and move are
+    ``client.environments.rebuild`` and ``.move``.)"""
+
+    def __init__(self, client: Client, stub: admin_pb2_grpc.AdminServiceStub) -> None:
+        self._client = client
+        self._stub = stub
+
+    def drain(self, agent: str) -> Drain:
+        """Queues a move job for every live environment bound to ``agent`` (its address,
+        host:port), each to another agent of the control plane's DARB_EXECUTORS, and
+        rebinds at once those with nothing on disk; an environment already moving is not
+        moved twice. ``darb.errors.FailedPrecondition`` if there is no other agent."""
+        request = admin_pb2.DrainAgentRequest(agent=agent)
+        return Drain.from_proto(self._client._call(self._stub.DrainAgent, request))
+
+    def usage(self, timeout: float = DISK_TIMEOUT) -> Usage:
+        """Each agent's disk (its environments, its package cache, what is free) and
+        each owner's environments; ``timeout`` is this call's deadline, as every agent
+        is measured first."""
+        request = admin_pb2.GetUsageRequest()
+        return Usage.from_proto(self._client._call(self._stub.GetUsage, request, timeout))
+
+    def sweep_package_cache(
+        self, agent: str = "", timeout: float = DISK_TIMEOUT
+    ) -> list[AgentSweep]:
+        """Removes, on ``agent`` (empty: every configured agent), the cached packages no
+        environment links to that are older than the agent's DARB_PKG_CACHE_MAX_AGE; one
+        result per agent. ``darb.errors.NotFound`` for an agent not in DARB_EXECUTORS."""
+        request = admin_pb2.SweepPackageCacheRequest(agent=agent)
+        response = self._client._call(self._stub.SweepPackageCache, request, timeout)
+        return [AgentSweep.from_proto(message) for message in response.agents]
 
 
 class _Watch:

@@ -11,13 +11,16 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, fields
 from datetime import datetime
 from enum import StrEnum
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from darb.v1 import admin_pb2, environments_pb2, groups_pb2
 from darb.v1 import common_pb2 as pb
-from darb.v1 import environments_pb2, groups_pb2
 from shared.timestamps import to_datetime
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
 
 
 class EnvironmentStatus(StrEnum):
@@ -122,6 +125,14 @@ E = TypeVar("E", bound=StrEnum)
 def _enum(cls: type[E], proto_enum: object, value: int, prefix: str) -> E:
     name = proto_enum.Name(value)  # type: ignore[attr-defined]
     return cls(name.removeprefix(prefix))
+
+
+D = TypeVar("D", bound="DataclassInstance")
+
+
+def _copied(cls: type[D], message: object) -> D:
+    """A dataclass whose every field is the message's (scalar) field of the same name."""
+    return cls(**{field.name: getattr(message, field.name) for field in fields(cls)})
 
 
 @dataclass(frozen=True)
@@ -508,3 +519,91 @@ class Group:
             created_at=_time(message, "created_at"),
             member_count=message.member_count,
         )
+
+
+@dataclass(frozen=True)
+class AgentUsage:
+    """One agent's disk, in bytes of disk blocks as du counts them (a package file
+    hard-linked into environments counts once, for the cache). When the agent did not
+    answer, ``reachable`` is False, the sizes are 0 and ``error`` says why."""
+
+    agent: str
+    reachable: bool
+    error: str
+    # What the environments' directories use beyond the package cache, and how many.
+    environments_bytes: int
+    environments: int
+    package_cache_bytes: int
+    package_cache_packages: int
+    # Of the file system of the agent's data directory.
+    free_bytes: int
+    total_bytes: int
+
+    @classmethod
+    def from_proto(cls, message: admin_pb2.AgentUsage) -> AgentUsage:
+        return _copied(cls, message)
+
+
+@dataclass(frozen=True)
+class UserUsage:
+    """What one user's live environments use: how many, and their ``bytes`` beyond the
+    package cache, of all but the ``unmeasured_environments`` on agents that did not
+    answer."""
+
+    user_id: str
+    username: str
+    environments: int
+    bytes: int
+    unmeasured_environments: int
+
+    @classmethod
+    def from_proto(cls, message: admin_pb2.UserUsage) -> UserUsage:
+        return _copied(cls, message)
+
+
+@dataclass(frozen=True)
+class Usage:
+    """Every configured agent's disk, and every owner of a live environment by username."""
+
+    agents: tuple[AgentUsage, ...]
+    users: tuple[UserUsage, ...]
+
+    @classmethod
+    def from_proto(cls, message: admin_pb2.GetUsageResponse) -> Usage:
+        return cls(
+            agents=tuple(AgentUsage.from_proto(agent) for agent in message.agents),
+            users=tuple(UserUsage.from_proto(user) for user in message.users),
+        )
+
+
+@dataclass(frozen=True)
+class AgentSweep:
+    """What a package-cache sweep did on one agent (``reachable`` False: it did not
+    answer or refused, and ``error`` says why). ``packages_in_use`` were old enough to
+    go but an environment links to them; ``packages_too_young`` are younger than the
+    agent's DARB_PKG_CACHE_MAX_AGE."""
+
+    agent: str
+    reachable: bool
+    error: str
+    packages_removed: int
+    bytes_freed: int
+    packages_in_use: int
+    packages_too_young: int
+
+    @classmethod
+    def from_proto(cls, message: admin_pb2.AgentSweep) -> AgentSweep:
+        return _copied(cls, message)
+
+
+@dataclass(frozen=True)
+class Drain:
+    """What draining an agent queued: a move job per environment with files there, and
+    the count of environments with nothing on disk ``rebound`` to another agent at once."""
+
+    jobs: tuple[Job, ...]
+    rebound: int
+
+    @classmethod
+    def from_proto(cls, message: admin_pb2.DrainAgentResponse) -> Drain:
+        return cls(jobs=tuple(Job.from_proto(job) for job in message.jobs), rebound=message.rebound)
