@@ -10,11 +10,12 @@ from collections.abc import Callable
 from typing import Any
 
 import grpc
+import psycopg
 import pytest
 
 from darb.v1 import common_pb2, environments_pb2, groups_pb2, jobs_pb2
 from testkit.control_plane import ApiProcess, Client, watched_lines
-from testkit.postgres import fresh_database
+from testkit.postgres import fresh_database, libpq_url
 
 VIEWER, EDITOR, OWNER = common_pb2.ROLE_VIEWER, common_pb2.ROLE_EDITOR, common_pb2.ROLE_OWNER
 
@@ -312,3 +313,86 @@ def test_filtered_pages(api: ApiProcess, page_size: int) -> None:
         code, _ = _refusal(lambda: owner.call(owner.envs.ListEnvironments, other))  # noqa: B023
         assert code == grpc.StatusCode.INVALID_ARGUMENT
     assert sorted(seen) == sorted(ids) and len(seen) == len(ids)
+
+
+MANY = 1200  # memberships past services/api/repo/environments.MANY_MEMBERSHIPS (1,000)
+
+
+def _insert_many(database_url: str, owner_id: str, member_id: str, group: str) -> None:
+    """MANY environments of the owner's, straight in the database: READY when n is even,
+    the group bound as VIEWER to all, the member bound as EDITOR when n % 3 == 0."""
+    with psycopg.connect(libpq_url(database_url), autocommit=True) as conn:
+        conn.execute(
+            "INSERT INTO environments (id, owner_id, name, package_manager, channels, executor,"
+            " status, error, manifest, lockfile, created_at, updated_at)"
+            " SELECT gen_random_uuid()::text, %s, 'many-' || lpad(n::text, 4, '0'), 'pixi',"
+            " '[]', 'none', CASE WHEN n %% 2 = 0 THEN 'READY' ELSE 'FAILED' END, '', '', '',"
+            " now(), now() FROM generate_series(0, %s) AS n",
+            (owner_id, MANY - 1),
+        )
+        conn.execute(
+            "INSERT INTO environment_members (environment_id, member_key, user_id, group_id,"
+            " role) SELECT e.id, 'user:' || %(owner)s, %(owner)s, NULL, 3 FROM environments e"
+            " WHERE e.name LIKE 'many-%%'"
+            " UNION ALL SELECT e.id, 'group:' || g.id, NULL, g.id, 1 FROM environments e,"
+            " groups g WHERE e.name LIKE 'many-%%' AND g.name = %(group)s"
+            " UNION ALL SELECT e.id, 'user:' || %(member)s, %(member)s, NULL, 2"
+            " FROM environments e WHERE e.name LIKE 'many-%%'"
+            " AND substr(e.name, 6)::int %% 3 = 0",
+            {"owner": owner_id, "member": member_id, "group": group},
+        )
+
+
+def _all_pages(client: Client, filter_text: str) -> dict[str, int]:
+    """Name -> role of every environment listed, page by page."""
+    seen: dict[str, int] = {}
+    token = ""
+    while True:
+        request = environments_pb2.ListEnvironmentsRequest(
+            filter=filter_text, page_size=250, page_token=token
+        )
+        response = client.call(client.envs.ListEnvironments, request)
+        seen.update({e.name: e.role for e in response.environments})
+        token = response.next_page_token
+        if not token:
+            return seen
+
+
+def _expected(group_bound: bool) -> dict[str, dict[str, int]]:
+    """What each filter lists for the member, from how _insert_many bound them."""
+    roles = {
+        f"many-{n:04d}": EDITOR if n % 3 == 0 else VIEWER
+        for n in range(MANY)
+        if group_bound or n % 3 == 0
+    }
+    ready = {name: role for name, role in roles.items() if int(name[5:]) % 2 == 0}
+    return {
+        "": roles,
+        "role = EDITOR": {name: role for name, role in roles.items() if role == EDITOR},
+        "role = VIEWER AND status = READY": {n: r for n, r in ready.items() if r == VIEWER},
+        'name = "many-0042"': {n: r for n, r in roles.items() if n == "many-0042"},
+        "status != READY AND role != VIEWER": {
+            n: r for n, r in roles.items() if n not in ready and r != VIEWER
+        },
+        "owner = me": {},
+    }
+
+
+def test_both_listing_plans_give_the_same_answers(
+    api_factory: Callable[..., ApiProcess], own_database: str
+) -> None:
+    """A member who sees MANY environments through a group is listed by walking them in
+    name order; once the group is gone (a third of them left) from their memberships.
+    Either way every filter lists exactly what the bindings give, across pages."""
+    api = api_factory(own_database)
+    owner, member = api.new_user(), api.new_user()
+    group = f"big-{owner.user.username}"
+    owner.call(owner.groups.CreateGroup, groups_pb2.CreateGroupRequest(name=group))
+    add = groups_pb2.AddGroupMemberRequest(group=group, username=member.user.username)
+    owner.call(owner.groups.AddGroupMember, add)
+    _insert_many(own_database, owner.user.id, member.user.id, group)
+    for filter_text, expected in _expected(group_bound=True).items():
+        assert _all_pages(member, filter_text) == expected, filter_text
+    owner.call(owner.groups.DeleteGroup, groups_pb2.DeleteGroupRequest(name=group))
+    for filter_text, expected in _expected(group_bound=False).items():
+        assert _all_pages(member, filter_text) == expected, filter_text

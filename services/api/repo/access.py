@@ -23,12 +23,21 @@ from services.api.repo.models import (
 from shared.errors import NotFound, PermissionDenied
 
 
+def _highest_role(environment_id: Any, user_id: Any) -> Select[tuple[int]]:
+    members = visible_members(user_id).where(EnvironmentMember.environment_id == environment_id)
+    return members.with_only_columns(func.max(EnvironmentMember.role).label("role"))
+
+
 def role_of(environment_id: Any, user_id: Any) -> ColumnElement[int]:
     """The user's role on the environment as SQL, NULL for none: a scalar subquery, which
     PostgreSQL runs as a few index lookups per environment."""
-    members = visible_members(user_id).where(EnvironmentMember.environment_id == environment_id)
-    subquery = members.with_only_columns(func.max(EnvironmentMember.role))
-    return subquery.scalar_subquery()
+    return _highest_role(environment_id, user_id).scalar_subquery()
+
+
+def role_row(environment_id: Any, user_id: Any) -> Any:
+    """The same as a LATERAL subquery of one row, whose ``role`` column a query can
+    select and filter on while PostgreSQL computes it once per environment."""
+    return _highest_role(environment_id, user_id).lateral()
 
 
 def caller_role(caller: User, stored: int | None) -> Role | None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import Select, bindparam, func, literal, select, tuple_, update
+from sqlalchemy import Select, bindparam, func, literal, select, true, tuple_, update
 from sqlalchemy.orm import Session
 
 from services.api import filters
@@ -124,8 +124,9 @@ def _listing(session: Session, caller: User) -> tuple[Select[Any], Any]:
         role: Any = literal(int(Role.OWNER))
         return select(*_summary(), role.label("role")), role
     if _sees_many(session, caller):
-        role = access.role_of(Environment.id, caller.id)
-        return select(*_summary(), role.label("role")).where(role.is_not(None)), role
+        found = access.role_row(Environment.id, caller.id)  # looked up once per environment
+        query = select(*_summary(), found.c.role).select_from(Environment).join(found, true())
+        return query.where(found.c.role.is_not(None)), found.c.role
     visible = access.visible(caller.id).subquery()
     query = select(*_summary(), visible.c.role.label("role")).join(
         visible, visible.c.environment_id == Environment.id
