@@ -6,7 +6,7 @@ import os
 import signal
 import subprocess
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -71,6 +71,15 @@ class ApiProcess:
         request = users_pb2.CreateUserRequest(username=username, password="password-1", admin=admin)
         creator.call(creator.users.CreateUser, request)
         return self.login(username, "password-1")
+
+
+def status_code(call: Callable[[], object]) -> grpc.StatusCode:
+    """The status ``call`` ends with: OK, or its RpcError's code."""
+    try:
+        call()
+    except grpc.RpcError as exc:
+        return exc.code()
+    return grpc.StatusCode.OK
 
 
 def watched_lines(events: Iterable[Any]) -> Iterator[common_pb2.LogLine]:

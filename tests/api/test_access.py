@@ -10,7 +10,7 @@ import grpc
 import pytest
 
 from darb.v1 import auth_pb2, common_pb2, environments_pb2, jobs_pb2, users_pb2
-from testkit.control_plane import ApiProcess, Client
+from testkit.control_plane import ApiProcess, Client, status_code
 
 
 def code_of(call: Callable[[], Any]) -> grpc.StatusCode:
@@ -43,7 +43,7 @@ def test_logout_ends_that_token_at_once_in_every_process(
     assert user.call(user.auth.Logout, auth_pb2.LogoutRequest()) == auth_pb2.LogoutResponse()
     deadline = time.monotonic() + 0.5  # a NOTIFY's delivery, far below the cache's TTL
     while True:
-        codes = [_code(lambda: c.call(c.users.GetCurrentUser, me)) for c in clients]  # noqa: B023
+        codes = [status_code(lambda: c.call(c.users.GetCurrentUser, me)) for c in clients]  # noqa: B023
         if set(codes) == {grpc.StatusCode.UNAUTHENTICATED} or time.monotonic() > deadline:
             break
     assert codes == [grpc.StatusCode.UNAUTHENTICATED] * len(clients)
@@ -53,14 +53,6 @@ def test_logout_ends_that_token_at_once_in_every_process(
     assert again == grpc.StatusCode.UNAUTHENTICATED
     anonymous = code_of(lambda: api.client().auth.Logout(auth_pb2.LogoutRequest()))
     assert anonymous == grpc.StatusCode.UNAUTHENTICATED
-
-
-def _code(call: Callable[[], Any]) -> grpc.StatusCode:
-    try:
-        call()
-    except grpc.RpcError as exc:
-        return exc.code()
-    return grpc.StatusCode.OK
 
 
 @pytest.mark.parametrize(

@@ -14,7 +14,7 @@ import psycopg
 import pytest
 
 from darb.v1 import common_pb2, environments_pb2, groups_pb2, jobs_pb2
-from testkit.control_plane import ApiProcess, Client, watched_lines
+from testkit.control_plane import ApiProcess, Client, status_code, watched_lines
 from testkit.postgres import fresh_database, libpq_url
 
 VIEWER, EDITOR, OWNER = common_pb2.ROLE_VIEWER, common_pb2.ROLE_EDITOR, common_pb2.ROLE_OWNER
@@ -280,18 +280,10 @@ def test_a_removed_member_loses_access_at_once_in_every_process(
     owner.call(owner.groups.RemoveGroupMember, remove)
     deadline = time.monotonic() + 0.5  # a NOTIFY's delivery, far below the cache's TTL
     while True:
-        codes = [_code(lambda: client.get_env(env_id)) for client in clients]  # noqa: B023
+        codes = [status_code(lambda: client.get_env(env_id)) for client in clients]  # noqa: B023
         if all(code == grpc.StatusCode.NOT_FOUND for code in codes) or time.monotonic() > deadline:
             break
     assert codes == [grpc.StatusCode.NOT_FOUND] * len(clients)
-
-
-def _code(call: Callable[[], Any]) -> grpc.StatusCode:
-    try:
-        call()
-    except grpc.RpcError as exc:
-        return exc.code()
-    return grpc.StatusCode.OK
 
 
 @pytest.mark.parametrize("page_size", [1, 2])
