@@ -31,6 +31,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Protocol
 
+from services.executor.durable import replace_file
 from shared.errors import FailedPrecondition, Unavailable
 
 FENCES_DIR = "fences"
@@ -90,23 +91,6 @@ def locked(path: Path, timeout: float = LOCK_SECONDS) -> Iterator[None]:
         os.close(fd)  # also releases the lock
 
 
-def _write(path: Path, token: int) -> None:
-    """Replace the token file: write-temp, fsync, rename, fsync of the directory."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.write(fd, f"{token}\n".encode())
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-    directory = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(directory)
-    finally:
-        os.close(directory)
-
-
 def _record(path: Path, environment_id: str, token: int) -> int:
     """Under the lock: refuse a token below the recorded one, record a higher one.
     Returns the recorded token afterwards."""
@@ -114,7 +98,7 @@ def _record(path: Path, environment_id: str, token: int) -> int:
     if token < recorded:
         raise StaleFence(stale_message(environment_id, token, recorded))
     if token > recorded:
-        _write(path, token)
+        replace_file(path, f"{token}\n")
         return token
     return recorded
 

@@ -17,6 +17,7 @@ from services.executor.engines import available_engines
 from services.executor.engines.base import Engine
 from services.executor.engines.builtin import BuiltinEngine
 from services.executor.engines.pixi_cli import PixiCliEngine
+from services.executor.identity import data_identity
 from services.executor.servicer import ExecutorServicer
 from services.executor.workspace import DataLayout
 from shared.config import ExecutorSettings
@@ -53,12 +54,15 @@ async def serve(settings: ExecutorSettings) -> None:
     stop = stop_on_signals()
     layout = DataLayout(settings.data_dir)
     layout.prepare()
+    data_id = data_identity(layout.data_dir)
     platform = str(Platform.current())
     builtin, engines = build_engines(layout, platform)
     builtin.start()
     engine_name = choose_engine(settings.engine, engines)
     disk = DiskKeeper(layout, settings.disk)
-    servicer = ExecutorServicer(settings, layout, platform, disk.gated(engines), engine_name, disk)
+    servicer = ExecutorServicer(
+        settings, layout, platform, disk.gated(engines), engine_name, disk, data_id
+    )
     interceptors = [AgentTokenInterceptor(settings.token)] if settings.token else []
     server = grpc.aio.server(
         interceptors=interceptors,
@@ -81,10 +85,11 @@ async def serve(settings: ExecutorSettings) -> None:
     # Tests and scripts read this line to learn the port when DARB_EXECUTOR_ADDR ends in :0.
     print(f"darb executor listening on {host}:{port}", flush=True)
     log.info(
-        "engine %s, platform %s, data in %s",
+        "engine %s, platform %s, data in %s (identity %s)",
         engine_name,
         platform,
         settings.data_dir,
+        data_id,
     )
     await stop.wait()
     exit_after(EXIT_DEADLINE_SECONDS)

@@ -89,8 +89,10 @@ class ExecutorServicer(executor_pb2_grpc.ExecutorServiceServicer):
         engines: dict[str, Engine],
         engine_name: str,
         disk: DiskKeeper | None = None,
+        data_id: str = "",
     ) -> None:
         self._disk = disk  # the free-space check and GetInfo's disk figures
+        self._data_id = data_id  # the data directory's identity (``identity``)
         self._settings = settings
         self._layout = layout
         self._platform = platform
@@ -113,6 +115,7 @@ class ExecutorServicer(executor_pb2_grpc.ExecutorServiceServicer):
             engine=self._engine_name,
             free_bytes=self._disk.free() if self._disk else 0,
             package_cache_bytes=self._disk.cache_bytes if self._disk else -1,
+            data_id=self._data_id,
         )
 
     @maps_errors
