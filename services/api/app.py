@@ -58,6 +58,7 @@ from services.api.repo import users
 from services.api.scheduling.agents import AgentMonitor
 from services.api.scheduling.dispatcher import FINISH_ON_SHUTDOWN, Dispatcher
 from services.api.scheduling.executor_client import ExecutorClient, GrpcExecutorClient
+from services.api.scheduling.rebuilds import rebuilds_on_new_disk
 from services.api.state import AppState, EnvironmentCache
 from services.api.workers import start_workers, stop_workers
 from shared.config import ApiSettings
@@ -182,7 +183,13 @@ async def _start_runner(
     exporter = Exporter(metrics, db) if settings.metrics_addr else None
     if exporter is not None:
         exporter.start(settings.metrics_addr)
-    agents = AgentMonitor(client, settings.executors, settings.agent_lease, metrics)
+    agents = AgentMonitor(
+        client,
+        settings.executors,
+        settings.agent_lease,
+        metrics,
+        on_identity=rebuilds_on_new_disk(db, bus),
+    )
     await agents.start()
     dispatcher = Dispatcher(
         db,

@@ -50,6 +50,9 @@ class RebuildPayload:
     """The current version's lock installed again, as is, on the environment's agent or,
     if that agent is gone, on another (``scheduling/rebuilds.py``)."""
 
+    # Why darb queued it itself (the job log's first line); empty for an admin's.
+    reason: str = ""
+
 
 @dataclass(frozen=True)
 class MovePayload:

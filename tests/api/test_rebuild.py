@@ -1,7 +1,7 @@
 """Agents as caches of PostgreSQL: environments rebuilt from their current version when
 their agent lost them, moved between agents and drained off one, through real control
-planes and real agents (real processes, real files: an agent's data directory is
-deleted for real and the agent restarted empty on the same address)."""
+planes and real agents (real processes, real files: an agent's environments or whole
+data directory are deleted for real and the agent restarted on the same address)."""
 
 from __future__ import annotations
 
@@ -83,7 +83,7 @@ def completed(client: Client, job: common_pb2.Job) -> common_pb2.Job:
     return ended
 
 
-def test_an_agent_restarted_empty_gets_every_environment_back(
+def test_environments_whose_files_are_gone_come_back(
     tmp_path: Path,
     channel_url: str,
     agent_factory: Callable[..., AgentProcess],
@@ -101,10 +101,12 @@ def test_an_agent_restarted_empty_gets_every_environment_back(
     versions = {env: history(user, env) for env in (changed, rebuilt)}
     assert all(before.values()) and len(versions[changed]) == 2
 
-    # The disk is lost: the whole data directory goes, and a new agent starts empty on
-    # the same address.
+    # The environments' files and the package cache are lost, the agent restarts on
+    # what is left of its data directory: as its identity stayed, nothing is rebuilt
+    # before a job needs it (an emptied directory: tests/api/test_agent_identity.py).
     agent.stop()
-    shutil.rmtree(agent.data_dir)
+    shutil.rmtree(agent.data_dir / "environments")
+    shutil.rmtree(agent.data_dir / "pkgs")
     agent = start_agent(agent.data_dir, channel_url, token=agent.token, addr=agent.addr)
     try:
         assert not on_disk(agent, changed) and not on_disk(agent, rebuilt)

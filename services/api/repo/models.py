@@ -314,3 +314,15 @@ class JobLogLine(Base):
     stream: Mapped[str] = mapped_column(String(8))
     time: Mapped[datetime] = mapped_column(UtcDateTime)
     text: Mapped[str] = mapped_column(Text)
+
+
+class Agent(Base):
+    """The identity of each agent's data directory as last seen (``repo/agents.py``): a
+    new one means the agent's disk was emptied or replaced."""
+
+    __tablename__ = "agents"
+
+    address: Mapped[str] = mapped_column(String(255), primary_key=True)
+    data_id: Mapped[str] = mapped_column(String())
+    # When this data_id was first seen.
+    seen_at: Mapped[datetime] = mapped_column(UtcDateTime)

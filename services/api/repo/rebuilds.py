@@ -4,7 +4,7 @@ version's "rebuilt" mark, and the move jobs of a drain (``scheduling/rebuilds.py
 
 from __future__ import annotations
 
-from sqlalchemy import Exists, exists, func, select, update
+from sqlalchemy import Exists, SQLColumnExpression, exists, func, select, update
 from sqlalchemy.orm import Session
 
 from services.api import payloads
@@ -113,11 +113,10 @@ def queue(session: Session, caller: User, environment_id: str, payload: payloads
     return jobs.submit(session, environment, payload, caller.id)
 
 
-def _moving(environment_id: str) -> Exists:
+def has_active(environment_id: str | SQLColumnExpression[str], *types: JobType) -> Exists:
+    """The environment has a queued or running job of one of ``types``."""
     return exists().where(
-        Job.environment_id == environment_id,
-        Job.type == JobType.MOVE_ENVIRONMENT,
-        is_active(Job.status),
+        Job.environment_id == environment_id, Job.type.in_(types), is_active(Job.status)
     )
 
 
@@ -154,7 +153,7 @@ def drain(
             continue  # a create that runs now stays; drain again after it
         if environment.status == EnvironmentStatus.DELETING:
             continue
-        if session.scalar(select(_moving(environment.id))):
+        if session.scalar(select(has_active(environment.id, JobType.MOVE_ENVIRONMENT))):
             continue
         queued.append(jobs.submit(session, environment, payloads.MovePayload(target), caller_id))
         loads[target] += 1

@@ -6,6 +6,11 @@ go (an agent whose last probe answered), and when work on an agent is *lost* (it
 answered for ``DARB_AGENT_LEASE_SECONDS``). A stream that breaks is not enough to call an
 agent lost before the lease ends, and a stream that stays open is not proof of life: a
 frozen or partitioned agent keeps its TCP connection open but stops answering probes.
+
+A probe's answer also carries the identity of the agent's data directory (``data_id``).
+A new one is handed to ``on_identity`` (the rebuilds of an agent whose disk was emptied
+or replaced, ``scheduling/rebuilds.py``): once per new value and process, again after a
+handler that failed.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ import contextlib
 import logging
 import random
 import time
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 
 from services.api.metrics import Metrics
 from services.api.scheduling.executor_client import ExecutorClient
@@ -31,16 +36,27 @@ MIN_PROBE_TIMEOUT = 1.0
 # Dispatcher._supervise).
 RECENT_ANSWER = 2.0
 
+# Told (address, data_id) when an agent answers with a data directory identity this
+# process has not seen from it yet.
+IdentityHandler = Callable[[str, str], Awaitable[None]]
+
 
 class AgentMonitor:
     """Probes every known agent; new addresses (of environments bound to an agent that
     is no longer configured) join the probe set when a job needs them."""
 
     def __init__(
-        self, client: ExecutorClient, addresses: Iterable[str], lease: float, metrics: Metrics
+        self,
+        client: ExecutorClient,
+        addresses: Iterable[str],
+        lease: float,
+        metrics: Metrics,
+        on_identity: IdentityHandler | None = None,
     ) -> None:
         self._client = client
         self._metrics = metrics
+        self._on_identity = on_identity
+        self._data_ids: dict[str, str] = {}  # handled: the last identity of each agent
         self.lease = lease
         self.interval = min(lease / 3, MAX_PROBE_INTERVAL)
         self._configured = list(dict.fromkeys(addresses))
@@ -130,7 +146,8 @@ class AgentMonitor:
         await asyncio.gather(*(self._probe(addr) for addr in list(self._last_ok)))
 
     async def _probe(self, addr: str) -> bool:
-        ok = await self._client.probe(addr, max(self.interval, MIN_PROBE_TIMEOUT))
+        data_id = await self._client.probe(addr, max(self.interval, MIN_PROBE_TIMEOUT))
+        ok = data_id is not None
         if ok:
             self._last_ok[addr] = time.monotonic()
         if ok != self._up.get(addr):
@@ -140,4 +157,18 @@ class AgentMonitor:
                 log.warning("executor agent %s does not answer", addr)
         self._up[addr] = ok
         self._metrics.agent_up.labels(addr).set(1 if ok else 0)
+        if data_id:  # empty from an agent older than data directory identities
+            await self._identified(addr, data_id)
         return ok
+
+    async def _identified(self, addr: str, data_id: str) -> None:
+        """Hands a new identity of ``addr``'s data directory to the handler; one that
+        fails (e.g. the database is down) is tried again at the next probe."""
+        if self._on_identity is None or self._data_ids.get(addr) == data_id:
+            return
+        try:
+            await self._on_identity(addr, data_id)
+        except Exception:
+            log.exception("agent %s: recording its data directory identity failed", addr)
+            return
+        self._data_ids[addr] = data_id

@@ -95,8 +95,10 @@ class ExecutorClient(Protocol):
         ExecutorError."""
         ...
 
-    async def probe(self, executor: str, timeout: float) -> bool:
-        """Whether the agent answers a cheap call within ``timeout`` seconds."""
+    async def probe(self, executor: str, timeout: float) -> str | None:
+        """The agent's data directory identity (``GetInfoResponse.data_id``, empty from
+        an older agent) if it answers a cheap call within ``timeout`` seconds, else
+        None."""
         ...
 
     async def close(self) -> None: ...
@@ -211,16 +213,16 @@ class GrpcExecutorClient:
         )
         return FencedState(answer.exists, _result(result).state)
 
-    async def probe(self, executor: str, timeout: float) -> bool:
+    async def probe(self, executor: str, timeout: float) -> str | None:
         """GetInfo with a deadline: it runs on the agent's event loop, so it also fails
         when the agent is alive but frozen (stopped, swapping, partitioned)."""
         try:
-            await self._stub(executor).GetInfo(
+            info = await self._stub(executor).GetInfo(
                 pb.GetInfoRequest(), metadata=self._metadata, timeout=timeout
             )
         except grpc.aio.AioRpcError:
-            return False
-        return True
+            return None
+        return str(info.data_id)
 
     async def close(self) -> None:
         for channel, _ in self._stubs.values():

@@ -12,7 +12,11 @@ agent or, if that agent is gone, on another answering one, and the binding
   job's own operation, in the job's log;
 - as a job of its own: ``RebuildEnvironment`` (``JOB_TYPE_REBUILD_ENVIRONMENT``) and
   ``MoveEnvironment``/``DrainAgent``/``DARB_DRAIN`` (``JOB_TYPE_MOVE_ENVIRONMENT``: on a
-  chosen agent, after which the old agent's directory is deleted, best effort).
+  chosen agent, after which the old agent's directory is deleted, best effort);
+- as rebuild jobs queued at once, in the owners' names, for every environment of an
+  agent that answers a probe with a new data directory identity (its disk was emptied
+  or replaced: ``rebuilds_on_new_disk``, ``repo/agents.py``), so that none of them
+  shows READY until a job happens to reach it.
 
 Meanwhile the environment is REBUILDING. A rebuild adds no version (the content is the
 same); it marks the current one (``rebuild_count``, ``rebuilt_at``) and says so in the
@@ -27,15 +31,17 @@ import logging
 from collections.abc import Awaitable, Callable
 
 import grpc
+from sqlalchemy.orm import Session
 
 from services.api import payloads
 from services.api.database.db import Database
-from services.api.events import EventBus
+from services.api.events import JOBS_CHANNEL, EventBus
 from services.api.joblog.writer import LineWriter
 from services.api.records import AgentState, ClaimedJob, LockToApply, Outcome
 from services.api.repo import rebuilds
-from services.api.repo.models import EnvironmentStatus, JobStatus, utcnow
-from services.api.scheduling.agents import AgentMonitor
+from services.api.repo.agents import new_disk_reason, record_identity
+from services.api.repo.models import EnvironmentStatus, Job, JobStatus, utcnow
+from services.api.scheduling.agents import AgentMonitor, IdentityHandler
 from services.api.scheduling.executor_client import (
     AgentLines,
     AgentResult,
@@ -55,6 +61,30 @@ JOB_PAYLOADS = (payloads.RebuildPayload, payloads.MovePayload)
 # Runs an operation of the job on an agent, as the dispatcher does (lines to the job's
 # log, retries): (executor, lock) -> the outcome.
 Apply = Callable[[str, LockToApply], Awaitable[Outcome]]
+
+
+def rebuilds_on_new_disk(database: Database, bus: EventBus) -> IdentityHandler:
+    """The AgentMonitor's handler of an agent's data directory identity: a new one
+    queues the rebuilds of the environments bound to that agent (``record_identity``)
+    and wakes the dispatchers."""
+
+    async def identified(address: str, data_id: str) -> None:
+        def record(session: Session) -> list[Job]:
+            queued = record_identity(session, address, data_id)
+            if queued:
+                bus.notify_in(session, JOBS_CHANNEL)
+            return queued
+
+        queued = await database.run(record)
+        if not queued:
+            return
+        for job in queued:
+            bus.environment_changed_here(job.environment_id)  # now REBUILDING
+        bus.jobs_available.set()
+        reason = new_disk_reason(address)
+        log.warning("%s: queued the rebuild of %d environments", reason, len(queued))
+
+    return identified
 
 
 def is_missing(job: ClaimedJob, exc: ExecutorError) -> bool:
@@ -139,6 +169,8 @@ class Rebuilder:
         there and marks the version rebuilt. A move then frees the old directory.
         Returns the outcome of the ApplyLock (itself when it failed), with no state
         when it completed: a rebuild adds no version."""
+        if isinstance(job.payload, payloads.RebuildPayload) and not why:
+            why = job.payload.reason  # queued by darb itself: says why
         if isinstance(job.payload, payloads.MovePayload):  # still where it was if this fails
             known_missing = self._gone(job.executor)
         else:
