@@ -7,7 +7,10 @@ solve and link them) and indexed with ``rattler.index.index_fs``.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import hashlib
+import http.server
 import io
 import json
 import os
@@ -16,9 +19,12 @@ import shutil
 import subprocess
 import sys
 import tarfile
-from collections.abc import Iterable
+import threading
+import time
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, BinaryIO
 
 # conda's standard placeholder: long enough for any real prefix to be patched over it.
 PREFIX_PLACEHOLDER = "/opt/anaconda1anaconda2anaconda3"
@@ -251,3 +257,39 @@ def many_packages_channel(channel_dir: Path, count: int = 100) -> tuple[str, lis
     packages = chain_packages(count)
     url = build_channel(channel_dir, packages)
     return url, [spec.name for spec in packages]
+
+
+# ``served_slowly`` sends package archives in chunks of this size with this pause between
+# them: about 2 MB/s.
+SLOW_CHUNK = 64 * 1024
+SLOW_PAUSE = 0.03
+
+
+class _SlowHandler(http.server.SimpleHTTPRequestHandler):
+    def copyfile(self, source: BinaryIO, outputfile: BinaryIO) -> None:  # type: ignore[override]
+        slow = self.path.endswith((".tar.bz2", ".conda"))
+        while chunk := source.read(SLOW_CHUNK):
+            outputfile.write(chunk)
+            if slow:
+                time.sleep(SLOW_PAUSE)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+@contextlib.contextmanager
+def served_slowly(directory: Path) -> Iterator[str]:
+    """``directory`` over HTTP on loopback (the URL ends with ``/``), package archives at
+    about 2 MB/s: rattler reports download progress only for what it downloads (a
+    ``file://`` package counts as a whole once extracted), and a download this slow
+    lasts long enough for a test to watch the job."""
+    handler = functools.partial(_SlowHandler, directory=str(directory))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}/"
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -9,26 +9,20 @@ on loopback, slowly enough that its download takes seconds.
 
 from __future__ import annotations
 
-import functools
-import http.server
 import shutil
 import threading
 import time
 from collections.abc import Callable, Iterator
-from typing import Any, BinaryIO
+from typing import Any
 
 import pytest
 
 from darb.v1 import common_pb2
 from testkit.agent import AgentProcess
-from testkit.channel import PackageSpec, build_channel
+from testkit.channel import PackageSpec, build_channel, served_slowly
 from testkit.control_plane import TERMINAL, ApiProcess, Client
 
-LARGE_BYTES = 12 * 1024 * 1024
-# The server sends package archives in chunks of this size with this pause between
-# them: about 2 MB/s, so the large package takes about 6 s to download.
-CHUNK = 64 * 1024
-PAUSE = 0.03
+LARGE_BYTES = 12 * 1024 * 1024  # about 6 s to download at served_slowly's rate
 ORDER = [
     common_pb2.JOB_PHASE_SOLVING,
     common_pb2.JOB_PHASE_DOWNLOADING,
@@ -36,18 +30,6 @@ ORDER = [
     common_pb2.JOB_PHASE_WRITING_LOCK,
 ]
 DOWNLOADING = common_pb2.JOB_PHASE_DOWNLOADING
-
-
-class _SlowHandler(http.server.SimpleHTTPRequestHandler):
-    def copyfile(self, source: BinaryIO, outputfile: BinaryIO) -> None:  # type: ignore[override]
-        slow = self.path.endswith((".tar.bz2", ".conda"))
-        while chunk := source.read(CHUNK):
-            outputfile.write(chunk)
-            if slow:
-                time.sleep(PAUSE)
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
 
 
 @pytest.fixture(scope="module")
@@ -60,13 +42,8 @@ def http_channel(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
             PackageSpec("acme-large", "1.0", size_bytes=LARGE_BYTES),
         ],
     )
-    handler = functools.partial(_SlowHandler, directory=str(directory))
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    server.daemon_threads = True
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_port}/"
-    server.shutdown()
+    with served_slowly(directory) as url:
+        yield url
     shutil.rmtree(directory, ignore_errors=True)
 
 

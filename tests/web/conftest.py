@@ -17,12 +17,13 @@ from selenium.webdriver.remote.webdriver import WebDriver
 
 from testkit import browser
 from testkit.agent import AgentProcess, start_agent
-from testkit.channel import PackageSpec, build_channel
+from testkit.channel import PackageSpec, build_channel, served_slowly
 from testkit.control_plane import ApiProcess, Client, api_env, start_api
 from testkit.postgres import fresh_database
 from testkit.web import WebProcess, start_web
 
 SLOW_PACKAGE_BYTES = 24 * 1024 * 1024
+DOWNLOAD_BYTES = 12 * 1024 * 1024  # about 6 s to download at served_slowly's rate
 PASSWORD = "password-1"
 
 
@@ -50,11 +51,23 @@ def slow_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def slow_http_root(slow_root: Path) -> Iterator[str]:
+    """The slow channels' folder over HTTP, served slowly (``served_slowly``)."""
+    with served_slowly(slow_root) as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
+def allowed_channels(channel_url: str, slow_root: Path, slow_http_root: str) -> str:
+    return f"{channel_url},{slow_root.as_uri()},{slow_http_root}"
+
+
+@pytest.fixture(scope="session")
 def web_agent(
-    tmp_path_factory: pytest.TempPathFactory, channel_url: str, slow_root: Path
+    tmp_path_factory: pytest.TempPathFactory, channel_url: str, allowed_channels: str
 ) -> Iterator[AgentProcess]:
     data_dir = tmp_path_factory.mktemp("web-agent") / "data"
-    extra = {"DARB_ALLOWED_CHANNELS": f"{channel_url},{slow_root.as_uri()}"}
+    extra = {"DARB_ALLOWED_CHANNELS": allowed_channels}
     with start_agent(data_dir, channel_url, token="t0ken", extra_env=extra) as agent:
         yield agent
 
@@ -66,6 +79,7 @@ def stack(
     web_agent: AgentProcess,
     channel_url: str,
     slow_root: Path,
+    allowed_channels: str,
 ) -> Iterator[Stack]:
     directory = tmp_path_factory.mktemp("web-stack")
     env = api_env(
@@ -74,7 +88,7 @@ def stack(
         web_agent.addr,
         web_agent.token,
         channel_url,
-        DARB_ALLOWED_CHANNELS=f"{channel_url},{slow_root.as_uri()}",
+        DARB_ALLOWED_CHANNELS=allowed_channels,
     )
     api = start_api(env, directory / "api.log")
     web = start_web(api.addr, directory / "web.log")
@@ -127,3 +141,16 @@ def slow_channel(stack: Stack) -> tuple[str, str]:
     name = f"slow-{uuid.uuid4().hex[:8]}"
     package = PackageSpec(name, "1.0", size_bytes=SLOW_PACKAGE_BYTES)
     return build_channel(stack.slow_root / name, [package]), name
+
+
+@pytest.fixture
+def download_channel(stack: Stack, slow_http_root: str) -> tuple[str, str, str]:
+    """A new channel over slow HTTP (URL, a small package, a package that takes seconds
+    to download, and reports its bytes as it does): a test can watch its progress."""
+    name = f"download-{uuid.uuid4().hex[:8]}"
+    packages = [
+        PackageSpec(f"{name}-small", "1.0", files={f"share/{name}/README": b"small\n"}),
+        PackageSpec(f"{name}-large", "1.0", size_bytes=DOWNLOAD_BYTES),
+    ]
+    build_channel(stack.slow_root / name, packages)
+    return f"{slow_http_root}{name}", packages[0].name, packages[1].name

@@ -16,7 +16,6 @@ from selenium.webdriver.support.ui import Select
 
 from darb.v1 import common_pb2, environments_pb2
 from testkit import browser
-from testkit.agent import AgentProcess
 from testkit.control_plane import ADMIN_PASSWORD, Client
 from testkit.web import start_web
 from tests.web.conftest import PASSWORD, Stack
@@ -118,15 +117,17 @@ def test_import_a_pixi_toml_with_its_lock_and_an_environment_yml(
 
 
 def test_progress_shows_while_a_job_runs_and_cancel_stops_it(
-    signed_in: WebDriver, stack: Stack, user: Client, web_agent: AgentProcess
+    signed_in: WebDriver, stack: Stack, user: Client, download_channel: tuple[str, str, str]
 ) -> None:
+    """The large package downloads for seconds over slow HTTP: the page shows the
+    progress while it does, and cancelling ends the job and hides it."""
     chrome = signed_in
+    channel, small, large = download_channel
     name = _name("big")
-    created = user.create(name, ["acme-core"])
+    created = user.create(name, [small], [channel])
     assert user.wait(created.job.id).status == common_pb2.JOB_STATUS_COMPLETED
-    web_agent.evict_cached("acme-big")  # installing it takes seconds again
     chrome.get(f"{stack.url}/environments/{created.environment.id}")
-    chrome.find_element(By.ID, "install-packages").send_keys("acme-big")
+    chrome.find_element(By.ID, "install-packages").send_keys(large)
     browser.follow(chrome, chrome.find_element(By.ID, "install"))
     browser.wait_for(chrome, lambda c: "/jobs/" in c.current_url)
     job = chrome.find_element(By.ID, "job")
@@ -140,7 +141,7 @@ def test_progress_shows_while_a_job_runs_and_cancel_stops_it(
     chrome.get(f"{stack.url}/jobs")
     rows = chrome.find_elements(By.CSS_SELECTOR, "#job-list tbody tr")
     assert rows[0].find_element(By.CSS_SELECTOR, ".badge").text == "cancelled"  # newest first
-    assert "acme-big" in rows[0].text and name in rows[0].text
+    assert large in rows[0].text and name in rows[0].text
 
 
 def test_admins_manage_users(chrome: WebDriver, stack: Stack, user: Client) -> None:
