@@ -15,7 +15,7 @@ import grpc
 
 from darb.v1 import admin_pb2, admin_pb2_grpc, common_pb2, environments_pb2
 from testkit.agent import AgentProcess, start_agent
-from testkit.control_plane import ApiProcess, Client
+from testkit.control_plane import ApiProcess, Client, status_code
 from tests.api.faults import ready_environment
 
 COMPLETED = common_pb2.JOB_STATUS_COMPLETED
@@ -67,14 +67,6 @@ def move(client: Client, environment_id: str, agent: str) -> common_pb2.Job:
 def drain(client: Client, agent: str) -> admin_pb2.DrainAgentResponse:
     stub = admin_pb2_grpc.AdminServiceStub(client.channel)
     return client.call(stub.DrainAgent, admin_pb2.DrainAgentRequest(agent=agent))
-
-
-def code_of(call: Callable[[], object]) -> grpc.StatusCode:
-    try:
-        call()
-    except grpc.RpcError as exc:
-        return exc.code()
-    return grpc.StatusCode.OK
 
 
 def completed(client: Client, job: common_pb2.Job) -> common_pb2.Job:
@@ -146,8 +138,8 @@ def test_environments_whose_files_are_gone_come_back(
         assert user.get_env(big).status == READY and disk_builds(agent, big) == before[big]
 
         # Only admins rebuild and move.
-        assert code_of(lambda: rebuild(user, rebuilt)) == grpc.StatusCode.PERMISSION_DENIED
-        denied = code_of(lambda: move(user, rebuilt, agent.addr))
+        assert status_code(lambda: rebuild(user, rebuilt)) == grpc.StatusCode.PERMISSION_DENIED
+        denied = status_code(lambda: move(user, rebuilt, agent.addr))
         assert denied == grpc.StatusCode.PERMISSION_DENIED
     finally:
         agent.stop()
@@ -187,7 +179,7 @@ def test_environments_follow_their_agents_out_of_the_configuration(
     request = environments_pb2.DeleteEnvironmentRequest(id=doomed)
     job = completed(user, user.call(user.envs.DeleteEnvironment, request).job)
     assert f"could not free its directory on agent {lost.addr}" in job.logs, job.logs
-    gone = code_of(lambda: user.get_env(doomed))
+    gone = status_code(lambda: user.get_env(doomed))
     assert gone == grpc.StatusCode.NOT_FOUND
     api.stop()
 
@@ -195,7 +187,7 @@ def test_environments_follow_their_agents_out_of_the_configuration(
     api = api_factory(own_database, executors=f"{old.addr},{new.addr}")
     admin = api.admin()
     user = api.login(user.user.username, "password-1")
-    bad = code_of(lambda: move(admin, envs[2], "127.0.0.1:1"))
+    bad = status_code(lambda: move(admin, envs[2], "127.0.0.1:1"))
     assert bad == grpc.StatusCode.INVALID_ARGUMENT
     job = completed(admin, move(admin, envs[2], new.addr))
     assert job.type == MOVE and f"freed its directory on agent {old.addr}" in job.logs
@@ -217,7 +209,7 @@ def test_environments_follow_their_agents_out_of_the_configuration(
     # What is left there is what was rebuilt elsewhere while it was not configured.
     left = sorted(path.name for path in (old.data_dir / "environments").iterdir())
     assert left == sorted(envs[:2])
-    assert code_of(lambda: drain(user, old.addr)) == grpc.StatusCode.PERMISSION_DENIED
+    assert status_code(lambda: drain(user, old.addr)) == grpc.StatusCode.PERMISSION_DENIED
     api.stop()
 
     # DARB_DRAIN at start moves everything off the new agent again.
