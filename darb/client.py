@@ -49,6 +49,7 @@ from darb.v1 import (
     users_pb2_grpc,
 )
 from shared.errors import InvalidArgument
+from shared.roles import PERMISSIONS
 from shared.validation import validate_environment_name, validate_username
 
 DEFAULT_ADDRESS = "127.0.0.1:50051"
@@ -64,14 +65,6 @@ STATUS_ONLY = 2**63 - 1
 # share/unshare read, modify and write the policy; a concurrent change (ABORTED) makes
 # them start over, at most this many times in all.
 POLICY_ATTEMPTS = 5
-# Every permission TestEnvironmentPermissions knows.
-PERMISSIONS = (
-    "environments.get",
-    "environments.update",
-    "environments.delete",
-    "environments.setPolicy",
-    "jobs.cancel",
-)
 
 Page = TypeVar("Page")
 Item = TypeVar("Item")

@@ -10,16 +10,9 @@ from services.api.ids import parse_id
 from services.api.repo import access, policies
 from services.api.repo.models import Environment, Role, User
 from shared.errors import Aborted, FailedPrecondition, InvalidArgument, ResourceExhausted
+from shared.roles import NEEDED_ROLE
 
 MAX_MEMBERS = 1000
-# Each permission TestEnvironmentPermissions knows, and the role it needs.
-PERMISSIONS = {
-    "environments.get": Role.VIEWER,
-    "environments.update": Role.EDITOR,
-    "environments.delete": Role.OWNER,
-    "environments.setPolicy": Role.OWNER,
-    "jobs.cancel": Role.EDITOR,
-}
 
 
 def _message(session: Session, environment: Environment) -> pb.Policy:
@@ -86,9 +79,9 @@ def test(
 ) -> list[str]:
     environment_id = parse_id(request.environment_id, "environment_id")
     for permission in request.permissions:
-        if permission not in PERMISSIONS:
+        if permission not in NEEDED_ROLE:
             raise InvalidArgument(
-                f"unknown permission {permission[:80]!r}; known: {', '.join(PERMISSIONS)}"
+                f"unknown permission {permission[:80]!r}; known: {', '.join(NEEDED_ROLE)}"
             )
     _, role = access.environment(session, caller, environment_id)
-    return [name for name in request.permissions if role >= PERMISSIONS[name]]
+    return [name for name in request.permissions if role >= NEEDED_ROLE[name]]

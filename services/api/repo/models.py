@@ -27,6 +27,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, column_property, mapped_column
 
+from shared.roles import Role as Role  # the role table lives in shared/ (the SDK uses it)
+
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
@@ -54,15 +56,6 @@ class JobType(enum.StrEnum):
     ROLLBACK_ENVIRONMENT = "ROLLBACK_ENVIRONMENT"
     REBUILD_ENVIRONMENT = "REBUILD_ENVIRONMENT"
     MOVE_ENVIRONMENT = "MOVE_ENVIRONMENT"
-
-
-class Role(enum.IntEnum):
-    """What a member may do with an environment (darb.v1.Role's numbers); each role can
-    do what the ones below it can."""
-
-    VIEWER = 1
-    EDITOR = 2
-    OWNER = 3
 
 
 class JobStatus(enum.StrEnum):

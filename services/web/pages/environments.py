@@ -29,20 +29,8 @@ from services.web.pages.common import (
     submit_form,
 )
 from shared.manifests import parse_manifest
+from shared.roles import PERMISSIONS, held
 
-PERMISSIONS = (
-    "environments.get",
-    "environments.update",
-    "environments.delete",
-    "environments.setPolicy",
-    "jobs.cancel",
-)
-# What each role may do, for a server that cannot answer TestEnvironmentPermissions yet.
-ROLE_PERMISSIONS = {
-    common_pb2.ROLE_VIEWER: {"environments.get"},
-    common_pb2.ROLE_EDITOR: {"environments.get", "environments.update", "jobs.cancel"},
-    common_pb2.ROLE_OWNER: set(PERMISSIONS),
-}
 STATUS_FILTERS = ("READY", "PENDING", "CREATING", "FAILED", "DELETING", "REBUILDING")
 ROLE_FILTERS = ("OWNER", "EDITOR", "VIEWER")
 
@@ -73,7 +61,7 @@ async def permissions(request: web.Request, environment: common_pb2.Environment)
         if exc.code() != grpc.StatusCode.UNIMPLEMENTED:
             raise
         # A server without sharing: only the owner (or an admin) sees an environment.
-        return ROLE_PERMISSIONS.get(environment.role, set(PERMISSIONS))
+        return held(environment.role or common_pb2.ROLE_OWNER)
     return set(response.permissions)
 
 
