@@ -1,8 +1,10 @@
 """ListEnvironments' ``filter``: the part of AIP-160 it needs, parsed without SQL.
 
 A filter is restrictions joined by ``AND``, each ``field = value`` or ``field != value``.
-Values are bare words or double-quoted strings (``\\"`` and ``\\\\`` escape). Errors name
-the position (1-based character) where the filter went wrong.
+Values are bare words or double-quoted strings (``\\"`` and ``\\\\`` escape). In a value of
+``name``, ``*`` is a wildcard that matches any characters or none (names cannot hold a
+``*``): ``name = "web*"``, ``name = "*web*"``. Errors name the position (1-based
+character) where the filter went wrong.
 """
 
 from __future__ import annotations
@@ -17,12 +19,14 @@ MAX_FILTER_LENGTH = 1024
 FIELDS = ("name", "owner", "status", "role")
 # ``owner = me``: the caller.
 ME = "me"
+# In a value of ``name``: any characters, or none.
+WILDCARD = "*"
 
 _TOKEN = re.compile(
     r"""\s*(?:
         (?P<op>!=|=)
       | (?P<string>"(?:[^"\\]|\\.)*")
-      | (?P<word>[A-Za-z0-9_.\-]+)
+      | (?P<word>[A-Za-z0-9_.*\-]+)
       | (?P<bad>\S)
     )""",
     re.VERBOSE,

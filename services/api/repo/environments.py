@@ -87,11 +87,21 @@ def already_exists(name: str) -> AlreadyExists:
     return AlreadyExists(f"you already have an environment named {name!r}")
 
 
+def _like(value: str) -> str:
+    """The LIKE pattern of a ``name`` value with wildcards: ``*`` becomes ``%``, and the
+    rest matches literally (``%``, ``_`` and ``\\`` escaped with ``\\``)."""
+    escaped = value.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return escaped.replace(filters.WILDCARD, "%")
+
+
 def _restrict(
     query: Select[Any], caller: User, rule: filters.Restriction, role: Any
 ) -> Select[Any]:
     column: Any
     value: Any
+    if rule.field == "name" and filters.WILDCARD in rule.value:
+        matches = Environment.name.like(_like(rule.value), escape="\\")
+        return query.where(~matches if rule.negated else matches)
     if rule.field == "name":
         column, value = Environment.name, rule.value
     elif rule.field == "status":
