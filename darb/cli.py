@@ -247,6 +247,8 @@ def cmd_env_list(args: argparse.Namespace) -> int:
 
 def _list_filter(args: argparse.Namespace) -> str:
     restrictions = []
+    if args.name:
+        restrictions.append(f"name = {quote(args.name)}")
     if args.shared:
         restrictions.append("owner != me")
     if args.owner:
@@ -749,6 +751,11 @@ def _env_parsers(top: _Commands) -> None:
         "list the environments you own or that are shared with you",
         aliases=["ls"],
         output=True,
+    )
+    ls.add_argument(
+        "--name",
+        metavar="PATTERN",
+        help="only those whose name matches PATTERN (`*` any characters: 'web*', '*web*')",
     )
     ls.add_argument(
         "--shared", action="store_true", help="only those shared with you (owned by others)"

@@ -352,6 +352,9 @@ def test_share_members_ls_shared_and_unshare_with_the_cli(
     assert mine[0] == ["NAME", "OWNER", "ROLE", "STATUS", "ID", "CREATED"]
     assert mine[1][:5] == ["cli-shared", account.username, "owner", "READY", environment.id]
     assert environment.id not in _ok(logged_in("env", "ls", "--shared"))
+    # --name matches a pattern (a wildcard filter), or the whole name without a `*`.
+    for pattern, listed in (("*-shar*", True), ("cli-*", True), ("cli-sh", False)):
+        assert (environment.id in _ok(logged_in("env", "ls", "--name", pattern))) is listed
 
     # Bob sees it among those shared with him and names it owner/name.
     shared = _rows(_ok(bob.cli("env", "ls", "--shared")))
