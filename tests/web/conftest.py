@@ -22,8 +22,9 @@ from testkit.control_plane import ApiProcess, Client, api_env, start_api
 from testkit.postgres import fresh_database
 from testkit.web import WebProcess, start_web
 
-SLOW_PACKAGE_BYTES = 24 * 1024 * 1024
 DOWNLOAD_BYTES = 12 * 1024 * 1024  # about 6 s to download at served_slowly's rate
+CHATTY_BYTES = 16 * 1024 * 1024  # about 8 s
+CHATTY_PARTS = 12
 PASSWORD = "password-1"
 
 
@@ -108,18 +109,33 @@ def browser_available() -> None:
         pytest.fail(missing, pytrace=False)
 
 
-@pytest.fixture
-def chrome(browser_available: None) -> Iterator[WebDriver]:
+def csp_violations(chrome: WebDriver) -> list[str]:
+    """The browser console's Content Security Policy violations since the last call
+    (reading the console's log empties it)."""
+    messages = [str(entry.get("message", "")) for entry in chrome.get_log("browser")]
+    return [message for message in messages if "Content Security Policy" in message]
+
+
+def _checked_browser() -> Iterator[WebDriver]:
+    """A browser for one test; afterwards its pages must not have broken their Content
+    Security Policy (a blocked script or style is a feature that silently failed)."""
     driver = browser.start_browser()
     yield driver
-    driver.quit()
+    try:
+        violations = csp_violations(driver)
+    finally:
+        driver.quit()
+    assert not violations, f"a page broke its Content Security Policy: {violations}"
+
+
+@pytest.fixture
+def chrome(browser_available: None) -> Iterator[WebDriver]:
+    yield from _checked_browser()
 
 
 @pytest.fixture
 def second_chrome(browser_available: None) -> Iterator[WebDriver]:
-    driver = browser.start_browser()
-    yield driver
-    driver.quit()
+    yield from _checked_browser()
 
 
 @pytest.fixture
@@ -135,12 +151,20 @@ def signed_in(chrome: WebDriver, stack: Stack, user: Client) -> WebDriver:
 
 
 @pytest.fixture
-def slow_channel(stack: Stack) -> tuple[str, str]:
-    """A new channel (URL, package) of one package no agent has cached: installing it
-    takes a moment, so a test can watch the job while it runs."""
-    name = f"slow-{uuid.uuid4().hex[:8]}"
-    package = PackageSpec(name, "1.0", size_bytes=SLOW_PACKAGE_BYTES)
-    return build_channel(stack.slow_root / name, [package]), name
+def chatty_channel(stack: Stack, slow_http_root: str) -> tuple[str, str, str]:
+    """A new channel over slow HTTP (URL, a package, its large dependency). Installing the
+    package prints dozens of lines at once, more than the log box shows, then a line at
+    every tenth of the large dependency's download, which lasts seconds: a test can watch
+    the job while its lines keep arriving."""
+    name = f"chatty-{uuid.uuid4().hex[:8]}"
+    small = [
+        PackageSpec(f"{name}-part{n}", "1.0", files={f"share/{name}/part{n}": b"part\n"})
+        for n in range(CHATTY_PARTS)
+    ]
+    large = PackageSpec(f"{name}-large", "1.0", size_bytes=CHATTY_BYTES)
+    package = PackageSpec(name, "1.0", depends=tuple(spec.name for spec in [*small, large]))
+    build_channel(stack.slow_root / name, [*small, large, package])
+    return f"{slow_http_root}{name}", package.name, large.name
 
 
 @pytest.fixture

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import re
+import time
 import urllib.error
 import urllib.request
 import uuid
+from email.message import Message
 
 import grpc
 import psycopg
@@ -12,13 +15,14 @@ import pytest
 from selenium.common.exceptions import NoAlertPresentException
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
+from selenium.webdriver.remote.webelement import WebElement
 from selenium.webdriver.support.ui import Select
 
 from darb.v1 import common_pb2, users_pb2
 from testkit import browser
 from testkit.control_plane import Client
 from testkit.postgres import libpq_url
-from tests.web.conftest import PASSWORD, Stack
+from tests.web.conftest import PASSWORD, Stack, csp_violations
 
 XSS = "<img src=x onerror=alert(1)>"
 
@@ -42,7 +46,49 @@ def _wait_job_done(chrome: WebDriver, status: str = "completed") -> None:
 
 
 def _log_lines(chrome: WebDriver) -> list[str]:
-    return [line.text for line in chrome.find_elements(By.CSS_SELECTOR, "#log .line")]
+    lines = "return Array.from(document.querySelectorAll('#log .line'), l => l.textContent)"
+    return list(chrome.execute_script(lines))
+
+
+def _job_status(chrome: WebDriver) -> str:
+    return chrome.find_element(By.ID, "job-status").text
+
+
+def _seconds(elapsed: str) -> int:
+    """The job page's elapsed time ("1h 2m 3s") in seconds."""
+    units = {"h": 3600, "m": 60, "s": 1}
+    parts = re.findall(r"(\d+)([hms])", elapsed)
+    assert parts, elapsed
+    return sum(int(number) * units[unit] for number, unit in parts)
+
+
+def _at_end(chrome: WebDriver, log: WebElement) -> bool:
+    end = "return arguments[0].scrollTop + arguments[0].clientHeight"
+    return bool(chrome.execute_script(end, log) >= log.get_property("scrollHeight") - 8)
+
+
+def _wait_more_lines(chrome: WebDriver) -> None:
+    """Waits until more log lines have arrived than the page shows now."""
+    count = len(chrome.find_elements(By.CSS_SELECTOR, "#log .line"))
+    browser.wait_for(chrome, lambda c: len(c.find_elements(By.CSS_SELECTOR, "#log .line")) > count)
+
+
+def _assert_strict_policy(headers: Message, what: str) -> None:
+    policy = headers.get("Content-Security-Policy") or ""
+    assert "script-src 'self'" in policy and "unsafe-inline" not in policy, (what, policy)
+
+
+def _diff(chrome: WebDriver, old: str, new: str) -> dict[str, list[str]]:
+    """On a history page: compares two versions; the installed packages' diff, each kind
+    (added, removed, changed, same) with the names listed under it."""
+    Select(chrome.find_element(By.ID, "diff-from")).select_by_value(old)
+    Select(chrome.find_element(By.ID, "diff-to")).select_by_value(new)
+    browser.follow(chrome, chrome.find_element(By.ID, "compare"))
+    kinds: dict[str, list[str]] = {}
+    for item in chrome.find_elements(By.CSS_SELECTOR, "#diff-packages li"):
+        names = kinds.setdefault(item.get_attribute("class") or "", [])
+        names.append(item.get_attribute("data-name") or "")
+    return kinds
 
 
 def _installed(chrome: WebDriver) -> set[str]:
@@ -80,10 +126,10 @@ def test_sign_in_shows_the_user_everywhere_and_sign_out(
 
 
 def test_create_from_the_form_and_watch_the_job_live(
-    signed_in: WebDriver, stack: Stack, slow_channel: tuple[str, str]
+    signed_in: WebDriver, stack: Stack, chatty_channel: tuple[str, str, str]
 ) -> None:
     chrome = signed_in
-    channel, package = slow_channel
+    channel, package, large = chatty_channel
     chrome.get(f"{stack.url}/environments")
     browser.follow(chrome, chrome.find_element(By.ID, "new-environment"))
 
@@ -106,19 +152,57 @@ def test_create_from_the_form_and_watch_the_job_live(
     browser.wait_for(chrome, lambda c: "/jobs/" in c.current_url)
     # A marker in the page's window: it survives only if the page is never reloaded.
     chrome.execute_script("window.darbMarker = 'same page';")
-    first_status = chrome.find_element(By.ID, "job").get_attribute("data-status")
+
+    # Lines of the download show while it goes on, and the elapsed time counts up.
+    progress = re.compile(rf"downloading {large} .*: \d+%")  # "… 1.0 h0_0: 10%"
+    browser.wait_for(chrome, lambda c: any(progress.search(t) for t in _log_lines(c)))
+    assert _job_status(chrome) in ("pending", "running")
+    before = _seconds(chrome.find_element(By.ID, "elapsed").text)
+    time.sleep(2.2)
+    after = _seconds(chrome.find_element(By.ID, "elapsed").text)
+    assert _job_status(chrome) == "running"  # still: both readings are of a running job
+    assert after > before, (before, after)
 
     _wait_job_done(chrome)
     assert chrome.execute_script("return window.darbMarker") == "same page"
-    assert first_status in ("pending", "running"), first_status  # it ran while we watched
     lines = _log_lines(chrome)
     assert any(f"linking {package}" in line for line in lines), lines
-    assert chrome.find_element(By.ID, "elapsed").text.endswith("s")
     assert not chrome.find_element(By.ID, "cancel-form").is_displayed()
 
     browser.follow(chrome, chrome.find_element(By.LINK_TEXT, name))
     assert chrome.find_element(By.ID, "env-status").text == "ready"
     assert package in _installed(chrome)
+
+
+def test_the_log_follows_a_running_job_until_scrolled_up(
+    signed_in: WebDriver, stack: Stack, user: Client, chatty_channel: tuple[str, str, str]
+) -> None:
+    """While lines keep arriving: the log shows the newest at first; scrolled to the top
+    it stays there; scrolled back to the end it follows again."""
+    chrome = signed_in
+    channel, package, _ = chatty_channel
+    created = user.create(_name("scroll"), [package], [channel])
+    chrome.get(f"{stack.url}/jobs/{created.job.id}")
+    log = chrome.find_element(By.ID, "log")
+    overflowing = "return arguments[0].scrollHeight > 2 * arguments[0].clientHeight"
+    browser.wait_for(chrome, lambda c: c.execute_script(overflowing, log))
+    assert _job_status(chrome) == "running"
+    assert _at_end(chrome, log)
+
+    to_top = "arguments[0].scrollTop = 0; return document.getElementById('job').dataset.follow"
+    browser.wait_for(chrome, lambda c: c.execute_script(to_top, log) == "no")
+    _wait_more_lines(chrome)
+    assert log.get_property("scrollTop") == 0
+
+    to_end = (
+        "arguments[0].scrollTop = arguments[0].scrollHeight;"
+        " return document.getElementById('job').dataset.follow"
+    )
+    browser.wait_for(chrome, lambda c: c.execute_script(to_end, log) == "yes")
+    _wait_more_lines(chrome)
+    assert _at_end(chrome, log)
+    assert _job_status(chrome) == "running"  # the lines above arrived while it ran
+    _wait_job_done(chrome)
 
 
 def test_install_and_remove_packages(signed_in: WebDriver, stack: Stack, user: Client) -> None:
@@ -171,11 +255,7 @@ def test_diff_of_two_versions_and_rollback(
     rows = chrome.find_elements(By.CSS_SELECTOR, "#versions tbody tr")
     assert [row.get_attribute("data-version") for row in rows] == ["2", "1"]
     assert user.user.username in rows[0].text and "acme-utils" in rows[0].text
-    Select(chrome.find_element(By.ID, "diff-from")).select_by_value("1")
-    Select(chrome.find_element(By.ID, "diff-to")).select_by_value("2")
-    browser.follow(chrome, chrome.find_element(By.ID, "compare"))
-    added = chrome.find_elements(By.CSS_SELECTOR, "#diff-packages li.added")
-    assert [item.get_attribute("data-name") for item in added] == ["acme-utils"]
+    assert _diff(chrome, "1", "2") == {"added": ["acme-utils"], "changed": ["acme-core"]}
     assert "acme-utils" in chrome.find_element(By.ID, "diff").text
 
     browser.follow(chrome, chrome.find_element(By.CSS_SELECTOR, "tr[data-version='1'] a.rollback"))
@@ -189,6 +269,16 @@ def test_diff_of_two_versions_and_rollback(
     chrome.get(f"{stack.url}/environments/{environment.id}/history")
     newest = chrome.find_element(By.CSS_SELECTOR, "#versions tbody tr")
     assert newest.get_attribute("data-version") == "3" and "version 1" in newest.text
+    # Any two versions, either way round: back from 2, and 1 against its restored copy.
+    assert _diff(chrome, "2", "3") == {"removed": ["acme-utils"], "changed": ["acme-core"]}
+    requested = chrome.find_elements(By.CSS_SELECTOR, "#diff ul.diff:not(#diff-packages) li")
+    assert [
+        (item.get_attribute("class"), item.find_element(By.TAG_NAME, "code").text)
+        for item in requested
+    ] == [("removed", "acme-utils")]
+    change = chrome.find_element(By.CSS_SELECTOR, "#diff-packages li.changed").text
+    assert re.search(r"acme-core 1\.1 → 2\.0", change), change
+    assert _diff(chrome, "3", "1") == {"same": [""]}  # "no change"
 
 
 def test_share_with_a_second_user(
@@ -254,13 +344,7 @@ def test_a_log_line_of_html_shows_as_text(signed_in: WebDriver, stack: Stack, us
             )
     chrome.get(f"{stack.url}/jobs/{created.job.id}")
     _wait_job_done(chrome)
-    # The log followed its end; scrolling up stops that.
-    log = chrome.find_element(By.ID, "log")
-    at_end = "return arguments[0].scrollTop + arguments[0].clientHeight"
-    assert chrome.execute_script(at_end, log) >= log.get_property("scrollHeight") - 8
-    chrome.execute_script("arguments[0].scrollTop = 0", log)
-    job = chrome.find_element(By.ID, "job")
-    browser.wait_for(chrome, lambda c: job.get_attribute("data-follow") == "no")
+    assert _at_end(chrome, chrome.find_element(By.ID, "log"))  # a long log opens at its end
     lines = chrome.find_elements(By.CSS_SELECTOR, "#log .line")
     assert lines[-1].text == XSS
     assert "stderr" in (lines[-1].get_attribute("class") or "")
@@ -276,39 +360,44 @@ def test_a_log_line_of_html_shows_as_text(signed_in: WebDriver, stack: Stack, us
 def test_security_headers_and_a_post_without_csrf_is_refused(
     signed_in: WebDriver, stack: Stack, user: Client
 ) -> None:
-    environment = _ready_env(user, ["acme-core"])
+    created = user.create(_name("env"), ["acme-core"])
+    assert user.wait(created.job.id).status == common_pb2.JOB_STATUS_COMPLETED
+    environment = created.environment
     session = signed_in.get_cookie("darb_session")
     assert session is not None
     cookie = f"darb_session={session['value']}"
-    page = urllib.request.Request(f"{stack.url}/environments", headers={"Cookie": cookie})
-    with urllib.request.urlopen(page) as response:
-        policy = response.headers["Content-Security-Policy"]
-    assert "unsafe-inline" not in policy and "script-src 'self'" in policy
+    for path in ("/environments", "/static/app.js", f"/jobs/{created.job.id}/events"):
+        page = urllib.request.Request(stack.url + path, headers={"Cookie": cookie})
+        with urllib.request.urlopen(page) as response:
+            _assert_strict_policy(response.headers, path)
+    with pytest.raises(urllib.error.HTTPError) as missing:
+        urllib.request.urlopen(f"{stack.url}/no/such/page")
+    assert missing.value.code == 404
+    _assert_strict_policy(missing.value.headers, "a 404 page")
 
     # A signed-in user's browser tricked into posting (the cookie is sent, no token).
-    request = urllib.request.Request(
-        f"{stack.url}/environments/{environment.id}/delete",
-        data=b"confirm=1",
-        headers={"Cookie": cookie, "Content-Type": "application/x-www-form-urlencoded"},
-        method="POST",
-    )
-    try:
-        urllib.request.urlopen(request)
-        raise AssertionError("a POST without its CSRF token was accepted")
-    except urllib.error.HTTPError as exc:
-        assert exc.code == 403
-    forged = urllib.request.Request(
-        f"{stack.url}/environments/{environment.id}/delete",
-        data=b"csrf=" + b"0" * 64,
-        headers={"Cookie": cookie, "Content-Type": "application/x-www-form-urlencoded"},
-        method="POST",
-    )
-    try:
-        urllib.request.urlopen(forged)
-        raise AssertionError("a POST with a wrong CSRF token was accepted")
-    except urllib.error.HTTPError as exc:
-        assert exc.code == 403
+    for form in (b"confirm=1", b"csrf=" + b"0" * 64):  # no token, a wrong one
+        request = urllib.request.Request(
+            f"{stack.url}/environments/{environment.id}/delete",
+            data=form,
+            headers={"Cookie": cookie, "Content-Type": "application/x-www-form-urlencoded"},
+            method="POST",
+        )
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(request)
+        assert refused.value.code == 403, form
+        _assert_strict_policy(refused.value.headers, "the 403 page")
     assert user.get_env(environment.id).status == common_pb2.ENVIRONMENT_STATUS_READY
+
+    # The browser enforces the policy, and its console reports a breach: the check every
+    # test's browser gets when it closes (conftest.py) can see one.
+    signed_in.execute_script(
+        "var script = document.createElement('script');"
+        " script.textContent = 'window.darbInlineRan = true';"
+        " document.body.appendChild(script);"
+    )
+    assert not signed_in.execute_script("return window.darbInlineRan === true")
+    assert any("inline script" in breach for breach in csp_violations(signed_in))
 
 
 def test_an_environment_the_user_may_not_see_is_a_404(signed_in: WebDriver, stack: Stack) -> None:
