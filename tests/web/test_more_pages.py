@@ -4,12 +4,15 @@ cancel, users and groups, several copies of the web process."""
 from __future__ import annotations
 
 import re
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
 import uuid
+from datetime import UTC
 from pathlib import Path
 
+from google.protobuf.timestamp_pb2 import Timestamp
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support.ui import Select
@@ -18,7 +21,9 @@ from darb.v1 import common_pb2, environments_pb2
 from testkit import browser
 from testkit.control_plane import ADMIN_PASSWORD, Client
 from testkit.web import start_web
-from tests.web.conftest import PASSWORD, Stack
+from tests.web.conftest import DOWNLOAD_BYTES, PASSWORD, Stack
+
+BYTES = re.compile(r"[\d.]+ (B|KB|MB) / [\d.]+ MB")  # the progress bar's "3.1 MB / 12.0 MB"
 
 
 def _name(prefix: str) -> str:
@@ -30,11 +35,20 @@ def _listed(chrome: WebDriver) -> set[str]:
     return {link.text for link in links}
 
 
+def _utc(timestamp: Timestamp) -> str:
+    """A time as the pages show it."""
+    return timestamp.ToDatetime(tzinfo=UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def _job_status(chrome: WebDriver) -> str:
+    return chrome.find_element(By.ID, "job-status").text
+
+
 def _wait_ended(chrome: WebDriver) -> str:
     browser.wait_for(
         chrome, lambda c: c.find_element(By.ID, "job").get_attribute("data-stream") == "ended"
     )
-    return chrome.find_element(By.ID, "job-status").text
+    return _job_status(chrome)
 
 
 class NoRedirect(urllib.request.HTTPRedirectHandler):
@@ -51,12 +65,21 @@ def test_the_list_filters_by_status_name_and_owner(
     failed = user.create(bad, ["acme-broken"])
     user.wait(ready.job.id)
     assert user.wait(failed.job.id).status == common_pb2.JOB_STATUS_FAILED
+    time.sleep(1)  # so that this install changes `good` in a later second than its creation
+    installed = user.install(ready.environment.id, ["acme-utils"])
+    assert user.wait(installed.id).status == common_pb2.JOB_STATUS_COMPLETED
 
     chrome.get(f"{stack.url}/environments")
     assert {good, bad} <= _listed(chrome)
     row = chrome.find_element(By.CSS_SELECTOR, f"tr[data-env-id='{failed.environment.id}']")
     assert row.find_element(By.CSS_SELECTOR, ".badge").text == "failed"
     assert row.find_element(By.CLASS_NAME, "role").text == "owner"
+    # "Last change" is the environment's update time, not its creation.
+    headers = [th.text for th in chrome.find_elements(By.CSS_SELECTOR, "#environments thead th")]
+    row = chrome.find_element(By.CSS_SELECTOR, f"tr[data-env-id='{ready.environment.id}']")
+    last_change = row.find_elements(By.TAG_NAME, "td")[headers.index("Last change")].text
+    environment = user.get_env(ready.environment.id)
+    assert last_change == _utc(environment.updated_at) != _utc(environment.created_at)
 
     Select(chrome.find_element(By.NAME, "status")).select_by_value("FAILED")
     browser.follow(chrome, chrome.find_element(By.CSS_SELECTOR, "#filters button"))
@@ -69,7 +92,11 @@ def test_the_list_filters_by_status_name_and_owner(
     # A failed create: its page shows the error at the top.
     chrome.get(f"{stack.url}/jobs/{failed.job.id}")
     assert _wait_ended(chrome) == "failed"
-    assert "acme-broken" in chrome.find_element(By.ID, "job-error").text
+    error, log = chrome.find_element(By.ID, "job-error"), chrome.find_element(By.ID, "log")
+    assert "acme-broken" in error.text
+    assert error.is_displayed() and error.location["y"] < log.location["y"]  # at the top
+    follows = "return arguments[0].compareDocumentPosition(arguments[1])"
+    assert chrome.execute_script(follows, error, log) & 4  # DOCUMENT_POSITION_FOLLOWING
 
 
 def test_import_a_pixi_toml_with_its_lock_and_an_environment_yml(
@@ -82,7 +109,10 @@ def test_import_a_pixi_toml_with_its_lock_and_an_environment_yml(
         user.envs.ExportEnvironment,
         environments_pb2.ExportEnvironmentRequest(id=source.environment.id),
     )
-    (tmp_path / "pixi.toml").write_text(export.manifest)
+    # The manifest allows 1.1 too: only the lock keeps the copy at 1.0.
+    looser = export.manifest.replace('acme-core = "==1.0"', 'acme-core = "<2"')
+    assert looser != export.manifest, export.manifest
+    (tmp_path / "pixi.toml").write_text(looser)
     (tmp_path / "pixi.lock").write_text(export.lockfile)
 
     chrome.get(f"{stack.url}/environments/new")
@@ -134,6 +164,13 @@ def test_progress_shows_while_a_job_runs_and_cancel_stops_it(
     browser.wait_for(chrome, lambda c: job.get_attribute("data-phases"))
     assert chrome.find_element(By.ID, "progress").is_displayed()
     assert chrome.find_element(By.ID, "progress-phase").text
+    bar = chrome.find_element(By.ID, "progress-bar")
+    count = chrome.find_element(By.ID, "progress-count")
+    browser.wait_for(chrome, lambda c: BYTES.fullmatch(count.text))
+    first = float(bar.get_property("value") or 0)
+    browser.wait_for(chrome, lambda c: float(bar.get_property("value") or 0) > first)
+    assert float(bar.get_property("max") or 0) >= DOWNLOAD_BYTES
+    assert _job_status(chrome) == "running"  # the bar rose while the job ran
     browser.follow(chrome, chrome.find_element(By.ID, "cancel"))
     assert _wait_ended(chrome) == "cancelled"
     assert not chrome.find_element(By.ID, "progress").is_displayed()
