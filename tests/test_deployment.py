@@ -89,3 +89,8 @@ def test_every_setting_is_documented_in_the_readme():
     documented = set(re.findall(r"`(DARB_[A-Z_]+)`", table))
     missing = variables_read_by_config() - documented
     assert not missing, f"README's settings table lacks {sorted(missing)}"
+
+
+def test_the_web_ui_serves_on_loopback_8080_unless_darb_web_addr_says_otherwise():
+    assert WebSettings.from_env({}).addr == "127.0.0.1:8080"
+    assert WebSettings.from_env({"DARB_WEB_ADDR": "0.0.0.0:9090"}).addr == "0.0.0.0:9090"
