@@ -1,0 +1,42 @@
+"""``make screenshots`` (scripts/screenshots.py) run into a temporary folder: it makes the
+pictures the README shows, at desktop and phone width, and writes nothing else."""
+
+from __future__ import annotations
+
+import importlib.util
+import struct
+from pathlib import Path
+
+from testkit.processes import PROJECT_ROOT
+
+SCRIPT = PROJECT_ROOT / "scripts" / "screenshots.py"
+SHOWN = PROJECT_ROOT / "docs" / "ui"
+WIDTHS = {"desktop": 1280, "phone": 390}
+
+
+def png_size(path: Path) -> tuple[int, int]:
+    """Width and height from a PNG's header (its IHDR chunk comes first)."""
+    header = path.read_bytes()[:24]
+    assert header[:8] == b"\x89PNG\r\n\x1a\n" and header[12:16] == b"IHDR", path
+    width, height = struct.unpack(">II", header[16:24])
+    return width, height
+
+
+def test_make_screenshots_makes_every_picture_the_readme_shows(
+    browser_available: None, tmp_path: Path
+) -> None:
+    spec = importlib.util.spec_from_file_location("screenshots", SCRIPT)
+    assert spec is not None and spec.loader is not None
+    screenshots = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(screenshots)
+
+    assert screenshots.main(tmp_path) == 0
+    made = sorted(path.name for path in tmp_path.iterdir())
+    assert made == sorted(path.name for path in SHOWN.glob("*.png"))
+    for name in made:
+        page, _, label = name.removesuffix(".png").rpartition("-")
+        width, height = png_size(tmp_path / name)
+        assert width == WIDTHS[label] and height > 0, (page, label, width, height)
+    pages = {name.removesuffix(".png").rpartition("-")[0] for name in made}
+    assert {"sign-in", "environments", "environment", "job", "history"} <= pages
+    assert len(made) == 2 * len(pages)  # each page at both widths
