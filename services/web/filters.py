@@ -51,6 +51,16 @@ def role_name(value: int) -> str:
     return "" if value == common_pb2.ROLE_UNSPECIFIED else _enum(value, common_pb2.Role, "ROLE_")
 
 
+def my_role(env: common_pb2.Environment, user: common_pb2.User) -> str:
+    """The caller's role on ``env`` as the pages show it. The control plane gives an admin
+    OWNER on every environment, so an admin reads "admin" where they are not the owner."""
+    if env.owner_id == user.id:
+        return "owner"
+    if user.admin:
+        return "admin"
+    return role_name(env.role) or "none"
+
+
 def phase_name(value: int) -> str:
     return _enum(value, common_pb2.JobPhase, "JOB_PHASE_")
 
@@ -70,6 +80,7 @@ def templates() -> jinja2.Environment:
         job_status=job_status,
         job_type=job_type,
         role=role_name,
+        my_role=my_role,
         phase=phase_name,
         short=lambda value: str(value)[:8],
     )

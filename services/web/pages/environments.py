@@ -15,8 +15,7 @@ import grpc
 import grpc.aio
 from aiohttp import web
 
-from darb.v1 import common_pb2, environments_pb2, groups_pb2, jobs_pb2
-from services.web.filters import role_name
+from darb.v1 import common_pb2, environments_pb2, jobs_pb2
 from services.web.pages.common import (
     PAGE_SIZE,
     api,
@@ -203,10 +202,10 @@ async def create_environment(request: web.Request) -> web.Response:
 
 
 async def environment_page(request: web.Request) -> web.Response:
-    user = await current_user(request)
+    await current_user(request)
     env = await environment_of(request)
     stubs = api(request)
-    allowed, role = await asyncio.gather(permissions(request, env), my_role(request, env, user))
+    allowed = await permissions(request, env)
     ready = env.current_version > 0
     contents = environments_pb2.ListPackagesRequest(environment_id=env.id)
     manifest = environments_pb2.ExportEnvironmentRequest(id=env.id)
@@ -226,54 +225,11 @@ async def environment_page(request: web.Request) -> web.Response:
         nav="environments",
         env=env,
         allowed=allowed,
-        my_role=role,
         packages=list(listed.packages) if listed else [],
         specs=sorted(specs.items()),
         jobs=list(jobs.jobs) if jobs else [],
         error=request.query.get("error", ""),
     )
-
-
-async def my_role(request: web.Request, env: common_pb2.Environment, user: common_pb2.User) -> str:
-    """The caller's role as the environment's page says it. The control plane gives an
-    admin OWNER on every environment, so for an admin the page reads the policy for the
-    role it gives them as a member, if any."""
-    if not user.admin:
-        return role_name(env.role) or ("owner" if env.owner_id == user.id else "none")
-    message = environments_pb2.GetEnvironmentPolicyRequest(environment_id=env.id)
-    found = await optional(request, api(request).envs.GetEnvironmentPolicy, message)
-    if found is None:  # a server without policies
-        return "admin"
-    role = await _member_role(request, found.policy, user.username)
-    return f"admin ({role_name(role)})" if role else "admin (not a member)"
-
-
-async def _member_role(request: web.Request, policy: environments_pb2.Policy, username: str) -> int:
-    """The highest role ``policy`` gives ``username``: by name, to every signed-in user
-    or through a group they are in; 0 for none."""
-    for binding in sorted(policy.bindings, key=lambda binding: binding.role, reverse=True):
-        for member in binding.members:
-            if member in (f"user:{username}", "allAuthenticatedUsers"):
-                return binding.role
-            group = member.removeprefix("group:")
-            if group != member and await _in_group(request, group, username):
-                return binding.role
-    return 0
-
-
-async def _in_group(request: web.Request, group: str, username: str) -> bool:
-    """Whether ``username`` is in ``group`` (no: a group deleted meanwhile)."""
-    token = ""
-    while True:
-        message = groups_pb2.ListGroupMembersRequest(group=group, page_size=500, page_token=token)
-        response = await optional(request, api(request).groups.ListGroupMembers, message)
-        if response is None:
-            return False
-        if username in response.usernames:
-            return True
-        token = response.next_page_token
-        if not token:
-            return False
 
 
 async def _once_ready(ready: bool, request: web.Request, method: Any, message: Any) -> Any:
