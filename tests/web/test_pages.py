@@ -7,6 +7,7 @@ import time
 import urllib.error
 import urllib.request
 import uuid
+from datetime import UTC
 from email.message import Message
 
 import grpc
@@ -18,7 +19,7 @@ from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.remote.webelement import WebElement
 from selenium.webdriver.support.ui import Select
 
-from darb.v1 import common_pb2, users_pb2
+from darb.v1 import common_pb2, environments_pb2, users_pb2
 from testkit import browser
 from testkit.control_plane import Client
 from testkit.postgres import libpq_url
@@ -255,6 +256,15 @@ def test_diff_of_two_versions_and_rollback(
     rows = chrome.find_elements(By.CSS_SELECTOR, "#versions tbody tr")
     assert [row.get_attribute("data-version") for row in rows] == ["2", "1"]
     assert user.user.username in rows[0].text and "acme-utils" in rows[0].text
+    listed = user.call(
+        user.envs.ListEnvironmentVersions,
+        environments_pb2.ListEnvironmentVersionsRequest(environment_id=environment.id),
+    )
+    when = [
+        v.created_at.ToDatetime(tzinfo=UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+        for v in listed.versions
+    ]  # each row's When is its version's time
+    assert [row.find_elements(By.TAG_NAME, "td")[3].text for row in rows] == when
     assert _diff(chrome, "1", "2") == {"added": ["acme-utils"], "changed": ["acme-core"]}
     assert "acme-utils" in chrome.find_element(By.ID, "diff").text
 
