@@ -3,6 +3,7 @@ cancel, users and groups, several copies of the web process."""
 
 from __future__ import annotations
 
+import asyncio
 import re
 import time
 import urllib.error
@@ -11,13 +12,19 @@ import urllib.request
 import uuid
 from datetime import UTC
 from pathlib import Path
+from typing import Any
 
+from aiohttp.test_utils import TestClient, TestServer
 from google.protobuf.timestamp_pb2 import Timestamp
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support.ui import Select
 
 from darb.v1 import common_pb2, environments_pb2
+from services.web.app import make_app
+from services.web.pages.common import API
+from services.web.security import SESSION_COOKIE
+from shared.config import WebSettings
 from testkit import browser
 from testkit.control_plane import ADMIN_PASSWORD, Client
 from testkit.web import start_web
@@ -335,3 +342,41 @@ def test_export_and_delete_with_confirmation(
     assert "delete" in chrome.find_element(By.TAG_NAME, "h1").text
     chrome.get(f"{stack.url}/environments")
     assert name not in _listed(chrome)
+
+
+def test_a_job_page_made_while_its_environment_is_deleted(stack: Stack, user: Client) -> None:
+    """The race behind a delete's page (it opens just as its job ends), arranged: the web
+    app runs in this process against the real control plane, and its environment is
+    deleted for real between the page's GetEnvironment and its permission check. The page
+    still shows the job, without the environment's link."""
+    created = user.create(_name("racing"), ["acme-core"])
+    user.wait(created.job.id)
+    env_id = created.environment.id
+
+    def delete() -> None:
+        request = environments_pb2.DeleteEnvironmentRequest(id=env_id)
+        deleted = user.wait(user.call(user.envs.DeleteEnvironment, request).job.id)
+        assert deleted.status == common_pb2.JOB_STATUS_COMPLETED
+
+    async def page() -> tuple[int, str]:
+        app = make_app(WebSettings(addr="127.0.0.1:0", api_addr=stack.api.addr))
+        async with TestClient(TestServer(app)) as client:
+            api = app[API]
+            real_call = api.call
+
+            async def call(method: Any, message: Any, token: str = "") -> Any:
+                response = await real_call(method, message, token)
+                if isinstance(message, environments_pb2.GetEnvironmentRequest):
+                    await asyncio.to_thread(delete)
+                return response
+
+            api.call = call  # type: ignore[method-assign]
+            cookie = {"Cookie": f"{SESSION_COOKIE}={user.token}"}
+            response = await client.get(f"/jobs/{created.job.id}", headers=cookie)
+            return response.status, await response.text()
+
+    status, html = asyncio.run(page())
+    assert status == 200, html
+    assert 'id="job"' in html and created.job.id in html
+    assert f'href="/environments/{env_id}"' not in html
+    assert user.get_job(created.job.id).status == common_pb2.JOB_STATUS_COMPLETED

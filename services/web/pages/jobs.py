@@ -74,24 +74,35 @@ async def job_page(request: web.Request) -> web.Response:
     await current_user(request)
     job_id = request.match_info["job_id"]
     job = (await call(request, api(request).jobs.GetJob, jobs_pb2.GetJobRequest(id=job_id))).job
-    environment = await optional(
-        request,
-        api(request).envs.GetEnvironment,
-        environments_pb2.GetEnvironmentRequest(id=job.environment_id),
-    )
-    allowed: set[str] = set()
-    if environment is not None:
-        allowed = await permissions(request, environment.environment)
+    env, allowed = await _environment_of(request, job)
     return render(
         request,
         "job.html",
         nav="jobs",
         job=job,
-        env=environment.environment if environment else None,
+        env=env,
         allowed=allowed,
         terminal=job.status in TERMINAL_JOBS,
         error=request.query.get("error", ""),
     )
+
+
+async def _environment_of(
+    request: web.Request, job: common_pb2.Job
+) -> tuple[common_pb2.Environment | None, set[str]]:
+    """The job's environment and what the caller may do with it; none for one that is
+    deleted, also when its delete ends between the two calls (a delete's page opens just
+    as its job ends)."""
+    message = environments_pb2.GetEnvironmentRequest(id=job.environment_id)
+    response = await optional(request, api(request).envs.GetEnvironment, message)
+    if response is None:
+        return None, set()
+    try:
+        return response.environment, await permissions(request, response.environment)
+    except grpc.aio.AioRpcError as exc:
+        if exc.code() != grpc.StatusCode.NOT_FOUND:
+            raise
+        return None, set()
 
 
 async def cancel_job(request: web.Request) -> web.Response:
