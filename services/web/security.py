@@ -16,6 +16,8 @@ from aiohttp import web
 
 SESSION_COOKIE = "darb_session"
 PRESESSION_COOKIE = "darb_presession"
+# A presession made while answering this request, before its cookie is set.
+PRESESSION: web.RequestKey[str] = web.RequestKey("presession", str)
 CSRF_FIELD = "csrf"
 CSRF_HEADER = "X-CSRF-Token"
 

@@ -34,7 +34,7 @@ async def _login_form(
 ) -> web.Response:
     fresh = ""
     if not security.session_material(request):
-        fresh = request["presession"] = security.new_presession()
+        fresh = request[security.PRESESSION] = security.new_presession()
     response = render(
         request,
         "login.html",

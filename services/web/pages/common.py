@@ -19,6 +19,7 @@ from services.web.api import Api, describe, readable
 
 API: web.AppKey[Api] = web.AppKey("api", Api)
 TEMPLATES: web.AppKey[jinja2.Environment] = web.AppKey("templates", jinja2.Environment)
+USER: web.RequestKey[common_pb2.User] = web.RequestKey("user", common_pb2.User)
 PAGE_SIZE = 50
 # What a refused call raises as it is rather than going back to the form's page.
 PASSED_ON = (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.NOT_FOUND)
@@ -60,12 +61,11 @@ async def current_user(request: web.Request) -> common_pb2.User:
     """The signed-in user; not signed in (or an expired token) goes to the sign-in page."""
     if not token(request):
         raise to_login(request)
-    if "user" not in request:
+    if USER not in request:
         message = users_pb2.GetCurrentUserRequest()
         response = await call(request, api(request).users.GetCurrentUser, message)
-        request["user"] = response.user
-    user: common_pb2.User = request["user"]
-    return user
+        request[USER] = response.user
+    return request[USER]
 
 
 async def admin(request: web.Request) -> common_pb2.User:
@@ -85,8 +85,8 @@ def to_login(request: web.Request) -> web.HTTPFound:
 
 
 def render(request: web.Request, template: str, status: int = 200, **context: Any) -> web.Response:
-    material = security.session_material(request) or request.get("presession", "")
-    context.setdefault("user", request.get("user"))
+    material = security.session_material(request) or request.get(security.PRESESSION, "")
+    context.setdefault("user", request.get(USER))
     context.setdefault("nav", "")
     html = (
         request.app[TEMPLATES]
