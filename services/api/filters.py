@@ -72,6 +72,8 @@ def _tokens(text: str) -> list[_Token]:
 
 
 def _value(field: str, token: _Token) -> str:
+    if field != "name" and WILDCARD in token.text:
+        raise _error(token.position, f"{WILDCARD} is a wildcard only in a value of name")
     if field == "status":
         value = token.text.upper()
         if value not in EnvironmentStatus.__members__:

@@ -100,3 +100,13 @@ def test_pages_through_a_wildcard_result(named: Named, page_size: int) -> None:
     )
     code = status_code(lambda: client.call(client.envs.ListEnvironments, other))
     assert code == grpc.StatusCode.INVALID_ARGUMENT  # a token belongs to its filter
+
+
+@pytest.mark.parametrize("restriction", ['owner = "bo*"', "owner = *", 'status = "READ*"'])
+def test_a_wildcard_outside_name_is_refused(named: Named, restriction: str) -> None:
+    """Only ``name`` matches patterns: a ``*`` elsewhere would silently match nothing."""
+    request = environments_pb2.ListEnvironmentsRequest(filter=restriction)
+    with pytest.raises(grpc.RpcError) as raised:
+        named.client.call(named.client.envs.ListEnvironments, request)
+    assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "wildcard only in a value of name" in raised.value.details()
