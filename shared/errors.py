@@ -5,6 +5,9 @@ to a status in one place (``services/api/handlers/rpc.py``,
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import grpc
 
 
@@ -15,7 +18,27 @@ class ServiceError(Exception):
 
 
 class InvalidArgument(ServiceError):
+    """A request the service refuses as it is. ``field`` is the path of the request
+    field it refuses (AIP-193: ``packages``, ``name``, ``filter``...; "" for none in
+    particular); the control plane sends it as a google.rpc.BadRequest."""
+
     code = grpc.StatusCode.INVALID_ARGUMENT
+
+    def __init__(self, message: str, field: str = "") -> None:
+        super().__init__(message)
+        self.field = field
+
+
+@contextlib.contextmanager
+def refusing(field: str) -> Iterator[None]:
+    """Names ``field`` as the request field an ``InvalidArgument`` raised inside refuses,
+    unless it names one already: the validators are shared by several requests, so the
+    handler that knows which field it passed them says so."""
+    try:
+        yield
+    except InvalidArgument as exc:
+        exc.field = exc.field or field
+        raise
 
 
 class NotFound(ServiceError):

@@ -12,10 +12,10 @@ def new_id() -> str:
 
 
 def parse_id(value: str, what: str) -> str:
-    """The canonical form of an id from a request."""
+    """The canonical form of an id from a request, the request field ``what``."""
     if not value:
-        raise InvalidArgument(f"{what} is required")
+        raise InvalidArgument(f"{what} is required", what)
     try:
         return str(uuid.UUID(value))
     except ValueError as exc:
-        raise InvalidArgument(f"{what} {value[:64]!r} is not a UUID") from exc
+        raise InvalidArgument(f"{what} {value[:64]!r} is not a UUID", what) from exc

@@ -13,7 +13,7 @@ import rattler
 import yaml
 
 from shared.config import ApiSettings
-from shared.errors import InvalidArgument
+from shared.errors import InvalidArgument, refusing
 from shared.lockhash import ENVIRONMENT, read_lock_text
 from shared.manifests import parse_manifest
 from shared.platforms import validate_platforms
@@ -38,35 +38,42 @@ def host_platform() -> str:
 
 
 def from_request(request: Any, settings: ApiSettings) -> Imported | None:
-    """The import a CreateEnvironmentRequest asks for, checked; None for a plain create."""
+    """The import a CreateEnvironmentRequest asks for, checked; None for a plain create.
+    A refusal names the request field it concerns: the file whose text it refuses (a
+    lock's own problems are the lockfile's, a missing manifest the manifest's)."""
     if not (request.manifest or request.environment_yml or request.lockfile):
         return None
     if request.manifest and request.environment_yml:
-        raise InvalidArgument("give manifest or environment_yml, not both")
+        raise InvalidArgument("give manifest or environment_yml, not both", "manifest")
     if request.lockfile and not request.manifest:
-        raise InvalidArgument("a lockfile needs its manifest (pixi.toml)")
+        raise InvalidArgument("a lockfile needs its manifest (pixi.toml)", "manifest")
     if request.packages or request.channels:
         raise InvalidArgument(
-            "an imported environment takes its packages and channels from the file"
+            "an imported environment takes its packages and channels from the file",
+            "packages" if request.packages else "channels",
         )
     for field in ("manifest", "lockfile", "environment_yml"):
         if len(getattr(request, field).encode()) > settings.limits.max_message_bytes:
-            raise InvalidArgument(f"{field} is larger than DARB_MAX_MESSAGE_BYTES")
-    extra = list(validate_platforms(list(request.platforms)))
+            raise InvalidArgument(f"{field} is larger than DARB_MAX_MESSAGE_BYTES", field)
+    with refusing("platforms"):
+        extra = list(validate_platforms(list(request.platforms)))
     if request.environment_yml:
-        return _from_environment_yml(request.environment_yml, extra, settings)
+        with refusing("environment_yml"):
+            return _from_environment_yml(request.environment_yml, extra, settings)
     return _from_manifest(request.manifest, request.lockfile, extra, settings)
 
 
 def _from_manifest(text: str, lockfile: str, extra: list[str], settings: ApiSettings) -> Imported:
-    fields = parse_manifest(text)
-    policy = settings.channels
-    channels = resolve_channels(fields.channels, policy)
-    specs = [spec.text for spec in parse_specs(list(fields.specs.values()), policy)]
-    platforms = list(validate_platforms(list(dict.fromkeys([*fields.platforms, *extra]))))
+    with refusing("manifest"):  # ``extra`` is checked already
+        fields = parse_manifest(text)
+        policy = settings.channels
+        channels = resolve_channels(fields.channels, policy)
+        specs = [spec.text for spec in parse_specs(list(fields.specs.values()), policy)]
+        platforms = list(validate_platforms(list(dict.fromkeys([*fields.platforms, *extra]))))
     if not lockfile:
         return Imported(channels, specs, platforms, "", "pixi.toml")
-    locked = _check_lock(lockfile, specs, settings)
+    with refusing("lockfile"):
+        locked = _check_lock(lockfile, specs, settings)
     return Imported(channels, specs, locked, lockfile, "pixi.lock")
 
 

@@ -19,7 +19,7 @@ from services.api.repo import access, creates, environments, jobs, versions
 from services.api.repo.models import Environment, Job, Role, User
 from services.api.state import AppState, CachedEnvironment
 from shared.config import ApiLimits, ApiSettings
-from shared.errors import FailedPrecondition, InvalidArgument, ResourceExhausted
+from shared.errors import FailedPrecondition, InvalidArgument, ResourceExhausted, refusing
 from shared.manifests import parse_manifest
 from shared.platforms import validate_platforms
 from shared.specs import (
@@ -35,7 +35,7 @@ PACKAGE_MANAGERS = ("pixi",)
 
 def _version_number(value: int, field: str) -> int:
     if value < 0:
-        raise InvalidArgument(f"{field} must not be negative")
+        raise InvalidArgument(f"{field} must not be negative", field)
     return value
 
 
@@ -85,7 +85,8 @@ def _submit(
 def _create_payload(
     name: str, request: pb.CreateEnvironmentRequest, settings: ApiSettings
 ) -> payloads.CreatePayload:
-    """A plain create (specs to solve), or an import from the request's files."""
+    """A plain create (specs to solve), or an import from the request's files (which
+    names the field it refuses itself)."""
     imported = imports.from_request(request, settings)
     if imported is not None:
         _packages_in_request(imported.packages, settings.limits)
@@ -97,10 +98,13 @@ def _create_payload(
             imported.lockfile,
             imported.source,
         )
-    channels = resolve_channels(list(request.channels), settings.channels)
+    with refusing("channels"):
+        channels = resolve_channels(list(request.channels), settings.channels)
     packages = _packages_in_request(list(request.packages), settings.limits)
-    specs = parse_specs(packages, settings.channels)
-    platforms = list(validate_platforms(list(request.platforms)))
+    with refusing("packages"):
+        specs = parse_specs(packages, settings.channels)
+    with refusing("platforms"):
+        platforms = list(validate_platforms(list(request.platforms)))
     return payloads.CreatePayload(name, channels, [spec.text for spec in specs], platforms)
 
 
@@ -168,11 +172,13 @@ class EnvironmentService(pb_grpc.EnvironmentServiceServicer):
     async def CreateEnvironment(
         self, request: pb.CreateEnvironmentRequest, caller: User
     ) -> pb.CreateEnvironmentResponse:
-        name = validate_environment_name(request.name)
+        with refusing("name"):
+            name = validate_environment_name(request.name)
         manager = request.package_manager or "pixi"
         if manager not in PACKAGE_MANAGERS:
             raise InvalidArgument(
-                f"package_manager {manager[:40]!r} is not supported; use one of {PACKAGE_MANAGERS}"
+                f"package_manager {manager[:40]!r} is not supported; use one of {PACKAGE_MANAGERS}",
+                "package_manager",
             )
         payload = _create_payload(name, request, self.state.settings)
         settings = self.state.settings
@@ -215,10 +221,11 @@ class EnvironmentService(pb_grpc.EnvironmentServiceServicer):
         self, request: pb.ListEnvironmentsRequest, caller: User
     ) -> pb.ListEnvironmentsResponse:
         size = paging.page_size(request.page_size)
-        restrictions = filters.parse(request.filter)
+        with refusing("filter"):
+            restrictions = filters.parse(request.filter)
         after = paging.decode(request.page_token, (str, str, str)) or ["", "", request.filter]
         if after[2] != request.filter:
-            raise InvalidArgument("page_token belongs to another filter")
+            raise InvalidArgument("page_token belongs to another filter", "page_token")
         key = (after[0], after[1])
         rows = await self.state.db.read(environments.page, caller, restrictions, key, size + 1)
         token = ""
@@ -244,7 +251,8 @@ class EnvironmentService(pb_grpc.EnvironmentServiceServicer):
         environment_id = parse_id(request.environment_id, "environment_id")
         settings = self.state.settings
         packages = _packages_in_request(list(request.packages), settings.limits)
-        specs = parse_specs(packages, settings.channels)
+        with refusing("packages"):
+            specs = parse_specs(packages, settings.channels)
         payload = payloads.InstallPayload([spec.text for spec in specs])
         job = await self._queue(caller, environment_id, payload)
         return pb.InstallPackagesResponse(job=job)
@@ -255,7 +263,8 @@ class EnvironmentService(pb_grpc.EnvironmentServiceServicer):
     ) -> pb.RemovePackagesResponse:
         environment_id = parse_id(request.environment_id, "environment_id")
         packages = _packages_in_request(list(request.packages), self.state.settings.limits)
-        payload = payloads.RemovePayload(_package_names(packages))
+        with refusing("packages"):
+            payload = payloads.RemovePayload(_package_names(packages))
         job = await self._queue(caller, environment_id, payload)
         return pb.RemovePackagesResponse(job=job)
 
@@ -264,7 +273,8 @@ class EnvironmentService(pb_grpc.EnvironmentServiceServicer):
         self, request: pb.ListPackagesRequest, caller: User
     ) -> pb.ListPackagesResponse:
         environment_id = parse_id(request.environment_id, "environment_id")
-        rows = await self.state.db.read(_packages, caller, environment_id, request.platform)
+        with refusing("platform"):
+            rows = await self.state.db.read(_packages, caller, environment_id, request.platform)
         return pb.ListPackagesResponse(packages=[convert.package(row) for row in rows])
 
     @unary()
@@ -305,7 +315,7 @@ class EnvironmentService(pb_grpc.EnvironmentServiceServicer):
         environment_id = parse_id(request.environment_id, "environment_id")
         version = _version_number(request.version, "version")
         if version == 0:
-            raise InvalidArgument("version is required (1, 2, ...)")
+            raise InvalidArgument("version is required (1, 2, ...)", "version")
         settings = self.state.settings
         await self.state.db.read(_rollback_target, caller, environment_id, version, settings)
         job = await self._queue(caller, environment_id, payloads.RollbackPayload(version))
@@ -317,7 +327,8 @@ class EnvironmentService(pb_grpc.EnvironmentServiceServicer):
     ) -> pb.DiffEnvironmentVersionsResponse:
         _version_number(request.from_version, "from_version")
         _version_number(request.to_version, "to_version")
-        result = await self.state.db.read(_diff, caller, request)
+        with refusing("platform"):
+            result = await self.state.db.read(_diff, caller, request)
         return convert.version_diff(result)
 
     @unary()

@@ -125,7 +125,7 @@ class JobService(pb_grpc.JobServiceServicer):
         continue the last seq sent, so every line goes out once and in order. Progress
         reports come the same two ways (see ``handlers.progress.to_send``)."""
         if request.after_seq < 0:
-            raise InvalidArgument("after_seq must not be negative")
+            raise InvalidArgument("after_seq must not be negative", "after_seq")
         job_id = parse_id(request.id, "id")
         db, poll = self.state.db, self.state.settings.poll_interval
         await db.run(jobs.get_visible, caller, job_id)

@@ -1,4 +1,5 @@
-"""Page sizes and opaque page tokens (a JSON key, base64url) for the list calls."""
+"""Page sizes and opaque page tokens (a JSON key, base64url) for the list calls, whose
+requests all name them ``page_size`` and ``page_token`` (AIP-158)."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ MAX_KEY_LENGTH = 256
 
 def page_size(requested: int) -> int:
     if requested < 0:
-        raise InvalidArgument("page_size must not be negative")
+        raise InvalidArgument("page_size must not be negative", "page_size")
     return min(requested or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
 
 
@@ -43,7 +44,7 @@ def decode(token: str, kinds: tuple[type, ...]) -> list[Any] | None:
     try:
         key = json.loads(base64.urlsafe_b64decode(token.encode()))
     except (binascii.Error, ValueError, UnicodeError, RecursionError) as exc:
-        raise InvalidArgument("page_token is not valid") from exc
+        raise InvalidArgument("page_token is not valid", "page_token") from exc
     if not isinstance(key, list) or len(key) != len(kinds) or not all(map(_valid_part, key, kinds)):
-        raise InvalidArgument("page_token is not valid")
+        raise InvalidArgument("page_token is not valid", "page_token")
     return key

@@ -3,7 +3,9 @@
 Handlers are written as ``method(self, request, caller)`` and decorated with ``unary``
 or ``streaming``; ``self.state`` is the AppState. Expected errors keep their message;
 anything else is logged and answered INTERNAL with no detail, so SQL, paths and
-tracebacks never reach the caller.
+tracebacks never reach the caller. An INVALID_ARGUMENT that names the request field it
+refuses also carries a google.rpc.BadRequest with that field (AIP-193) in the status
+details (the ``grpc-status-details-bin`` trailer), for clients to show it by the field.
 """
 
 from __future__ import annotations
@@ -11,10 +13,13 @@ from __future__ import annotations
 import functools
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import grpc
 import psycopg
+from google.protobuf import any_pb2
+from google.rpc import error_details_pb2, status_pb2
+from grpc_status import rpc_status
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
@@ -22,7 +27,7 @@ from services.api.auth.tokens import token_hash
 from services.api.repo import users
 from services.api.repo.models import User
 from services.api.state import AppState
-from shared.errors import ServiceError, Unauthenticated
+from shared.errors import InvalidArgument, ServiceError, Unauthenticated
 
 log = logging.getLogger(__name__)
 
@@ -30,16 +35,40 @@ Req = TypeVar("Req")
 Resp = TypeVar("Resp")
 
 
-def _status(exc: Exception) -> tuple[grpc.StatusCode, str]:
+def _status(exc: Exception) -> tuple[grpc.StatusCode, str, str]:
+    """The code, message and refused request field ("" for none) of a failed call."""
+    if isinstance(exc, InvalidArgument):
+        return exc.code, str(exc), exc.field
     if isinstance(exc, ServiceError):
-        return exc.code, str(exc)
+        return exc.code, str(exc), ""
     if isinstance(exc, OperationalError | PoolTimeout | psycopg.OperationalError) or (
         isinstance(exc, DBAPIError) and exc.connection_invalidated
     ):
         log.warning("database unavailable: %s", exc)
-        return grpc.StatusCode.UNAVAILABLE, "the database is unavailable; try again"
+        return grpc.StatusCode.UNAVAILABLE, "the database is unavailable; try again", ""
     log.exception("internal error", exc_info=exc)
-    return grpc.StatusCode.INTERNAL, "internal error"
+    return grpc.StatusCode.INTERNAL, "internal error", ""
+
+
+def _bad_request(message: str, field: str) -> grpc.Status:
+    """INVALID_ARGUMENT with ``message``, its details one BadRequest naming ``field``."""
+    violation = error_details_pb2.BadRequest.FieldViolation(field=field, description=message)
+    detail = any_pb2.Any()
+    detail.Pack(error_details_pb2.BadRequest(field_violations=[violation]))
+    code = grpc.StatusCode.INVALID_ARGUMENT.value[0]
+    status: grpc.Status = rpc_status.to_status(
+        status_pb2.Status(code=code, message=message, details=[detail])
+    )
+    return status
+
+
+async def _abort(
+    context: grpc.aio.ServicerContext, code: grpc.StatusCode, message: str, field: str
+) -> NoReturn:
+    """Ends the call with a status from ``_status``."""
+    if field:
+        await context.abort_with_status(_bad_request(message, field))
+    await context.abort(code, message)
 
 
 def bearer_token(context: grpc.aio.ServicerContext) -> str:
@@ -70,9 +99,8 @@ async def answer(context: grpc.aio.ServicerContext, call: Callable[[], Awaitable
     try:
         return await call()
     except Exception as exc:
-        code, message = _status(exc)
-    await context.abort(code, message)
-    raise AssertionError("unreachable: abort raises")
+        code, message, field = _status(exc)
+    await _abort(context, code, message, field)
 
 
 def unary(
@@ -107,7 +135,7 @@ def streaming(
                 yield response
             return
         except Exception as exc:
-            code, message = _status(exc)
-        await context.abort(code, message)
+            code, message, field = _status(exc)
+        await _abort(context, code, message, field)
 
     return handler
