@@ -100,7 +100,16 @@ def test_a_refusal_shows_under_its_field_and_the_values_stay(
     chrome.find_element(By.ID, "import-file").send_keys(str(tmp_path / "environment.yml"))
     _submit(chrome, {"packages": "", "platforms": ""})
     assert "environment.yml is not valid YAML" in _refusal(chrome, "import").text
+    (tmp_path / "pixi.lock").write_text("version: 6\n")
+    chrome.find_element(By.ID, "lockfile").send_keys(str(tmp_path / "pixi.lock"))
+    _submit(chrome, {})
+    assert "a lockfile needs its manifest" in _refusal(chrome, "import").text
+    # ALREADY_EXISTS, which carries no field, is about the name all the same.
+    taken = user.create(f"taken-{uuid.uuid4().hex[:8]}", ["acme-core"])
+    _submit(chrome, {"name": taken.environment.name, "packages": "acme-core"})
+    assert "already have an environment named" in _refusal(chrome, "name").text
     assert name not in {env.name for env in _own_environments(user)}
+    user.wait(taken.job.id)
 
 
 def test_the_pages_say_the_callers_role_an_admins_as_admin(

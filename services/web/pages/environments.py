@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import re
 from collections.abc import Callable
 from typing import Any
 from urllib.parse import quote, urlencode
@@ -16,6 +15,7 @@ import grpc.aio
 from aiohttp import web
 
 from darb.v1 import common_pb2, environments_pb2, jobs_pb2
+from services.web.api import describe, refused_field
 from services.web.pages.common import (
     PAGE_SIZE,
     api,
@@ -27,7 +27,6 @@ from services.web.pages.common import (
     lines_of,
     optional,
     render,
-    submit_form,
 )
 from shared.manifests import parse_manifest
 from shared.roles import PERMISSIONS, held
@@ -129,31 +128,26 @@ async def environments_page(request: web.Request) -> web.Response:
     )
 
 
-# The new-environment form's input a refusal concerns, by the subject its message starts
-# with: the control plane's checks name what they refuse first (shared/validation.py,
-# specs.py, platforms.py and manifests.py; services/api/imports.py and handlers). Any
-# other refusal is the form's as a whole.
-REFUSED_FIELD = (
-    ("name", re.compile(r"environment name |you already have an environment named ")),
-    ("channels", re.compile(r"channels? ")),
-    (
-        "packages",
-        re.compile(r"package(\(s\)| spec| URL) |at least one package |the request names \d+ pack"),
-    ),
-    ("platforms", re.compile(r"platforms? |\d+ platforms ")),
-    (
-        "import",
-        re.compile(
-            r"pixi\.(toml|lock)|environment\.yml|(manifest|lockfile|environment_yml) is larger"
-            r"|give manifest |a lockfile needs |an imported environment "
-        ),
-    ),
-)
+# The new-environment form's input for each CreateEnvironmentRequest field a refusal can
+# name (its google.rpc.BadRequest); any other refusal is the form's as a whole.
+FORM_INPUTS = {
+    "name": "name",
+    "channels": "channels",
+    "packages": "packages",
+    "platforms": "platforms",
+    "manifest": "import",
+    "lockfile": "import",
+    "environment_yml": "import",
+}
 
 
-def refused_field(message: str) -> str:
-    """The input of the new-environment form ``message`` refuses ("": none in particular)."""
-    return next((field for field, subject in REFUSED_FIELD if subject.match(message)), "")
+def form_input(exc: grpc.aio.AioRpcError) -> str:
+    """The input of the new-environment form a refused create concerns ("": none in
+    particular). ALREADY_EXISTS is about the name, the only thing a create collides on."""
+    if exc.code() == grpc.StatusCode.ALREADY_EXISTS:
+        return "name"
+    path = refused_field(exc)
+    return FORM_INPUTS.get(path.split(".")[0].split("[")[0], "")  # packages[1]: packages
 
 
 async def new_environment_page(request: web.Request) -> web.Response:
@@ -183,19 +177,22 @@ async def create_environment(request: web.Request) -> web.Response:
     if isinstance(lock, web.FileField) and lock.filename:
         message.lockfile = lock.file.read().decode("utf-8", errors="replace")
 
-    async def again(request: web.Request, error: str, status: int) -> web.Response:
+    try:
+        response = await call(request, api(request).envs.CreateEnvironment, message)
+    except grpc.aio.AioRpcError as exc:
+        if exc.code() == grpc.StatusCode.UNAUTHENTICATED:
+            raise
+        status, title, details = describe(exc)
         return render(
             request,
             "new_environment.html",
             status=status,
             nav="environments",
-            error=error,
-            error_field=refused_field(error),
+            error=details or title,
+            error_field=form_input(exc),
             values=values,
         )
-
-    method = api(request).envs.CreateEnvironment
-    return await submit_form(request, method, message, again, lambda r: job_url(r.job.id))
+    raise web.HTTPFound(job_url(response.job.id))
 
 
 # --- An environment's page ---------------------------------------------------------------
