@@ -1,8 +1,9 @@
 """``darb``: the command line for the darb service, a thin layer over ``darb.Client``.
 
 Mutating commands follow their job (log lines on stdout, a spinner on stderr) and exit 0
-only when it completed. Errors are one ``darb: error: ...`` line on stderr and exit 1;
-usage errors exit 2, and Ctrl-C 130.
+only when it completed. Errors are one ``darb: error: ...`` line on stderr and exit 1
+(the server's message, after the request field it refuses when it names one:
+``darb: error: packages: package spec ...``); usage errors exit 2, and Ctrl-C 130.
 """
 
 from __future__ import annotations
@@ -950,6 +951,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _error_message(exc: Exception, args: argparse.Namespace) -> str:
     message = " ".join(str(exc).split())
+    field = exc.field if isinstance(exc, errors.InvalidArgument) else ""
+    if field and not message.startswith(field):  # not twice: "filter: ...", "page_token is"
+        message = f"{field}: {message}"
     if isinstance(exc, errors.Unauthenticated) and args.run is not cmd_login:
         return f"{message} (run `darb login`)"
     if isinstance(exc, errors.Unavailable):

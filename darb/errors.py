@@ -1,11 +1,14 @@
 """Exceptions of the SDK: one class per gRPC status code, so callers never catch grpc.RpcError.
 
-Every exception carries the server's message unchanged (``str(exc)``) and its ``code``.
+Every exception carries the server's message unchanged (``str(exc)``) and its ``code``;
+an ``InvalidArgument`` also the request field the server says it refuses (``field``).
 """
 
 from __future__ import annotations
 
 import grpc
+
+from shared.errors import refused_field
 
 
 class DarbError(Exception):
@@ -27,7 +30,14 @@ class Unknown(DarbError):
 
 
 class InvalidArgument(DarbError):
+    """``field`` is the path of the request field the server refused (its
+    google.rpc.BadRequest, e.g. ``packages``), "" when it named none."""
+
     code = grpc.StatusCode.INVALID_ARGUMENT
+
+    def __init__(self, message: str, field: str = "") -> None:
+        super().__init__(message)
+        self.field = field
 
 
 class DeadlineExceeded(DarbError, TimeoutError):
@@ -109,4 +119,7 @@ def from_rpc_error(exc: grpc.RpcError) -> DarbError:
     """The SDK exception for a failed call: the one place status codes become classes."""
     code = exc.code() if isinstance(exc, grpc.Call) else grpc.StatusCode.UNKNOWN
     details = exc.details() if isinstance(exc, grpc.Call) else None
-    return _BY_CODE.get(code, Unknown)(details or code.name.lower().replace("_", " "))
+    message = details or code.name.lower().replace("_", " ")
+    if code == grpc.StatusCode.INVALID_ARGUMENT:
+        return InvalidArgument(message, refused_field(exc))
+    return _BY_CODE.get(code, Unknown)(message)

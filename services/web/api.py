@@ -10,8 +10,6 @@ from typing import Any
 
 import grpc
 import grpc.aio
-from google.rpc import error_details_pb2
-from grpc_status import rpc_status
 
 from darb.v1 import (
     auth_pb2_grpc,
@@ -55,21 +53,6 @@ def readable(exc: grpc.aio.AioRpcError) -> str:
     """One line for the user: the server's message, else what the code means."""
     _, title, details = describe(exc)
     return details or title
-
-
-def refused_field(exc: grpc.aio.AioRpcError) -> str:
-    """The path of the request field a refused call names ("" for none): the control
-    plane's INVALID_ARGUMENT carries it as a google.rpc.BadRequest in the status details
-    (AIP-193), which grpc_status reads from the ``grpc-status-details-bin`` trailer."""
-    try:
-        status = rpc_status.from_call(exc)
-    except ValueError:  # details that do not match the call's own status
-        return ""
-    for detail in status.details if status is not None else ():
-        bad_request = error_details_pb2.BadRequest()
-        if detail.Unpack(bad_request) and bad_request.field_violations:
-            return str(bad_request.field_violations[0].field)
-    return ""
 
 
 class Api:

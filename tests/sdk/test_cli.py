@@ -164,6 +164,13 @@ def test_errors_are_one_line_with_the_server_message(logged_in: Cli) -> None:
     assert "not allowed" in _one_error_line(
         logged_in("env", "create", "x", "-p", "acme-core", "-c", "https://example.com/c")
     )
+    # The request field the server refuses comes first, but not twice ("id 'nope' ...").
+    assert _one_error_line(logged_in("env", "create", "x", "-p", "acme core ===")).startswith(
+        "darb: error: packages: package spec 'acme core ===' is not a valid match spec"
+    )
+    assert _one_error_line(logged_in("job", "show", "nope")) == (
+        "darb: error: id 'nope' is not a UUID"
+    )
     usage = logged_in("env", "create")
     assert usage.returncode == 2 and "Traceback" not in usage.stderr
 

@@ -109,6 +109,7 @@ def test_grpc_errors_become_darb_errors_with_the_server_message(
     with pytest.raises(errors.InvalidArgument, match="--help") as info:
         client.environments.create("refused", packages=["--help"])
     assert isinstance(info.value, darb.DarbError) and info.value.code.name == "INVALID_ARGUMENT"
+    assert info.value.field == "packages"  # the server's google.rpc.BadRequest
     with pytest.raises(errors.NotFound):
         client.jobs.get(str(uuid.uuid4()))
     client.environments.create("twice", packages=["acme-core"])

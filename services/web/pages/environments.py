@@ -15,7 +15,7 @@ import grpc.aio
 from aiohttp import web
 
 from darb.v1 import common_pb2, environments_pb2, jobs_pb2
-from services.web.api import describe, refused_field
+from services.web.api import describe
 from services.web.pages.common import (
     PAGE_SIZE,
     api,
@@ -28,6 +28,7 @@ from services.web.pages.common import (
     optional,
     render,
 )
+from shared.errors import refused_field
 from shared.manifests import parse_manifest
 from shared.roles import PERMISSIONS, held
 
