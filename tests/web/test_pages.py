@@ -64,8 +64,11 @@ def _seconds(elapsed: str) -> int:
 
 
 def _at_end(chrome: WebDriver, log: WebElement) -> bool:
-    end = "return arguments[0].scrollTop + arguments[0].clientHeight"
-    return bool(chrome.execute_script(end, log) >= log.get_property("scrollHeight") - 8)
+    """Whether the log shows its last line, read in one script: lines arriving between
+    two reads would move the end."""
+    box = "arguments[0]"
+    end = f"return {box}.scrollTop + {box}.clientHeight >= {box}.scrollHeight - 8"
+    return bool(chrome.execute_script(end, log))
 
 
 def _wait_more_lines(chrome: WebDriver) -> None:
