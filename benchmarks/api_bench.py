@@ -165,8 +165,9 @@ METHOD = """\
   cache (an empty agent, cold cache), an admin's RebuildEnvironment installs the current
   version's lock again through the control plane (from the RPC to the watcher hearing
   COMPLETED), and py-rattler alone installs the same lock into a new prefix with a new,
-  empty cache (its own process, timed inside); the two take turns to go first. Medians
-  of the rounds.
+  empty cache (its own process, timed inside); the two take turns to go first, and each
+  starts with every dirty page written back (`os.sync`), so neither pays for the files
+  the other extracted. Medians of the rounds.
 - **diff**: DiffEnvironmentVersions of two versions of 300 packages (30 changed, one
   added, one removed), written straight into the database, 500 calls from one client.
 - **web UI** (benchmarks/web_bench.py; the `web` stack: one agent with the stand-in
