@@ -38,21 +38,39 @@ TERMINAL_JOBS = {
 
 
 async def jobs_page(request: web.Request) -> web.Response:
+    """Every job the caller sees, newest first; with ``?environment=<id>``, that
+    environment's (a 404 for one the caller may not see)."""
     await current_user(request)
-    page = request.query.get("page", "")
-    message = jobs_pb2.ListJobsRequest(page_size=PAGE_SIZE, page_token=page)
-    response, names = await asyncio.gather(
-        call(request, api(request).jobs.ListJobs, message), environment_names(request)
+    env_id = request.query.get("environment", "")
+    message = jobs_pb2.ListJobsRequest(
+        environment_id=env_id, page_size=PAGE_SIZE, page_token=request.query.get("page", "")
     )
+    listed = call(request, api(request).jobs.ListJobs, message)
+    context: dict[str, Any]
+    if env_id:
+        response, env = await asyncio.gather(listed, _environment(request, env_id))
+        context = {"env": env}
+    else:
+        response, names = await asyncio.gather(listed, environment_names(request))
+        context = {"names": names}
+    query = {"environment": env_id} if env_id else {}
     next_page = response.next_page_token
     return render(
         request,
         "jobs.html",
         nav="jobs",
         jobs=list(response.jobs),
-        names=names,
-        next_url=f"/jobs?{urlencode({'page': next_page})}" if next_page else "",
+        next_url=f"/jobs?{urlencode({**query, 'page': next_page})}" if next_page else "",
+        **context,
     )
+
+
+async def _environment(request: web.Request, env_id: str) -> common_pb2.Environment:
+    message = environments_pb2.GetEnvironmentRequest(id=env_id)
+    found: common_pb2.Environment = (
+        await call(request, api(request).envs.GetEnvironment, message)
+    ).environment
+    return found
 
 
 async def environment_names(request: web.Request) -> dict[str, str]:
