@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import logging
 from datetime import UTC, datetime
+from urllib.parse import unquote
 
 import grpc
 import grpc.aio
 from aiohttp import web
+from yarl import URL
 
 from darb.v1 import auth_pb2
 from services.web import security
@@ -17,12 +19,26 @@ from services.web.pages.common import api, call, form, render, token
 
 log = logging.getLogger(__name__)
 
+# Where a sign-in goes when its ``next`` is not a path of this site.
+FALLBACK = "/environments"
+
 
 def _safe_next(target: str) -> str:
-    """Only a path of this site: never ``//host`` or ``/\\host``, which browsers read as
-    another site."""
-    local = target.startswith("/") and not target.startswith(("//", "/\\"))
-    return target if local and "\\" not in target else "/"
+    """``target`` if it is a path of this site, else the environments page. Browsers read
+    ``//host`` and ``/\\host`` as another site, and drop tabs and newlines first (so does
+    yarl, which makes the redirect), so ``/<tab>/host`` is refused too; so is a path that
+    reads as one of those once percent-decoded. Only the path's decoded form is checked:
+    its query cannot take the target to another site."""
+    path = unquote(target.partition("?")[0].partition("#")[0])
+    if not target.startswith("/") or "//" in path or _unsafe(target) or _unsafe(path):
+        return FALLBACK
+    url = URL(target)
+    return FALLBACK if url.is_absolute() or url.path.startswith("//") else target
+
+
+def _unsafe(text: str) -> bool:
+    """Whether ``text`` holds a backslash, a whitespace or a control character."""
+    return any(char == "\\" or char.isspace() or not char.isprintable() for char in text)
 
 
 async def login_page(request: web.Request) -> web.Response:
