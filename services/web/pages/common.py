@@ -105,8 +105,14 @@ async def form(request: web.Request) -> dict[str, str]:
 
 
 def lines_of(text: str) -> list[str]:
-    """One item per line (commas also split), blanks dropped."""
-    return [item.strip() for line in text.splitlines() for item in line.split(",") if item.strip()]
+    """One item per line, blanks dropped: package specs, which may hold commas
+    (``numpy >=1.20,<2``)."""
+    return [line.strip() for line in text.splitlines() if line.strip()]
+
+
+def items_of(text: str) -> list[str]:
+    """One item per line or between commas, blanks dropped: channels and platforms."""
+    return lines_of(text.replace(",", "\n"))
 
 
 def back_with(back: str, error: str) -> web.HTTPFound:

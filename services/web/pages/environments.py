@@ -24,6 +24,7 @@ from services.web.pages.common import (
     call_or_back,
     current_user,
     form,
+    items_of,
     lines_of,
     optional,
     render,
@@ -164,9 +165,9 @@ async def create_environment(request: web.Request) -> web.Response:
     values = {key: value for key, value in data.items() if isinstance(value, str)}
     message = environments_pb2.CreateEnvironmentRequest(
         name=values.get("name", "").strip(),
-        channels=lines_of(values.get("channels", "")),
+        channels=items_of(values.get("channels", "")),
         packages=lines_of(values.get("packages", "")),
-        platforms=lines_of(values.get("platforms", "")),
+        platforms=items_of(values.get("platforms", "")),
     )
     upload, lock = data.get("import_file"), data.get("lockfile")
     if isinstance(upload, web.FileField) and upload.filename:
