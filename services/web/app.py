@@ -63,7 +63,8 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
 
 
 async def _error_page(request: web.Request, status: int, title: str, message: str) -> web.Response:
-    if token(request) and "user" not in request:
+    """The error page, with the signed-in user when the session is valid."""
+    if token(request):
         with contextlib.suppress(grpc.aio.AioRpcError):
             await current_user(request)
     return render(request, "error.html", status=status, title=title, message=message)
@@ -74,7 +75,7 @@ async def csrf_middleware(request: web.Request, handler: Handler) -> web.StreamR
     """Every state-changing request must carry the session's CSRF token (403 otherwise)."""
     if request.method not in security.SAFE_METHODS and not await security.check_csrf(request):
         message = "The form's security token is missing or stale: reload the page and try again."
-        return render(request, "error.html", status=403, title="Forbidden", message=message)
+        return await _error_page(request, 403, "Forbidden", message)
     return await handler(request)
 
 
