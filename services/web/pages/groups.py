@@ -46,18 +46,36 @@ async def create_group(request: web.Request) -> web.Response:
 
 
 async def group_page(request: web.Request) -> web.Response:
-    await current_user(request)
+    """The members; the controls that change the group only for those who may use them,
+    its creator and the admins."""
+    user = await current_user(request)
     name = request.match_info["name"]
     message = groups_pb2.ListGroupMembersRequest(group=name, page_size=500)
     response = await call(request, api(request).groups.ListGroupMembers, message)
+    can_manage = user.admin or await _creator(request, name) == user.username
     return render(
         request,
         "group.html",
         nav="groups",
         name=name,
         members=list(response.usernames),
+        can_manage=can_manage,
         error=request.query.get("error", ""),
     )
+
+
+async def _creator(request: web.Request, name: str) -> str:
+    """The username of the group's creator, found among the caller's groups (those they
+    manage or belong to: a few pages at most); "" if not there or its creator was deleted."""
+    message = groups_pb2.ListGroupsRequest(page_size=200)
+    while True:
+        response = await call(request, api(request).groups.ListGroups, message)
+        for group in response.groups:
+            if group.name == name:
+                return group.created_by
+        if not response.next_page_token:
+            return ""
+        message.page_token = response.next_page_token
 
 
 async def change_group(request: web.Request) -> web.Response:
