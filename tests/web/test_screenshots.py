@@ -4,6 +4,7 @@ pictures the README shows, at desktop and phone width, and writes nothing else."
 from __future__ import annotations
 
 import importlib.util
+import re
 import struct
 from pathlib import Path
 
@@ -12,6 +13,13 @@ from testkit.processes import PROJECT_ROOT
 SCRIPT = PROJECT_ROOT / "scripts" / "screenshots.py"
 SHOWN = PROJECT_ROOT / "docs" / "ui"
 WIDTHS = {"desktop": 1280, "phone": 390}
+PICTURE = re.compile(r"docs/ui/[^)\s\]\"']+\.png")
+
+
+def readme_pictures() -> list[str]:
+    """The ``docs/ui/*.png`` the README names, by their names in the folder."""
+    named = PICTURE.findall((PROJECT_ROOT / "README.md").read_text())
+    return [name.removeprefix("docs/ui/") for name in named]
 
 
 def png_size(path: Path) -> tuple[int, int]:
@@ -33,6 +41,7 @@ def test_make_screenshots_makes_every_picture_the_readme_shows(
     assert screenshots.main(tmp_path) == 0
     made = sorted(path.name for path in tmp_path.iterdir())
     assert made == sorted(path.name for path in SHOWN.glob("*.png"))
+    assert set(readme_pictures()) <= set(made)
     for name in made:
         page, _, label = name.removesuffix(".png").rpartition("-")
         width, height = png_size(tmp_path / name)
@@ -40,3 +49,10 @@ def test_make_screenshots_makes_every_picture_the_readme_shows(
     pages = {name.removesuffix(".png").rpartition("-")[0] for name in made}
     assert {"sign-in", "environments", "environment", "job", "history"} <= pages
     assert len(made) == 2 * len(pages)  # each page at both widths
+
+
+def test_every_picture_the_readme_names_is_in_docs_ui() -> None:
+    named = readme_pictures()
+    assert len(named) >= 2 * 9, named  # the README's table: 9 pages at both widths
+    missing = [name for name in named if not (SHOWN / name).is_file()]
+    assert not missing, f"README.md names pictures that docs/ui/ lacks: {missing}"
