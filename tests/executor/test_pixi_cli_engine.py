@@ -12,6 +12,7 @@ import json
 import os
 import shutil
 import stat
+import sys
 import textwrap
 import time
 from pathlib import Path
@@ -28,11 +29,59 @@ from testkit.processes import group_members
 from tests.executor.helpers import call, create, new_id, stream_lines, workspace_dir
 from tests.executor.test_agent_lifecycle import PID_LINE, wait_until
 
+# Like pixi: ``add``/``remove`` edit pixi.toml, "solve" (a pause), write pixi.lock in pixi's
+# v6 format (one noarch package per dependency name), then install it; ``install --frozen``
+# installs the lock that is there. Installing writes the prefix's conda-meta records one by
+# one, STEP seconds apart, and drops those the lock no longer has. acme-fail fails before
+# the lock, acme-slow hangs (with a child) before it, acme-breaks fails after one record.
 FAKE_PIXI = textwrap.dedent(
     """\
-    #!{python}
-    import json, os, subprocess, sys, time
+    import hashlib, json, os, re, subprocess, sys, time
     from pathlib import Path
+
+    import yaml
+
+    STEP = 0.4
+    CHANNEL = "file:///fake-channel/"
+
+    def names(manifest):
+        lines = manifest.read_text().split("[dependencies]")[1].splitlines()
+        return [re.match(r"[\\w.-]+", line).group() for line in lines if line.strip()]
+
+    def write_lock(root, dependencies):
+        urls = [f"{CHANNEL}noarch/{name}-1.0-h0_0.tar.bz2" for name in sorted(dependencies)]
+        digests = {url: hashlib.sha256(url.encode()).hexdigest() for url in urls}
+        packages = [
+            {
+                "conda": url, "subdir": "noarch", "sha256": digest, "md5": digest[:32],
+                "license": "BSD-3-Clause", "size": 1000 + int(digest[:4], 16),
+                "timestamp": 1700000000000,
+            }
+            for url, digest in digests.items()
+        ]
+        listed = {"linux-64": [{"conda": url} for url in urls]}
+        default = {"channels": [{"url": CHANNEL}], "packages": listed}
+        lock = {"version": 6, "environments": {"default": default}, "packages": packages}
+        (root / "pixi.lock").write_text(yaml.safe_dump(lock, sort_keys=False))
+
+    def link(root, fail_after):
+        if not (root / "pixi.lock").is_file():
+            return
+        lock = yaml.safe_load((root / "pixi.lock").read_text())
+        entries = lock["environments"]["default"]["packages"].get("linux-64", [])
+        files = [entry["conda"].rsplit("/", 1)[1] for entry in entries]
+        wanted = {re.sub(r"(\\.tar\\.bz2|\\.conda)$", ".json", name) for name in files}
+        meta = root / ".pixi" / "envs" / "default" / "conda-meta"
+        meta.mkdir(parents=True, exist_ok=True)
+        for record in meta.glob("*.json"):
+            if record.name not in wanted:
+                record.unlink()
+        for linked, record in enumerate(sorted(wanted - set(os.listdir(meta))), 1):
+            time.sleep(STEP)
+            (meta / record).write_text(json.dumps({"fn": record}))
+            if linked == fail_after:
+                print("error: linking failed", file=sys.stderr, flush=True)
+                sys.exit(5)
 
     args = sys.argv[1:]
     with open(os.environ["FAKE_PIXI_LOG"], "a") as log:
@@ -45,35 +94,44 @@ FAKE_PIXI = textwrap.dedent(
         sys.exit(0)
     manifest = Path(args[args.index("--manifest-path") + 1])
     specs = args[args.index("--") + 1:] if "--" in args else []
-    if args[0] in ("add", "remove"):
+    if args[0] == "add":
         with manifest.open("a") as out:
-            out.write("".join(f'{{s}} = "*"\\n' for s in specs if args[0] == "add"))
+            out.write("".join(f'{s} = "*"\\n' for s in specs))
     if args[0] == "install" and "acme-fail" in manifest.read_text():
         print("error: acme-fail is not in pixi.lock", file=sys.stderr, flush=True)
         sys.exit(4)
     for i in range(3):
-        print(f"out {{i}}", flush=True)
-        print(f"err {{i}}", file=sys.stderr, flush=True)
+        print(f"out {i}", flush=True)
+        print(f"err {i}", file=sys.stderr, flush=True)
     if "acme-fail" in specs:
         print("error: acme-fail cannot be solved", file=sys.stderr, flush=True)
         sys.exit(3)
     if "acme-slow" in specs:
         subprocess.Popen(["sleep", "60"])
         time.sleep(60)
+    if args[0] in ("add", "remove"):
+        time.sleep(STEP)
+        removed = set(specs) if args[0] == "remove" else set()
+        write_lock(manifest.parent, set(names(manifest)) - removed)
+    link(manifest.parent, 1 if "acme-breaks" in specs else 0)
     """
 )
 
 
-@pytest.fixture
-def fake_pixi(tmp_path: Path) -> tuple[Path, Path]:
+def install_fake_pixi(tmp_path: Path) -> tuple[Path, Path]:
     """A stand-in ``pixi`` in its own bin directory, and the file it records calls in."""
     bin_dir, calls = tmp_path / "bin", tmp_path / "pixi-calls.jsonl"
     bin_dir.mkdir()
     script = bin_dir / "pixi"
-    script.write_text(FAKE_PIXI.format(python=shutil.which("python3")))
+    script.write_text(f"#!{sys.executable}\n{FAKE_PIXI}")  # the venv's: it has PyYAML
     script.chmod(script.stat().st_mode | stat.S_IEXEC)
     calls.touch()
     return bin_dir, calls
+
+
+@pytest.fixture
+def fake_pixi(tmp_path: Path) -> tuple[Path, Path]:
+    return install_fake_pixi(tmp_path)
 
 
 def recorded(calls: Path) -> list[list[str]]:

@@ -7,8 +7,9 @@ import asyncio
 import os
 import shutil
 from collections import deque
-from collections.abc import Sequence
 from pathlib import Path
+
+from rattler import Subdir
 
 from services.executor import fencing
 from services.executor.builtin_worker.manifest import Manifest
@@ -20,8 +21,12 @@ from services.executor.engines.base import (
     spawn_tracked,
 )
 from services.executor.engines.builtin import BuiltinEngine
+from services.executor.engines.pixi_progress import PrefixProgress, follow_with_progress
 from services.executor.process import Emit, OutputLine, Stream
 from services.executor.workspace import DataLayout, Workspace
+
+# The pixi commands that install into the prefix (``init`` only writes pixi.toml).
+INSTALLING = frozenset({"add", "remove", "install"})
 
 
 class PixiCliEngine:
@@ -40,6 +45,7 @@ class PixiCliEngine:
         self._layout = layout
         self._pixi = pixi
         self._builtin = builtin
+        self._platform = str(Subdir.current())  # the prefix pixi installs is the host's
 
     def commands(self, operation: Operation) -> list[list[str]]:
         """The pixi invocations an operation consists of, in order."""
@@ -63,33 +69,36 @@ class PixiCliEngine:
     async def run(
         self, operation: Operation, emit: Emit, progress: ReportProgress | None = None
     ) -> str | None:
-        """Reports no progress but for a delete (the builtin worker's): pixi's own progress
-        bars are not a format to parse, and one ``pixi add`` solves, fetches, links and
-        writes the lock without saying where one ends."""
+        """Progress (a delete's is the builtin worker's) comes from what pixi writes, not
+        from its terminal bars (``pixi_progress``): while ``pixi add``/``remove``/``install
+        --frozen`` runs, its lock gives the totals and the prefix's ``conda-meta`` records
+        the packages and bytes installed so far; a last report follows when it ends."""
         if operation.kind == "delete":
             return await self._builtin.run(operation, emit, progress)
         if operation.kind == "apply":
-            return await self._apply(operation, emit)
+            return await self._apply(operation, emit, progress)
         if operation.kind == "create":
-            return await self._create(operation, emit)
+            return await self._create(operation, emit, progress)
         if operation.kind == "restore":
             _restore_backup(operation.workspace)
         else:
             _take_backup(operation.workspace)
-        error = await self._run_all(self.commands(operation), emit)
+        error = await self._run_all(operation, emit, progress)
         if error is None and operation.kind == "restore":  # not fenced: it commits nothing new
             _drop_backup(operation.workspace)
         elif error is None:
             error = await self._commit(operation)
         return error
 
-    async def _create(self, operation: Operation, emit: Emit) -> str | None:
+    async def _create(
+        self, operation: Operation, emit: Emit, progress: ReportProgress | None
+    ) -> str | None:
         """``pixi init`` writes pixi.toml first, so a create that failed, was stopped or
         was fenced out removes the workspace: only a committed create leaves one (as
         with the builtin engine, whose pixi.toml comes last)."""
         error: str | None = "the create did not finish"
         try:
-            error = await self._run_all(self.commands(operation), emit)
+            error = await self._run_all(operation, emit, progress)
             if error is None:
                 error = await self._commit(operation)
         finally:
@@ -115,7 +124,9 @@ class PixiCliEngine:
             return str(exc)
         return None
 
-    async def _apply(self, operation: Operation, emit: Emit) -> str | None:
+    async def _apply(
+        self, operation: Operation, emit: Emit, progress: ReportProgress | None
+    ) -> str | None:
         """Write darb's manifest and the given lock, then let pixi install the lock as is.
         A failed apply onto an environment is undone like a failed change (the backup); one
         that would have created it leaves nothing."""
@@ -133,7 +144,7 @@ class PixiCliEngine:
         try:
             shutil.copyfile(operation.lockfile, workspace.lockfile)
             workspace.manifest.write_text(manifest.text())
-            error = await self._run_all(self.commands(operation), emit)
+            error = await self._run_all(operation, emit, progress)
             if error is None:
                 error = await self._commit(operation)
         finally:
@@ -141,7 +152,9 @@ class PixiCliEngine:
                 shutil.rmtree(workspace.root, ignore_errors=True)
         return error
 
-    async def _run_all(self, commands: Sequence[list[str]], emit: Emit) -> str | None:
+    async def _run_all(
+        self, operation: Operation, emit: Emit, progress: ReportProgress | None
+    ) -> str | None:
         stderr_tail: deque[str] = deque(maxlen=20)
 
         def keep_tail(line: OutputLine) -> None:
@@ -149,15 +162,32 @@ class PixiCliEngine:
                 stderr_tail.append(line.text)
             emit(line)
 
-        for argv in commands:
+        for argv in self.commands(operation):
+            prefix = await self._prefix_progress(operation, argv[1], progress)
             process = await spawn_tracked(self._layout, argv)
-            exit_code = await follow_tracked(self._layout, process, keep_tail, f"pixi {argv[1]}")
+            follow = follow_tracked(self._layout, process, keep_tail, f"pixi {argv[1]}")
+            if prefix is None or progress is None:
+                exit_code = await follow
+            else:
+                exit_code = await follow_with_progress(follow, prefix, progress)
             if exit_code != 0:
                 detail = "\n".join(stderr_tail).strip()
                 return f"pixi {argv[1]} failed with code {exit_code}" + (
                     f": {detail}" if detail else ""
                 )
         return None
+
+    async def _prefix_progress(
+        self, operation: Operation, verb: str, progress: ReportProgress | None
+    ) -> PrefixProgress | None:
+        """What reports a command's progress, noted before it starts: None for ``pixi
+        init`` (it installs nothing) and when nobody takes reports (a repair)."""
+        if progress is None or verb not in INSTALLING:
+            return None
+        lock_given = verb == "install"  # --frozen: darb's lock, already in place
+        return await asyncio.to_thread(
+            PrefixProgress, operation.workspace, self._platform, lock_given
+        )
 
 
 def _backup_dir(workspace: Workspace) -> Path:
