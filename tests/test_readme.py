@@ -18,6 +18,8 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -95,6 +97,21 @@ def running(command: str, env: dict[str, str], timeout: float = 180) -> Iterator
         assert "darb stopped (executor exit 0, api exit 0, web exit 0)" in "".join(output)
 
 
+def web_page(addr: str, path: str, timeout: float = 60) -> tuple[int, str]:
+    """GET ``path`` from the web UI at ``addr`` (its status and text), waiting for it to
+    listen: ``make run`` starts it beside the control plane, not after it."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(f"http://{addr}{path}", timeout=10) as response:
+                return response.status, response.read().decode()
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.read().decode()
+        except urllib.error.URLError:  # not listening yet
+            assert time.monotonic() < deadline, f"the web UI at {addr} never answered"
+            time.sleep(0.2)
+
+
 def run_block(kind: str, text: str, env: dict[str, str]) -> str:
     argv = (
         ["bash", "-euo", "pipefail", "-c", text] if kind == "sh" else [sys.executable, "-c", text]
@@ -115,6 +132,10 @@ def test_the_quick_start_and_every_walkthrough_block_work(shell_env):
     assert len(walkthrough) >= 3, "the CLI, SDK and grpcurl walkthroughs"
     with running("make run", shell_env) as output:
         assert any("password123" in line and "development" in line for line in output)
+        web = shell_env["DARB_WEB_ADDR"]
+        assert web_page(web, "/healthz") == (200, "ok\n")
+        status, login = web_page(web, "/login")
+        assert status == 200 and 'id="sign-in"' in login, (status, login)
         for kind, text in walkthrough:
             printed = run_block(kind, localized(text, shell_env), shell_env)
             assert "Traceback" not in printed
