@@ -251,7 +251,7 @@ def _list_filter(args: argparse.Namespace) -> str:
     if args.name:
         restrictions.append(f"name = {quote(args.name)}")
     if args.shared:
-        restrictions.append("owner != me")
+        restrictions.append("shared = true")
     if args.owner:
         restrictions.append(f"owner = {quote(args.owner)}")
     if args.role:
@@ -759,7 +759,7 @@ def _env_parsers(top: _Commands) -> None:
         help="only those whose name matches PATTERN (`*` any characters: 'web*', '*web*')",
     )
     ls.add_argument(
-        "--shared", action="store_true", help="only those shared with you (owned by others)"
+        "--shared", action="store_true", help="only others' environments shared with you"
     )
     ls.add_argument("--owner", metavar="USER", help="only those USER owns (`me`: yours)")
     ls.add_argument(

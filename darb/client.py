@@ -232,9 +232,10 @@ class Environments:
 
         ``filter`` is an AIP-160 filter the server applies: restrictions joined by
         ``AND``, each ``field = value`` or ``field != value`` on ``name``, ``owner`` (a
-        username or ``me``), ``status`` (``READY``, ...) and ``role`` (``VIEWER``,
-        ``EDITOR``, ``OWNER``), e.g. ``owner != me AND role = EDITOR``. ``quote`` makes
-        a value safe to put in one.
+        username or ``me``), ``status`` (``READY``, ...), ``role`` (``VIEWER``,
+        ``EDITOR``, ``OWNER``) and ``shared`` (``true``: others' environments shared
+        with you), e.g. ``owner != me AND role = EDITOR``. ``quote`` makes a value safe
+        to put in one.
         """
         for message in self._client._pages(
             self._stub.ListEnvironments,

@@ -16,7 +16,8 @@ from services.api.repo.models import EnvironmentStatus, Role
 from shared.errors import InvalidArgument
 
 MAX_FILTER_LENGTH = 1024
-FIELDS = ("name", "owner", "status", "role")
+FIELDS = ("name", "owner", "status", "role", "shared")
+BOOLEANS = ("TRUE", "FALSE")
 # ``owner = me``: the caller.
 ME = "me"
 # In a value of ``name``: any characters, or none.
@@ -37,7 +38,7 @@ _TOKEN = re.compile(
 class Restriction:
     field: str
     negated: bool
-    value: str  # a status or role name for those fields, upper case
+    value: str  # a status or role name, or TRUE or FALSE, for those fields: upper case
 
 
 @dataclass(frozen=True)
@@ -83,6 +84,11 @@ def _value(field: str, token: _Token) -> str:
         value = token.text.upper()
         if value not in Role.__members__:
             raise _error(token.position, f"role must be one of {', '.join(Role.__members__)}")
+        return value
+    if field == "shared":
+        value = token.text.upper()
+        if value not in BOOLEANS:
+            raise _error(token.position, "shared must be true or false")
         return value
     return token.text
 

@@ -207,11 +207,30 @@ def test_the_filter(api: ApiProcess) -> None:
     assert set(_listed(alice, 'name = "filter-theirs" AND role = EDITOR')) == {theirs}
     assert set(_listed(alice, "role = OWNER")) == {mine}
     assert set(_listed(alice, "status = READY AND role != VIEWER AND owner != me")) == {theirs}
+    assert set(_listed(alice, "shared = true")) == {theirs} | everyone
+    assert set(_listed(alice, "shared != TRUE")) == set(_listed(alice, "shared = false")) == {mine}
     for bad, position in [("name ~ x", 6), ("colour = red", 1), ("name = x OR owner = me", 10),
-                          ("status = SHINY", 10), ("owner = me AND", 15)]:  # fmt: skip
+                          ("status = SHINY", 10), ("owner = me AND", 15),
+                          ("shared = yes", 10)]:  # fmt: skip
         code, details = _refusal(lambda: _listed(alice, bad))  # noqa: B023
         assert code == grpc.StatusCode.INVALID_ARGUMENT, bad
         assert f"position {position}" in details, (bad, details)
+
+
+def test_an_admin_holds_every_role_but_only_shares_are_shared(api: ApiProcess) -> None:
+    admin, bob = api.new_user(admin=True), api.new_user()
+    own = admin.create("admin-own", ["acme-core"]).environment.id
+    unshared = bob.create("bob-private", ["acme-core"]).environment.id
+    shared = _ready(bob, "bob-for-admin")
+    bob.set_policy(
+        shared, {f"user:{bob.user.username}": OWNER, f"user:{admin.user.username}": VIEWER}
+    )
+    assert _listed(admin)[unshared].role == OWNER  # an admin may view and change it all
+    assert set(_listed(admin, "owner != me")) >= {unshared, shared}
+    listed = _listed(admin, "shared = true")
+    assert shared in listed and unshared not in listed and own not in listed
+    unlisted = set(_listed(admin, "shared = false"))
+    assert {own, unshared} <= unlisted and shared not in unlisted
 
 
 def test_a_viewer_watching_gets_every_line(api: ApiProcess) -> None:

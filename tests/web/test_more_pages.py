@@ -96,6 +96,21 @@ def test_the_list_filters_by_status_name_and_owner(
     chrome.get(f"{stack.url}/environments?scope=shared")
     assert not _listed(chrome) & {good, bad}
 
+    # An admin, who may view every environment, is shown as "shared" only the shares.
+    private, granted = _name("private"), _name("granted")
+    user.create(private, ["acme-core"])
+    granted_id = user.create(granted, ["acme-core"]).environment.id
+    owner = f"user:{user.user.username}"
+    user.set_policy(
+        granted_id, {owner: common_pb2.ROLE_OWNER, "user:admin": common_pb2.ROLE_VIEWER}
+    )
+    chrome.delete_all_cookies()
+    browser.sign_in(chrome, stack.url, "admin", ADMIN_PASSWORD)
+    chrome.get(f"{stack.url}/environments?scope=shared")
+    assert granted in _listed(chrome) and not _listed(chrome) & {private, good, bad}
+    chrome.delete_all_cookies()
+    browser.sign_in(chrome, stack.url, user.user.username, PASSWORD)
+
     # A failed create: its page shows the error at the top.
     chrome.get(f"{stack.url}/jobs/{failed.job.id}")
     assert _wait_ended(chrome) == "failed"

@@ -4,7 +4,18 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import Select, bindparam, func, literal, select, true, tuple_, update
+from sqlalchemy import (
+    ColumnElement,
+    Select,
+    and_,
+    bindparam,
+    func,
+    literal,
+    select,
+    true,
+    tuple_,
+    update,
+)
 from sqlalchemy.orm import Session
 
 from services.api import filters
@@ -14,6 +25,7 @@ from services.api.records import PackageRow
 from services.api.repo import access
 from services.api.repo.models import (
     Environment,
+    EnvironmentMember,
     EnvironmentStatus,
     InstalledPackage,
     Role,
@@ -94,6 +106,15 @@ def _like(value: str) -> str:
     return escaped.replace(filters.WILDCARD, "%")
 
 
+def _shared_with(caller: User) -> ColumnElement[bool]:
+    """Someone else's environment that a membership gives the caller a role on (an
+    admin's role on every environment is not a share)."""
+    granted = access.visible_members(caller.id).where(
+        EnvironmentMember.environment_id == Environment.id
+    )
+    return and_(Environment.owner_id != caller.id, granted.exists())
+
+
 def _restrict(
     query: Select[Any], caller: User, rule: filters.Restriction, role: Any
 ) -> Select[Any]:
@@ -102,6 +123,9 @@ def _restrict(
     if rule.field == "name" and filters.WILDCARD in rule.value:
         matches = Environment.name.like(_like(rule.value), escape="\\")
         return query.where(~matches if rule.negated else matches)
+    if rule.field == "shared":
+        shared = _shared_with(caller)
+        return query.where(shared if rule.negated == (rule.value == "FALSE") else ~shared)
     if rule.field == "name":
         column, value = Environment.name, rule.value
     elif rule.field == "status":

@@ -99,7 +99,7 @@ def environment_filter(query: Any) -> str:
     if scope == "mine":
         clauses.append("owner = me")
     elif scope == "shared":
-        clauses.append("owner != me")
+        clauses.append("shared = true")
     if (status := query.get("status", "")) in STATUS_FILTERS:
         clauses.append(f"status = {status}")
     if (role := query.get("role", "")) in ROLE_FILTERS:
