@@ -429,6 +429,11 @@ class Groups:
         """Deletes the group and every policy binding that names it."""
         self._client._call(self._stub.DeleteGroup, groups_pb2.DeleteGroupRequest(name=name))
 
+    def get(self, name: str) -> Group:
+        """The group, if the caller manages it or belongs to it (or is an admin)."""
+        request = groups_pb2.GetGroupRequest(name=name)
+        return Group.from_proto(self._client._call(self._stub.GetGroup, request).group)
+
     def list(self, page_size: int = 0) -> Iterator[Group]:
         """The groups the caller manages or belongs to (every group, for admins), by
         name, across all pages."""

@@ -290,6 +290,9 @@ CALLS: dict[str, Callable[[Target, Client, Metadata], Any]] = {
         G.RemoveGroupMemberRequest(group=t.fresh_group(), username=t.world.member.user.username),
         metadata=md,
     ),
+    "GroupService.GetGroup": lambda t, c, md: c.groups.GetGroup(
+        G.GetGroupRequest(name=t.world.group_name), metadata=md
+    ),
     "GroupService.ListGroupMembers": lambda t, c, md: c.groups.ListGroupMembers(
         G.ListGroupMembersRequest(group=t.world.group_name), metadata=md
     ),
@@ -363,7 +366,7 @@ EXPECTED: dict[str, tuple[grpc.StatusCode, ...]] = {
         ],
         MANAGE_GROUP,
     ),
-    "GroupService.ListGroupMembers": GROUP_MEMBERS,
+    **dict.fromkeys(["GroupService.GetGroup", "GroupService.ListGroupMembers"], GROUP_MEMBERS),
 }
 
 

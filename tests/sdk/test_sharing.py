@@ -298,6 +298,7 @@ def test_groups_through_the_sdk(client: darb.Client, new_member: Callable[[], Me
     [listed] = [g for g in client.groups.list() if g.name == name]
     assert listed.member_count == 1 and listed.created_by == client.whoami().username
     assert [g.name for g in bob.client.groups.list()] == [name]
+    assert bob.client.groups.get(name) == listed
     with pytest.raises(darb.errors.PermissionDenied):
         bob.client.groups.add_member(name, bob.username)
 
@@ -311,6 +312,8 @@ def test_groups_through_the_sdk(client: darb.Client, new_member: Callable[[], Me
         client.groups.remove_member(name, bob.username)
     client.groups.delete(name)
     assert name not in [g.name for g in client.groups.list()]
+    with pytest.raises(darb.errors.NotFound):
+        client.groups.get(name)
     assert f"group:{name}" not in {
         m
         for members in client.environments.policy(environment.id).bindings.values()

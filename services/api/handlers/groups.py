@@ -74,6 +74,12 @@ class GroupService(pb_grpc.GroupServiceServicer):
         return pb.DeleteGroupResponse()
 
     @unary()
+    async def GetGroup(self, request: pb.GetGroupRequest, caller: User) -> pb.GetGroupResponse:
+        name = validate_name("group name", request.name)
+        row = await self.state.db.read(groups.get, caller, name)
+        return pb.GetGroupResponse(group=_group(row))
+
+    @unary()
     async def ListGroups(
         self, request: pb.ListGroupsRequest, caller: User
     ) -> pb.ListGroupsResponse:

@@ -108,15 +108,9 @@ def page(session: Session, caller: User, after: str, limit: int) -> list[Any]:
     return list(session.execute(query.order_by(Group.name).limit(limit)))
 
 
-def members(session: Session, caller: User, name: str, after: str, limit: int) -> list[str]:
-    """Usernames of the group's members after ``after``; its managers and members (and
-    admins) may list them."""
+def _readable(session: Session, caller: User, name: str) -> Group:
+    """The group, if the caller manages it or belongs to it (or is an admin)."""
     group = _group(session, name)
-    query = (
-        select(User.username)
-        .join(GroupMember, GroupMember.user_id == User.id)
-        .where(GroupMember.group_id == group.id)
-    )
     if not caller.is_admin and group.created_by != caller.id:
         is_member = session.scalar(
             select(GroupMember.user_id).where(
@@ -124,6 +118,22 @@ def members(session: Session, caller: User, name: str, after: str, limit: int) -
             )
         )
         if is_member is None:
-            raise PermissionDenied(f"only members of group {name!r} may list its members")
-    query = query.where(User.username > after).order_by(User.username).limit(limit)
-    return list(session.scalars(query))
+            raise PermissionDenied(f"only members of group {name!r} may read it")
+    return group
+
+
+def get(session: Session, caller: User, name: str) -> Any:
+    group = _readable(session, caller, name)
+    return session.execute(_summary().where(Group.id == group.id)).one()
+
+
+def members(session: Session, caller: User, name: str, after: str, limit: int) -> list[str]:
+    """Usernames of the group's members after ``after``; its managers and members (and
+    admins) may list them."""
+    group = _readable(session, caller, name)
+    query = (
+        select(User.username)
+        .join(GroupMember, GroupMember.user_id == User.id)
+        .where(GroupMember.group_id == group.id, User.username > after)
+    )
+    return list(session.scalars(query.order_by(User.username).limit(limit)))

@@ -65,17 +65,9 @@ async def group_page(request: web.Request) -> web.Response:
 
 
 async def _creator(request: web.Request, name: str) -> str:
-    """The username of the group's creator, found among the caller's groups (those they
-    manage or belong to: a few pages at most); "" if not there or its creator was deleted."""
-    message = groups_pb2.ListGroupsRequest(page_size=200)
-    while True:
-        response = await call(request, api(request).groups.ListGroups, message)
-        for group in response.groups:
-            if group.name == name:
-                return group.created_by
-        if not response.next_page_token:
-            return ""
-        message.page_token = response.next_page_token
+    """The username of the group's creator; "" if its creator was deleted."""
+    message = groups_pb2.GetGroupRequest(name=name)
+    return (await call(request, api(request).groups.GetGroup, message)).group.created_by
 
 
 async def change_group(request: web.Request) -> web.Response:
