@@ -5,10 +5,18 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
 from testkit.processes import launch, stop
+
+
+class NoRedirect(urllib.request.HTTPRedirectHandler):
+    """For an opener that returns a redirect (as an ``HTTPError``) instead of following it."""
+
+    def redirect_request(self, *args: object, **kwargs: object) -> None:
+        return None
 
 
 @dataclass

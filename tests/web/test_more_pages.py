@@ -27,7 +27,7 @@ from services.web.security import SESSION_COOKIE
 from shared.config import WebSettings
 from testkit import browser
 from testkit.control_plane import ADMIN_PASSWORD, Client
-from testkit.web import start_web
+from testkit.web import NoRedirect, start_web
 from tests.web.conftest import DOWNLOAD_BYTES, PASSWORD, Stack
 
 BYTES = re.compile(r"[\d.]+ (B|KB|MB) / [\d.]+ MB")  # the progress bar's "3.1 MB / 12.0 MB"
@@ -56,11 +56,6 @@ def _wait_ended(chrome: WebDriver) -> str:
         chrome, lambda c: c.find_element(By.ID, "job").get_attribute("data-stream") == "ended"
     )
     return _job_status(chrome)
-
-
-class NoRedirect(urllib.request.HTTPRedirectHandler):
-    def redirect_request(self, *args: object, **kwargs: object) -> None:
-        return None
 
 
 def test_the_list_filters_by_status_name_and_owner(

@@ -14,6 +14,7 @@ import pytest
 
 from services.web.pages.auth import FALLBACK, _safe_next
 from testkit.control_plane import Client
+from testkit.web import NoRedirect
 from tests.web.conftest import PASSWORD, Stack
 
 HOSTILE = [
@@ -50,17 +51,12 @@ def test_a_path_of_the_site_is_kept(target: str) -> None:
     assert _safe_next(target) == target
 
 
-class _NoRedirect(urllib.request.HTTPRedirectHandler):
-    def redirect_request(self, *args: object, **kwargs: object) -> None:
-        return None
-
-
 def _sign_in(stack: Stack, user: Client, next_query: str) -> str:
     """Opens ``/login?next=...`` (``next_query`` as sent, percent-encoded), submits the
     form as a browser does (its hidden fields as the page has them) and returns the
     ``Location`` the sign-in redirects to."""
     opener = urllib.request.build_opener(
-        urllib.request.HTTPCookieProcessor(http.cookiejar.CookieJar()), _NoRedirect()
+        urllib.request.HTTPCookieProcessor(http.cookiejar.CookieJar()), NoRedirect()
     )
     with opener.open(f"{stack.url}/login?next={next_query}") as response:
         page = response.read().decode()
