@@ -61,7 +61,13 @@ CREATE FUNCTION darb_create_environment(
 ) RETURNS TABLE (
     o_environments bigint, o_active_jobs bigint, o_created boolean, o_created_at timestamptz
 )
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql
+-- Planned at each call for its owner: the generic plan cached while the tables were
+-- still small counted the owner's environments by reading the whole name index of live
+-- environments, and it stayed in use as they grew until an ANALYZE happened to replace
+-- it, so each create got slower with every environment (auto_explain showed it).
+SET plan_cache_mode = force_custom_plan
+AS $$
 BEGIN
     PERFORM 1 FROM users WHERE id = p_owner_id FOR NO KEY UPDATE;
     SELECT count(*) INTO o_environments FROM environments AS e
@@ -104,7 +110,9 @@ CREATE FUNCTION darb_finish_job(
     o_id varchar, o_environment_id varchar, o_type varchar, o_status varchar,
     o_error text, o_agent varchar, o_started_at timestamptz, o_completed_at timestamptz
 )
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql
+SET plan_cache_mode = force_custom_plan  -- as darb_create_environment, for its lookups
+AS $$
 DECLARE
     v_job jobs%ROWTYPE;
     v_env environments%ROWTYPE;
