@@ -17,7 +17,7 @@ Five stacks, each a fresh PostgreSQL database, its agents and one control plane:
 from __future__ import annotations
 
 import asyncio
-import itertools
+import math
 import os
 import resource
 import shutil
@@ -572,16 +572,27 @@ CREATES_PER_USER = 90
 
 
 class Accounts:
-    """Hands out the tokens of many accounts, each for ``CREATES_PER_USER`` creates, so
-    that every create is accepted under the default quotas (which the api stack keeps):
-    16 clients, but no account with more environments than a user may have."""
+    """Hands out the tokens of many accounts so that every create is accepted under the
+    default quotas (which the api stack keeps): each client creates as a user of its own,
+    and moves on to another account of its own after ``CREATES_PER_USER`` creates.
 
-    def __init__(self, tokens: list[str]) -> None:
+    16 clients are 16 users creating at once. A user's creates queue on that user's row
+    lock (the quota counts need it), so one account shared by every client would measure
+    a single user sending hundreds of creates a second, which the quotas stop at 100
+    environments anyway."""
+
+    def __init__(self, tokens: list[str], clients: int) -> None:
+        if len(tokens) < clients:
+            raise ValueError(f"{clients} clients need at least as many accounts")
         self._tokens = tokens
-        self._calls = itertools.count()
+        self._calls = [0] * clients
+        self._per_client = len(tokens) // clients
 
-    def metadata(self) -> tuple[tuple[str, str], ...]:
-        token = self._tokens[next(self._calls) // CREATES_PER_USER % len(self._tokens)]
+    def metadata(self, client: int) -> tuple[tuple[str, str], ...]:
+        calls = self._calls[client]
+        self._calls[client] += 1
+        own = calls // CREATES_PER_USER % self._per_client  # the client's n-th account
+        token = self._tokens[client + own * len(self._calls)]
         return (("authorization", f"Bearer {token}"),)
 
 
@@ -597,7 +608,7 @@ async def create_load(
         async def call(client: int, n: int) -> object:
             request = _create_request(f"{prefix}-{n}", [SMALL_SPEC])
             return await clients[client].envs.CreateEnvironment(
-                request, metadata=accounts.metadata(), timeout=10
+                request, metadata=accounts.metadata(client), timeout=10
             )
 
         return call
@@ -693,8 +704,10 @@ async def create_environment_rps(
     the mean latency is 16 / throughput (Little's law), so a p50 of 10 ms there would
     take about 1,600 creates/s. The p50 target is checked with the same 16 clients
     sending 500 creates/s in all on a schedule."""
-    # Enough accounts for the most creates both runs could make at 1,000/s.
-    accounts = Accounts(stack.insert_users(round(2 * (seconds + 0.5) * 1000 / CREATES_PER_USER)))
+    # Enough accounts for the most creates both runs could make at 1,000/s, each client's
+    # share of them rounded up.
+    per_client = math.ceil(2 * (seconds + 0.5) * 1000 / CREATES_PER_USER / len(clients))
+    accounts = Accounts(stack.insert_users(per_client * len(clients)), len(clients))
     result, meter = await create_load(stack, clients, accounts, seconds)
     paced, _ = await create_load(stack, clients, accounts, seconds, CREATE_RATE)
     p50 = percentile(paced.latencies, 50)

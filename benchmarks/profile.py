@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import math
 import shutil
 import subprocess
 import sys
@@ -89,8 +90,10 @@ async def profiled(stack: Stack, load: str, seconds: float, out: Path) -> Path:
         spy = subprocess.Popen(
             command, stdout=subprocess.DEVNULL, stderr=(out / f"{load}-py-spy.log").open("w")
         )
-        tokens = stack.insert_users(round((seconds + 1) * 1000 / api_bench.CREATES_PER_USER))
-        await api_bench.create_load(stack, clients, api_bench.Accounts(tokens), seconds)
+        per_client = math.ceil((seconds + 1) * 1000 / api_bench.CREATES_PER_USER / len(clients))
+        tokens = stack.insert_users(per_client * len(clients))
+        creators = api_bench.Accounts(tokens, len(clients))
+        await api_bench.create_load(stack, clients, creators, seconds)
     await asyncio.to_thread(spy.wait)
     for client in clients:
         await client.close()
