@@ -724,7 +724,8 @@ async def create_environment_rps(
     report.notes.append(_load_note("CreateEnvironment", result, meter))
     report.notes.append(
         f"CreateEnvironment at {CREATE_RATE}/s: {len(paced.latencies):,} calls in"
-        f" {paced.elapsed:.1f} s ({paced.rate:,.0f}/s), {len(paced.errors)} errors. The p50"
+        f" {paced.elapsed:.1f} s ({paced.rate:,.0f}/s), {len(paced.errors)} errors"
+        f"{' (the first: ' + paced.errors[0] + ')' if paced.errors else ''}. The p50"
         f" target is taken at this rate: with {len(clients)} clients each waiting for its"
         " answer, mean latency = clients / throughput (Little's law), so the back-to-back"
         " p50 cannot be 10 ms below about 1,600 creates/s"
