@@ -39,5 +39,5 @@ async def new_environment(
     payload = payloads.CreatePayload(name, ["c"], ["a"])
     environment = environments.new(owner.id, name, "pixi", ["c"], executor)
     job = jobs.new(environment.id, owner.id, payload)
-    await creates.create_environment(database, environment, job, ApiLimits())
+    await creates.create_environment(database, environment, job, ApiLimits(), QUIET)
     return environment, job

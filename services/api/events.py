@@ -27,7 +27,6 @@ from sqlalchemy import text
 from sqlalchemy.orm import Session
 
 from services.api.database.db import Database
-from services.api.database.direct import Query
 from services.api.records import LineRow
 from services.api.repo.progress import Progress
 
@@ -52,7 +51,6 @@ CHANNELS = (
 MAX_BUFFERED_LINES = 20_000
 # Progress reports of different phases a watcher may have waiting (a job has a few).
 MAX_BUFFERED_PROGRESS = 16
-NOTIFY = Query(text("SELECT pg_notify(:channel, :payload)"))
 
 
 @dataclass(eq=False)
@@ -97,15 +95,11 @@ class EventBus:
         self._listening_handlers: list[Callable[[bool], None]] = []
         self.jobs_available = asyncio.Event()
         self._listener: asyncio.Task[None] | None = None
-        self._wake_again = False
-        self._waker: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         self._listener = asyncio.create_task(self._listen(), name="darb-listen")
 
     async def stop(self) -> None:
-        if self._waker is not None:
-            await asyncio.wait({self._waker})
         if self._listener is not None:
             self._listener.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -175,27 +169,6 @@ class EventBus:
         """After a commit that changed the job and sent its own NOTIFY (``notify_in``):
         only this process's watchers are left to tell."""
         self._poke(job_id, None)
-
-    def jobs_queued_here(self) -> None:
-        """After the commit of a job that sent no NOTIFY (a create's: its transaction
-        stays off PostgreSQL's NOTIFY lock, see ``repo/schema.sql``): wakes this process's
-        dispatcher at once and the other processes' by a NOTIFY of its own. Jobs queued
-        while one is on its way share the next; should the process die first, the
-        others' poll finds the job."""
-        self.jobs_available.set()
-        self._wake_again = True
-        if self._waker is None or self._waker.done():
-            self._waker = asyncio.create_task(self._wake_others(), name="darb-wake")
-
-    async def _wake_others(self) -> None:
-        while self._wake_again:
-            self._wake_again = False
-            try:
-                channel, payload = self.notify_target(JOBS_CHANNEL)
-                await self._db.fetch_one(NOTIFY, channel=channel, payload=payload)
-            except Exception as exc:  # the others' poll is the safety net
-                log.warning("could not wake the other dispatchers (%s)", exc)
-                return
 
     def jobs_ended_here(self, job_ids: list[str], environment_id: str | None) -> None:
         """After the commit of ``finishes.end_job``, whose NOTIFYs told the other

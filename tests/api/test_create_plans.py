@@ -31,7 +31,7 @@ def _user(conn: psycopg.Connection) -> str:
 def _create(conn: psycopg.Connection, owner: str, name: str) -> None:
     conn.execute(
         "SELECT * FROM darb_create_environment(%s, 1000, 1000, %s, %s, 'pixi', %s, 'agent',"
-        " 'PENDING', %s, 'CREATE_ENVIRONMENT', 'PENDING', %s)",
+        " 'PENDING', %s, 'CREATE_ENVIRONMENT', 'PENDING', %s, 'darb_test', '')",
         (owner, str(uuid.uuid4()), name, json.dumps(["c"]), str(uuid.uuid4()), "{}"),
     )
 

@@ -63,8 +63,8 @@ async def _create(
 ) -> tuple[Environment, Job]:
     environment = environments.new(caller.id, payload.name, "pixi", payload.channels, executor)
     job = jobs.new(environment.id, caller.id, payload)
-    await creates.create_environment(state.db, environment, job, state.settings.limits)
-    state.bus.jobs_queued_here()
+    notify = state.bus.notify_target(JOBS_CHANNEL)
+    await creates.create_environment(state.db, environment, job, state.settings.limits, notify)
     return environment, job
 
 
@@ -187,6 +187,7 @@ class EnvironmentService(pb_grpc.EnvironmentServiceServicer):
             or settings.executors
         )
         environment, job = await _create(self.state, caller, payload, executor)
+        self.state.bus.jobs_available.set()  # other processes heard the commit's NOTIFY
         return pb.CreateEnvironmentResponse(
             environment=convert.environment(environment, caller.username, Role.OWNER),
             job=convert.job(job, created_by_username=caller.username),

@@ -1,7 +1,6 @@
 """A create as one call of ``darb_create_environment`` (``repo/schema.sql``):
-the owner's lock, the quota counts, the environment's row and its create job, in one
-statement and one round trip. The caller wakes the dispatchers after it
-(``EventBus.jobs_queued_here``)."""
+the owner's lock, the quota counts, the environment's row, its create job and the
+NOTIFY that wakes the dispatchers, in one statement and one round trip."""
 
 from __future__ import annotations
 
@@ -18,7 +17,7 @@ from shared.config import ApiLimits
 _PARAMETERS = (
     *("owner_id", "max_environments", "max_active_jobs", "environment_id", "name"),
     *("package_manager", "channels", "executor", "environment_status"),
-    *("job_id", "job_type", "job_status", "payload"),
+    *("job_id", "job_type", "job_status", "payload", "notify_channel", "notify_payload"),
 )
 # One row: the owner's counts before, whether the rows went in (only if both fit) and
 # when (the database's clock).
@@ -37,12 +36,16 @@ async def create_environment(
     environment: Environment,
     job: Job,
     limits: ApiLimits,
+    notify: tuple[str, str],
 ) -> None:
     """Inserts a new environment and its create job, unless a quota of the owner or the
-    name's uniqueness forbids it (``ResourceExhausted``, ``AlreadyExists``). Both rows get
-    the database's time as ``created_at``."""
+    name's uniqueness forbids it (``ResourceExhausted``, ``AlreadyExists``); NOTIFY
+    ``notify`` = (channel, payload) wakes the dispatchers. Both rows get the database's
+    time as ``created_at``."""
     try:
-        counts = await database.fetch_one(CREATE_ENVIRONMENT, **_params(environment, job, limits))
+        counts = await database.fetch_one(
+            CREATE_ENVIRONMENT, **_params(environment, job, limits, notify)
+        )
     except UniqueViolation as exc:
         raise environments.already_exists(environment.name) from exc
     quotas.refuse_new_environment(counts, limits)
@@ -51,7 +54,10 @@ async def create_environment(
     environment.created_at = environment.updated_at = job.created_at = counts.created_at
 
 
-def _params(environment: Environment, job: Job, limits: ApiLimits) -> dict[str, Any]:
+def _params(
+    environment: Environment, job: Job, limits: ApiLimits, notify: tuple[str, str]
+) -> dict[str, Any]:
+    channel, payload = notify
     return {
         "owner_id": environment.owner_id,
         "max_environments": limits.max_environments_per_user,
@@ -66,4 +72,6 @@ def _params(environment: Environment, job: Job, limits: ApiLimits) -> dict[str, 
         "job_type": job.type,
         "job_status": job.status,
         "payload": job.payload,
+        "notify_channel": channel,
+        "notify_payload": payload,
     }

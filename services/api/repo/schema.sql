@@ -47,11 +47,7 @@ CREATE TRIGGER environment_changed AFTER UPDATE OR DELETE ON environments
 
 
 -- A create in one call: lock the owner, count for the quotas, insert the environment,
--- its creator as its owner (role 3, darb.v1.ROLE_OWNER) and its job. No NOTIFY: a
--- notifying transaction holds PostgreSQL's NOTIFY lock through its commit (WAL flush
--- included), which queued every create behind the one before; the control plane wakes
--- the dispatchers after the commit (EventBus.jobs_queued_here). Inside PL/pgSQL each
--- statement takes a new snapshot
+-- its creator as its owner (role 3, darb.v1.ROLE_OWNER) and its job, NOTIFY the dispatchers. Inside PL/pgSQL each statement takes a new snapshot
 -- (READ COMMITTED), so the counts come after the owner's lock and see a create that
 -- held it; the call is one statement, atomic on its own. Returns the owner's counts
 -- before, whether the rows went in (only if both quotas allow it) and their creation
@@ -60,7 +56,8 @@ CREATE FUNCTION darb_create_environment(
     p_owner_id varchar, p_max_environments bigint, p_max_active_jobs bigint,
     p_environment_id varchar, p_name varchar, p_package_manager varchar, p_channels json,
     p_executor varchar, p_environment_status varchar,
-    p_job_id varchar, p_job_type varchar, p_job_status varchar, p_payload json
+    p_job_id varchar, p_job_type varchar, p_job_status varchar, p_payload json,
+    p_notify_channel text, p_notify_payload text
 ) RETURNS TABLE (
     o_environments bigint, o_active_jobs bigint, o_created boolean, o_created_at timestamptz
 )
@@ -90,6 +87,7 @@ BEGIN
                           error, cancel_requested, created_at)
             VALUES (p_job_id, p_environment_id, p_owner_id, p_owner_id, p_job_type,
                     p_job_status, p_payload, '', false, o_created_at);
+        PERFORM pg_notify(p_notify_channel, p_notify_payload);
     END IF;
     RETURN NEXT;
 END
