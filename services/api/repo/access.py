@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import ColumnElement, Select, func, or_, select
+from sqlalchemy import ColumnElement, CompoundSelect, Select, func, or_, select, union_all
 from sqlalchemy.orm import Session
 
 from services.api.repo.models import (
@@ -76,10 +76,25 @@ def visible_members(user_id: Any) -> Select[tuple[str, int]]:
     )
 
 
+def memberships(user_id: Any) -> CompoundSelect[tuple[str, int]]:
+    """The rows of ``visible_members`` as a query that reads only them: one index scan
+    each for the user's own, their groups' and everyone's, joined by UNION ALL (a
+    membership names one of the three). The OR of ``visible_members`` suits a lookup on
+    one environment, whose key bounds it; over all of a user's, PostgreSQL can only run
+    it as a scan of every membership of every user."""
+    columns = (EnvironmentMember.environment_id, EnvironmentMember.role)
+    groups = select(GroupMember.group_id).where(GroupMember.user_id == user_id)
+    return union_all(
+        select(*columns).where(EnvironmentMember.user_id == user_id),
+        select(*columns).where(EnvironmentMember.group_id.in_(groups.scalar_subquery())),
+        select(*columns).where(EnvironmentMember.member_key == EVERYONE_KEY),
+    )
+
+
 def visible(user_id: Any) -> Select[tuple[str, int]]:
     """(environment_id, role) of every environment the user has a role on: the highest
     of its memberships'."""
-    members = visible_members(user_id).subquery()
+    members = memberships(user_id).subquery()
     return select(members.c.environment_id, func.max(members.c.role).label("role")).group_by(
         members.c.environment_id
     )

@@ -145,7 +145,7 @@ MANY_MEMBERSHIPS = 1000
 
 
 def _sees_many(session: Session, caller: User) -> bool:
-    memberships = access.visible_members(caller.id).limit(MANY_MEMBERSHIPS).subquery()
+    memberships = access.memberships(caller.id).limit(MANY_MEMBERSHIPS).subquery()
     return (session.scalar(select(func.count()).select_from(memberships)) or 0) >= MANY_MEMBERSHIPS
 
 

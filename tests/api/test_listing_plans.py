@@ -1,0 +1,139 @@
+"""Listing what a user may see reads that user's memberships by their indexes, not every
+membership of every user: with 20,000 memberships of someone else in the table, the
+plans of ListEnvironments' and ListJobs' queries for a user with a few shares hold no
+sequential scan of ``environment_members``. (An OR of "the user's own, their groups',
+everyone's" over the whole table could only be run as such a scan.)
+
+The statements are the repo functions' own, caught as SQLAlchemy sends them, and
+explained with their parameters."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import psycopg
+import pytest
+from sqlalchemy import create_engine, event
+from sqlalchemy.orm import Session
+
+from services.api.repo import environments, jobs
+from services.api.repo.models import User
+from testkit.postgres import fresh_database, libpq_url
+from testkit.schema import migrate_url
+
+OTHERS = 20_000
+SCAN = "Seq Scan on environment_members"
+
+
+def _user(conn: psycopg.Connection) -> str:
+    user_id = str(uuid.uuid4())
+    conn.execute(
+        "INSERT INTO users (id, username, password_hash, is_admin, created_at, disabled)"
+        " VALUES (%s, %s, '!', false, now(), false)",
+        (user_id, f"u{uuid.uuid4().hex[:12]}"),
+    )
+    return user_id
+
+
+def _environments(conn: psycopg.Connection, owner: str, count: int) -> None:
+    """``count`` environments of ``owner``, each with the owner's membership."""
+    conn.execute(
+        "INSERT INTO environments (id, owner_id, name, package_manager, channels, executor,"
+        " status, error, manifest, lockfile, created_at, updated_at)"
+        " SELECT gen_random_uuid()::text, %s, 'env-' || n, 'pixi', '[]', 'a', 'READY', '',"
+        " '', '', now(), now() FROM generate_series(1, %s) AS n",
+        (owner, count),
+    )
+    conn.execute(
+        "INSERT INTO environment_members (environment_id, member_key, user_id, role)"
+        " SELECT id, 'user:' || owner_id, owner_id, 3 FROM environments WHERE owner_id = %s",
+        (owner,),
+    )
+
+
+def _share(conn: psycopg.Connection, owner: str, caller: str) -> None:
+    """Two of ``owner``'s environments for ``caller``: one directly, one through a group."""
+    group = str(uuid.uuid4())
+    conn.execute(
+        "INSERT INTO groups (id, name, created_by, created_at) VALUES (%s, %s, %s, now())",
+        (group, f"g{group[:8]}", owner),
+    )
+    conn.execute("INSERT INTO group_members (group_id, user_id) VALUES (%s, %s)", (group, caller))
+    conn.execute(
+        "INSERT INTO environment_members (environment_id, member_key, user_id, role)"
+        " SELECT id, 'user:' || %s, %s, 1 FROM environments WHERE name = 'env-1'",
+        (caller, caller),
+    )
+    conn.execute(
+        "INSERT INTO environment_members (environment_id, member_key, group_id, role)"
+        " SELECT id, 'group:' || %s, %s, 2 FROM environments WHERE name = 'env-2'",
+        (group, group),
+    )
+
+
+@pytest.fixture(scope="module")
+def database() -> Iterator[tuple[str, str]]:
+    """The database's URL and the id of a user with two shares among 20,000 others'."""
+    with fresh_database() as url:
+        migrate_url(url)
+        with psycopg.connect(libpq_url(url), autocommit=True) as conn:
+            owner, caller = _user(conn), _user(conn)
+            _environments(conn, owner, OTHERS)
+            _share(conn, owner, caller)
+            conn.execute("ANALYZE")
+        yield url, caller
+
+
+def _explained(url: str, read: Any) -> tuple[Any, list[str]]:
+    """What ``read(session)`` returns, and the plan of each statement it sent that reads
+    the memberships."""
+    engine = create_engine(url)
+    sent: list[tuple[str, Any]] = []
+    event.listen(
+        engine,
+        "before_cursor_execute",
+        lambda _c, _cur, statement, parameters, _ctx, _many: sent.append((statement, parameters)),
+    )
+    with Session(engine) as session:
+        result = read(session)
+        plans = []
+        for statement, parameters in list(sent):
+            if "environment_members" in statement:
+                rows = session.connection().exec_driver_sql("EXPLAIN " + statement, parameters)
+                plans.append("\n".join(row[0] for row in rows))
+    engine.dispose()
+    return result, plans
+
+
+def test_listing_environments_reads_only_the_callers_memberships(
+    database: tuple[str, str],
+) -> None:
+    url, caller_id = database
+
+    def read(session: Session) -> list[Any]:
+        caller = session.get(User, caller_id)
+        assert caller is not None
+        return environments.page(session, caller, [], ("", ""), 51)
+
+    rows, plans = _explained(url, read)
+    assert [(row.name, row.role) for row in rows] == [("env-1", 1), ("env-2", 2)]
+    assert plans, "no statement read the memberships"
+    for plan in plans:
+        assert SCAN not in plan, plan
+
+
+def test_listing_jobs_reads_only_the_callers_memberships(database: tuple[str, str]) -> None:
+    url, caller_id = database
+
+    def read(session: Session) -> list[Any]:
+        caller = session.get(User, caller_id)
+        assert caller is not None
+        return jobs.page(session, caller, None, None, 51)
+
+    found, plans = _explained(url, read)
+    assert found == []  # nobody ran a job; the plan is the point
+    assert plans, "no statement read the memberships"
+    for plan in plans:
+        assert SCAN not in plan, plan
