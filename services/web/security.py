@@ -40,6 +40,9 @@ SECURITY_HEADERS = {
     "X-Frame-Options": "DENY",
     "Cross-Origin-Opener-Policy": "same-origin",
 }
+# Sent only where the browser reached the web UI over HTTPS (browsers ignore it over
+# plain HTTP anyway): for a year, on this host alone (the web UI knows no other).
+STRICT_TRANSPORT_SECURITY = "max-age=31536000"
 SAFE_METHODS = {"GET", "HEAD", "OPTIONS"}
 SECURE_COOKIES: web.AppKey[bool] = web.AppKey("secure_cookies", bool)
 
@@ -82,8 +85,11 @@ def clear_cookie(response: web.StreamResponse, name: str) -> None:
 
 async def add_security_headers(request: web.Request, response: web.StreamResponse) -> None:
     """Every response, errors and the event stream included, carries the CSP and its
-    companions (an ``on_response_prepare`` signal handler)."""
+    companions, and under HTTPS the HSTS header (an ``on_response_prepare`` signal
+    handler)."""
     response.headers.update(SECURITY_HEADERS)
+    if secure_cookies(request):  # HTTPS, served here or ended by a proxy in front
+        response.headers["Strict-Transport-Security"] = STRICT_TRANSPORT_SECURITY
 
 
 async def check_csrf(request: web.Request) -> bool:

@@ -1,6 +1,7 @@
 """The session cookies' flags: ``Secure`` when the web UI serves HTTPS itself, and when
 ``DARB_WEB_SECURE_COOKIES=1`` says a proxy in front of its plain HTTP ends TLS; without
-either, over plain HTTP, not (a browser would not send them back)."""
+either, over plain HTTP, not (a browser would not send them back). The same two cases,
+and only they, send ``Strict-Transport-Security``."""
 
 from __future__ import annotations
 
@@ -16,12 +17,16 @@ from testkit.control_plane import ADMIN_PASSWORD
 from testkit.web import NoRedirect, start_web
 from tests.web.conftest import Stack
 
+HSTS = "Strict-Transport-Security"
+
 
 def _sign_in_cookies(url: str, *handlers: urllib.request.BaseHandler) -> tuple[str, str]:
-    """Signs in as the admin: the pre-session and the session ``Set-Cookie`` headers."""
+    """Signs in as the admin: the pre-session and the session ``Set-Cookie`` headers.
+    Every answer on the way carries HSTS exactly when the cookies must be secure."""
     with urllib.request.build_opener(*handlers).open(f"{url}/login") as response:
         html = response.read().decode()
         presession = response.headers["Set-Cookie"]
+        hsts = response.headers.get(HSTS)
     assert presession.startswith("darb_presession="), presession
     match = re.search(r'name="csrf" value="([0-9a-f]+)"', html)
     assert match is not None
@@ -37,8 +42,11 @@ def _sign_in_cookies(url: str, *handlers: urllib.request.BaseHandler) -> tuple[s
         raise AssertionError("expected the redirect that follows a sign-in")
     except urllib.error.HTTPError as exc:
         assert exc.code == 302
+        assert exc.headers.get(HSTS) == hsts, (exc.headers.get(HSTS), hsts)
         cookies = exc.headers.get_all("Set-Cookie") or []
-    return presession, next(cookie for cookie in cookies if cookie.startswith("darb_session="))
+    session = next(cookie for cookie in cookies if cookie.startswith("darb_session="))
+    assert (hsts == "max-age=31536000") == ("secure" in _flags(session)), (hsts, session)
+    return presession, session
 
 
 def _flags(cookie: str) -> set[str]:
