@@ -7,8 +7,26 @@ an ``InvalidArgument`` also the request field the server says it refuses (``fiel
 from __future__ import annotations
 
 import grpc
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
 
-from shared.errors import refused_field
+
+def refused_field(error: grpc.RpcError) -> str:
+    """The path of the request field a failed call's google.rpc.BadRequest names (its
+    first FieldViolation, AIP-193; "" for none), read with grpc_status from the status
+    details (the ``grpc-status-details-bin`` trailer) of a blocking call's error or a
+    ``grpc.aio.AioRpcError``."""
+    if not callable(getattr(error, "trailing_metadata", None)):
+        return ""  # an RpcError that is no call: no status to read
+    try:
+        status = rpc_status.from_call(error)
+    except ValueError:  # details that do not match the call's own code and message
+        return ""
+    for detail in status.details if status is not None else ():
+        bad_request = error_details_pb2.BadRequest()
+        if detail.Unpack(bad_request) and bad_request.field_violations:
+            return str(bad_request.field_violations[0].field)
+    return ""
 
 
 class DarbError(Exception):

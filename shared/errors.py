@@ -2,7 +2,7 @@
 code it maps to and a message that is safe to show the caller. Each service maps them
 to a status in one place (``services/api/handlers/rpc.py``,
 ``services/executor/errors.py``); anything else is an internal error, logged there.
-``refused_field`` reads, on the clients' side, the field a refusal names."""
+Clients read the field a refusal names with ``darb.errors.refused_field``."""
 
 from __future__ import annotations
 
@@ -10,8 +10,6 @@ import contextlib
 from collections.abc import Iterator
 
 import grpc
-from google.rpc import error_details_pb2
-from grpc_status import rpc_status
 
 
 class ServiceError(Exception):
@@ -42,24 +40,6 @@ def refusing(field: str) -> Iterator[None]:
     except InvalidArgument as exc:
         exc.field = exc.field or field
         raise
-
-
-def refused_field(error: grpc.RpcError) -> str:
-    """The path of the request field a failed call's google.rpc.BadRequest names (its
-    first FieldViolation, AIP-193; "" for none), read with grpc_status from the status
-    details (the ``grpc-status-details-bin`` trailer) of a blocking call's error or a
-    ``grpc.aio.AioRpcError``."""
-    if not callable(getattr(error, "trailing_metadata", None)):
-        return ""  # an RpcError that is no call: no status to read
-    try:
-        status = rpc_status.from_call(error)
-    except ValueError:  # details that do not match the call's own code and message
-        return ""
-    for detail in status.details if status is not None else ():
-        bad_request = error_details_pb2.BadRequest()
-        if detail.Unpack(bad_request) and bad_request.field_violations:
-            return str(bad_request.field_violations[0].field)
-    return ""
 
 
 class NotFound(ServiceError):

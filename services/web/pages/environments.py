@@ -14,6 +14,7 @@ import grpc
 import grpc.aio
 from aiohttp import web
 
+from darb.errors import refused_field
 from darb.v1 import common_pb2, environments_pb2, jobs_pb2
 from services.web.api import describe
 from services.web.pages.common import (
@@ -29,7 +30,6 @@ from services.web.pages.common import (
     optional,
     render,
 )
-from shared.errors import refused_field
 from shared.manifests import parse_manifest
 from shared.roles import PERMISSIONS, held
 
