@@ -2,13 +2,16 @@
 membership of every user: with 20,000 memberships of someone else in the table, the
 plans of ListEnvironments' and ListJobs' queries for a user with a few shares hold no
 sequential scan of ``environment_members``. (An OR of "the user's own, their groups',
-everyone's" over the whole table could only be run as such a scan.)
+everyone's" over the whole table could only be run as such a scan.) An admin's
+``shared = true`` listing (admins may view every environment) starts from the admin's
+memberships too, instead of walking all 20,000 environments to test each.
 
 The statements are the repo functions' own, caught as SQLAlchemy sends them, and
 explained with their parameters."""
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -18,6 +21,7 @@ import pytest
 from sqlalchemy import create_engine, event
 from sqlalchemy.orm import Session
 
+from services.api import filters
 from services.api.repo import environments, jobs
 from services.api.repo.models import User
 from testkit.postgres import fresh_database, libpq_url
@@ -74,19 +78,22 @@ def _share(conn: psycopg.Connection, owner: str, caller: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def database() -> Iterator[tuple[str, str]]:
-    """The database's URL and the id of a user with two shares among 20,000 others'."""
+def database() -> Iterator[tuple[str, str, str]]:
+    """The database's URL, and the ids of a user and of an admin, each with two shares
+    among 20,000 others'."""
     with fresh_database() as url:
         migrate_url(url)
         with psycopg.connect(libpq_url(url), autocommit=True) as conn:
-            owner, caller = _user(conn), _user(conn)
+            owner, caller, admin = _user(conn), _user(conn), _user(conn)
+            conn.execute("UPDATE users SET is_admin = true WHERE id = %s", (admin,))
             _environments(conn, owner, OTHERS)
             _share(conn, owner, caller)
+            _share(conn, owner, admin)
             conn.execute("ANALYZE")
-        yield url, caller
+        yield url, caller, admin
 
 
-def _explained(url: str, read: Any) -> tuple[Any, list[str]]:
+def _explained(url: str, read: Any, explain: str = "EXPLAIN") -> tuple[Any, list[str]]:
     """What ``read(session)`` returns, and the plan of each statement it sent that reads
     the memberships."""
     engine = create_engine(url)
@@ -101,16 +108,16 @@ def _explained(url: str, read: Any) -> tuple[Any, list[str]]:
         plans = []
         for statement, parameters in list(sent):
             if "environment_members" in statement:
-                rows = session.connection().exec_driver_sql("EXPLAIN " + statement, parameters)
+                rows = session.connection().exec_driver_sql(f"{explain} {statement}", parameters)
                 plans.append("\n".join(row[0] for row in rows))
     engine.dispose()
     return result, plans
 
 
 def test_listing_environments_reads_only_the_callers_memberships(
-    database: tuple[str, str],
+    database: tuple[str, str, str],
 ) -> None:
-    url, caller_id = database
+    url, caller_id, _ = database
 
     def read(session: Session) -> list[Any]:
         caller = session.get(User, caller_id)
@@ -124,8 +131,10 @@ def test_listing_environments_reads_only_the_callers_memberships(
         assert SCAN not in plan, plan
 
 
-def test_listing_jobs_reads_only_the_callers_memberships(database: tuple[str, str]) -> None:
-    url, caller_id = database
+def test_listing_jobs_reads_only_the_callers_memberships(
+    database: tuple[str, str, str],
+) -> None:
+    url, caller_id, _ = database
 
     def read(session: Session) -> list[Any]:
         caller = session.get(User, caller_id)
@@ -137,3 +146,22 @@ def test_listing_jobs_reads_only_the_callers_memberships(database: tuple[str, st
     assert plans, "no statement read the memberships"
     for plan in plans:
         assert SCAN not in plan, plan
+
+
+def test_an_admins_shared_listing_reads_only_the_shared_environments(
+    database: tuple[str, str, str],
+) -> None:
+    url, _, admin_id = database
+
+    def read(session: Session) -> list[Any]:
+        admin = session.get(User, admin_id)
+        assert admin is not None
+        return environments.page(session, admin, filters.parse("shared = true"), ("", ""), 51)
+
+    rows, [plan] = _explained(url, read, "EXPLAIN (ANALYZE)")
+    assert [(row.name, row.role) for row in rows] == [("env-1", 3), ("env-2", 3)]
+    read_rows = [
+        float(rows) * int(loops)
+        for rows, loops in re.findall(r" on environments .*rows=([\d.]+) loops=(\d+)", plan)
+    ]
+    assert read_rows and sum(read_rows) <= 2, plan

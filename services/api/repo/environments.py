@@ -25,7 +25,6 @@ from services.api.records import PackageRow
 from services.api.repo import access
 from services.api.repo.models import (
     Environment,
-    EnvironmentMember,
     EnvironmentStatus,
     InstalledPackage,
     Role,
@@ -109,10 +108,10 @@ def _like(value: str) -> str:
 def _shared_with(caller: User) -> ColumnElement[bool]:
     """Someone else's environment that a membership gives the caller a role on (an
     admin's role on every environment is not a share)."""
-    granted = access.visible_members(caller.id).where(
-        EnvironmentMember.environment_id == Environment.id
+    granted = access.memberships(caller.id).subquery()
+    return and_(
+        Environment.owner_id != caller.id, Environment.id.in_(select(granted.c.environment_id))
     )
-    return and_(Environment.owner_id != caller.id, granted.exists())
 
 
 def _restrict(
