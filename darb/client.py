@@ -504,9 +504,10 @@ class Jobs:
         self._client = client
         self._stub = stub
 
-    def get(self, job_id: str) -> Job:
-        """The job with its whole log so far."""
-        request = jobs_pb2.GetJobRequest(id=job_id)
+    def get(self, job_id: str, logs: bool = True) -> Job:
+        """The job with its whole log so far (``logs=False``: without it, ``logs`` "")."""
+        view = jobs_pb2.JOB_VIEW_FULL if logs else jobs_pb2.JOB_VIEW_BASIC
+        request = jobs_pb2.GetJobRequest(id=job_id, view=view)
         return Job.from_proto(self._client._call(self._stub.GetJob, request).job)
 
     def list(self, environment_id: str | None = None, page_size: int = 0) -> Iterator[Job]:

@@ -112,6 +112,7 @@ def routes() -> list[web.AbstractRouteDef]:
         web.get("/jobs", jobs.jobs_page),
         web.get("/jobs/{job_id}", jobs.job_page),
         web.get("/jobs/{job_id}/events", jobs.job_events),
+        web.get("/jobs/{job_id}/log", jobs.job_log),
         web.post("/jobs/{job_id}/cancel", jobs.cancel_job),
         web.get("/admin/users", users.users_page),
         web.post("/admin/users", users.create_user),

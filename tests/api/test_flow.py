@@ -5,8 +5,9 @@ from __future__ import annotations
 import grpc
 import pytest
 
-from darb.v1 import common_pb2, environments_pb2
-from testkit.control_plane import ApiProcess
+from darb.errors import refused_field
+from darb.v1 import common_pb2, environments_pb2, jobs_pb2
+from testkit.control_plane import ApiProcess, Client
 
 
 def test_create_install_remove_export_delete(api: ApiProcess) -> None:
@@ -19,6 +20,7 @@ def test_create_install_remove_export_delete(api: ApiProcess) -> None:
     job = client.wait(created.job.id)
     assert job.status == common_pb2.JOB_STATUS_COMPLETED, job.error
     assert job.logs and job.started_at.seconds and job.completed_at.seconds
+    _views_of(client, job)
     assert client.get_env(env_id).status == common_pb2.ENVIRONMENT_STATUS_READY
     assert client.packages(env_id) == {"acme-core": "1.0"}
 
@@ -42,3 +44,22 @@ def test_create_install_remove_export_delete(api: ApiProcess) -> None:
     with pytest.raises(grpc.RpcError) as info:
         client.get_env(env_id)
     assert info.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+def _views_of(client: Client, job: common_pb2.Job) -> None:
+    """GetJob's views: FULL (and UNSPECIFIED, the default) with the log, BASIC the same
+    job without it; an unknown view is refused, naming the field."""
+
+    def get(view: int) -> common_pb2.Job:
+        request = jobs_pb2.GetJobRequest(id=job.id, view=view)
+        return client.call(client.jobs.GetJob, request).job
+
+    assert get(jobs_pb2.JOB_VIEW_FULL) == job == get(jobs_pb2.JOB_VIEW_UNSPECIFIED)
+    basic = get(jobs_pb2.JOB_VIEW_BASIC)
+    assert basic.logs == ""
+    basic.logs = job.logs
+    assert basic == job
+    with pytest.raises(grpc.RpcError) as refused:
+        get(7)
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert refused_field(refused.value) == "view"

@@ -141,6 +141,8 @@ def test_watch_yields_status_changes_and_each_line_once(client: darb.Client) -> 
     assert statuses[-1] == darb.JobStatus.COMPLETED and len(set(statuses)) == len(statuses)
     assert [line.seq for line in lines] == list(range(1, len(lines) + 1))
     assert "\n".join(line.text for line in lines) == client.jobs.get(job.id).logs.rstrip("\n")
+    basic = client.jobs.get(job.id, logs=False)
+    assert basic.logs == "" and (basic.id, basic.status) == (job.id, darb.JobStatus.COMPLETED)
 
     resumed = list(client.jobs.watch(job.id, after_seq=2))
     assert resumed[-1] == events[-1]

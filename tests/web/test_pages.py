@@ -368,6 +368,28 @@ def test_a_log_line_of_html_shows_as_text(signed_in: WebDriver, stack: Stack, us
         raise AssertionError(f"the log line ran as HTML: alert {alert.text!r}")
     except NoAlertPresentException:
         pass
+    _log_as_text(chrome, stack, created.job.id)
+
+
+def _log_as_text(chrome: WebDriver, stack: Stack, job_id: str) -> None:
+    """The job page holds no log (its script streams it); the whole log is at
+    ``/jobs/<id>/log``, as plain text the browser must not sniff, for a browser
+    without scripts (the page's noscript links it)."""
+    session = chrome.get_cookie("darb_session")
+    assert session is not None
+    cookie = {"Cookie": f"darb_session={session['value']}"}
+    with urllib.request.urlopen(
+        urllib.request.Request(f"{stack.url}/jobs/{job_id}", headers=cookie)
+    ) as page:
+        html = page.read().decode()
+    assert "filler 199" not in html and f'href="/jobs/{job_id}/log"' in html
+    with urllib.request.urlopen(
+        urllib.request.Request(f"{stack.url}/jobs/{job_id}/log", headers=cookie)
+    ) as log:
+        assert log.headers["Content-Type"] == "text/plain; charset=utf-8"
+        assert log.headers["X-Content-Type-Options"] == "nosniff"
+        text = log.read().decode()
+    assert "filler 199\n" in text and text.rstrip("\n").endswith(XSS)
 
 
 def test_security_headers_and_a_post_without_csrf_is_refused(

@@ -35,9 +35,16 @@ EVENT_CHARS = 512 * 1024
 CACHED_BATCHES = 32
 
 
-def _with_logs(session: Session, caller: User, job_id: str) -> tuple[Job, str]:
+def _with_logs(session: Session, caller: User, job_id: str, logs: bool) -> tuple[Job, str]:
     job = jobs.get_visible(session, caller, job_id)
-    return job, log_lines.log_text(session, job_id)
+    return job, log_lines.log_text(session, job_id) if logs else ""
+
+
+def _wants_logs(view: int) -> bool:
+    """Whether a GetJob of this view returns the log (UNSPECIFIED: FULL)."""
+    if view not in pb.JobView.values():
+        raise InvalidArgument(f"unknown view {view}; use JOB_VIEW_BASIC or JOB_VIEW_FULL", "view")
+    return view != pb.JOB_VIEW_BASIC
 
 
 def _snapshot(session: Session, job_id: str, after_seq: int) -> tuple[Job, list[LineRow]]:
@@ -98,8 +105,9 @@ class JobService(pb_grpc.JobServiceServicer):
 
     @unary()
     async def GetJob(self, request: pb.GetJobRequest, caller: User) -> pb.GetJobResponse:
-        job, logs = await self.state.db.run(_with_logs, caller, parse_id(request.id, "id"))
-        return pb.GetJobResponse(job=job_progress.fill(convert.job(job, logs), job.progress))
+        job_id, logs = parse_id(request.id, "id"), _wants_logs(request.view)
+        job, text = await self.state.db.run(_with_logs, caller, job_id, logs)
+        return pb.GetJobResponse(job=job_progress.fill(convert.job(job, text), job.progress))
 
     @unary()
     async def ListJobs(self, request: pb.ListJobsRequest, caller: User) -> pb.ListJobsResponse:

@@ -91,7 +91,8 @@ async def environment_names(request: web.Request) -> dict[str, str]:
 async def job_page(request: web.Request) -> web.Response:
     await current_user(request)
     job_id = request.match_info["job_id"]
-    job = (await call(request, api(request).jobs.GetJob, jobs_pb2.GetJobRequest(id=job_id))).job
+    message = jobs_pb2.GetJobRequest(id=job_id, view=jobs_pb2.JOB_VIEW_BASIC)  # the log: SSE
+    job = (await call(request, api(request).jobs.GetJob, message)).job
     env, allowed = await _environment_of(request, job)
     return render(
         request,
@@ -103,6 +104,14 @@ async def job_page(request: web.Request) -> web.Response:
         terminal=job.status in TERMINAL_JOBS,
         error=request.query.get("error", ""),
     )
+
+
+async def job_log(request: web.Request) -> web.Response:
+    """The job's whole log as plain text (for a browser without scripts, or to save)."""
+    await current_user(request)
+    message = jobs_pb2.GetJobRequest(id=request.match_info["job_id"], view=jobs_pb2.JOB_VIEW_FULL)
+    job = (await call(request, api(request).jobs.GetJob, message)).job
+    return web.Response(text=job.logs, content_type="text/plain", charset="utf-8")
 
 
 async def _environment_of(
