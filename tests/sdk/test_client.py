@@ -10,8 +10,8 @@ import darb
 from darb import errors
 from testkit.certs import CertAuthority
 from testkit.control_plane import ADMIN_PASSWORD, ApiProcess
+from testkit.proxy import Proxy
 from tests.sdk.conftest import Account
-from tests.sdk.proxy import Proxy
 
 
 def test_environment_and_package_flow(client: darb.Client) -> None:

@@ -122,5 +122,5 @@ def test_an_unreachable_control_plane_is_a_readable_503() -> None:
         status, stream = _page(settings, f"/jobs/{uuid.uuid4()}/events", "a-session-token")
         assert status == 200
         assert stream.endswith(
-            'event: failure\ndata: {"message": "Please try again in a moment."}\n\n'
+            'event: failure\ndata: {"message": "Please try again in a moment.", "retry": true}\n\n'
         ), stream

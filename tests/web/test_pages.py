@@ -9,6 +9,7 @@ import urllib.request
 import uuid
 from datetime import UTC
 from email.message import Message
+from pathlib import Path
 
 import grpc
 import psycopg
@@ -23,6 +24,8 @@ from darb.v1 import common_pb2, environments_pb2, users_pb2
 from testkit import browser
 from testkit.control_plane import Client
 from testkit.postgres import libpq_url
+from testkit.proxy import Proxy
+from testkit.web import start_web
 from tests.web.conftest import PASSWORD, Stack, csp_violations
 
 XSS = "<img src=x onerror=alert(1)>"
@@ -207,6 +210,39 @@ def test_the_log_follows_a_running_job_until_scrolled_up(
     assert _at_end(chrome, log)
     assert _job_status(chrome) == "running"  # the lines above arrived while it ran
     _wait_job_done(chrome)
+
+
+def test_the_live_log_resumes_when_the_control_plane_connection_drops(
+    signed_in: WebDriver,
+    stack: Stack,
+    user: Client,
+    chatty_channel: tuple[str, str, str],
+    tmp_path: Path,
+) -> None:
+    """A web process whose connection to the control plane breaks while a job runs (a
+    TCP proxy between them drops it, as a network failure would): the page says it is
+    reconnecting, the browser reconnects, and the log goes on after the last line it got,
+    to the job's end: every line once and in order."""
+    chrome = signed_in  # the session cookie is the host's, whatever the port
+    channel, package, _ = chatty_channel
+    created = user.create(_name("drop"), [package], [channel])
+    with Proxy(stack.api.addr) as proxy:
+        web = start_web(f"127.0.0.1:{proxy.port}", tmp_path / "web.log")
+        try:
+            chrome.get(f"{web.url}/jobs/{created.job.id}")
+            browser.wait_for(chrome, lambda c: len(_log_lines(c)) > 0)
+            assert _job_status(chrome) == "running"
+            proxy.drop()
+            job = chrome.find_element(By.ID, "job")
+            browser.wait_for(chrome, lambda _: job.get_attribute("data-reconnects"))
+            _wait_job_done(chrome)
+        finally:
+            web.stop()
+    seqs = chrome.execute_script(
+        "return Array.from(document.querySelectorAll('#log .line'), l => Number(l.dataset.seq))"
+    )
+    assert seqs == list(range(1, len(seqs) + 1))
+    assert _log_lines(chrome) == user.get_job(created.job.id).logs.splitlines()
 
 
 def test_install_and_remove_packages(signed_in: WebDriver, stack: Stack, user: Client) -> None:

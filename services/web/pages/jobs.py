@@ -175,7 +175,9 @@ def sse(event: str, data: Any, event_id: int | None = None) -> bytes:
 async def job_events(request: web.Request) -> web.StreamResponse:
     """The job as Server-Sent Events, from ``WatchJob``: ``job`` on each status change,
     ``lines`` (id = the last seq, so a reconnect resumes after it), ``progress``, then
-    ``end``; ``failure`` carries a readable message if the watch cannot go on."""
+    ``end``; ``failure`` carries a readable message if the watch cannot go on, and
+    ``retry`` when it may go on later (the control plane was unavailable): the page then
+    lets the browser reconnect, which resumes after the last line it got."""
     if not token(request):
         raise web.HTTPUnauthorized()
     job_id = request.match_info["job_id"]
@@ -195,7 +197,8 @@ async def job_events(request: web.Request) -> web.StreamResponse:
             await response.write(chunk)
         await response.write(sse("end", {}))
     except grpc.aio.AioRpcError as exc:
-        await response.write(sse("failure", {"message": readable(exc)}))
+        retry = exc.code() == grpc.StatusCode.UNAVAILABLE
+        await response.write(sse("failure", {"message": readable(exc), "retry": retry}))
     finally:
         stream.cancel()
     return response

@@ -119,8 +119,14 @@
       root.dataset.stream = "ended";
     });
     source.addEventListener("failure", function (event) {
+      var failure = JSON.parse(event.data);
+      if (failure.retry) {  // the stream ends; the browser reconnects after the last line
+        state.textContent = "reconnecting…";
+        root.dataset.reconnects = String(Number(root.dataset.reconnects || 0) + 1);
+        return;
+      }
       source.close();
-      state.textContent = JSON.parse(event.data).message;
+      state.textContent = failure.message;
       root.dataset.stream = "failed";
     });
     source.addEventListener("error", function () {
