@@ -26,6 +26,8 @@ PASSED_ON = (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.NOT_FOUND)
 
 # A form's page shown again after a refusal, given the reason and the HTTP status.
 Page = Callable[[web.Request, str, int], Awaitable[web.Response]]
+# The same, given the refusal itself (to read more of it, such as the field it names).
+Again = Callable[[web.Request, grpc.aio.AioRpcError], Awaitable[web.Response]]
 
 
 def api(request: web.Request) -> Api:
@@ -138,16 +140,26 @@ async def call_or_back(
         raise back_with(back, readable(exc)) from None
 
 
+def refusal(exc: grpc.aio.AioRpcError) -> tuple[str, int]:
+    """What a refused form shows: the reason, and the HTTP status of its page."""
+    status, title, details = describe(exc)
+    return details or title, status
+
+
+def with_reason(page: Page) -> Again:
+    """``page`` shown again with the refusal's reason and HTTP status."""
+    return lambda request, exc: page(request, *refusal(exc))
+
+
 async def submit_form(
-    request: web.Request, method: Any, message: Any, again: Page, done: Callable[[Any], str]
+    request: web.Request, method: Any, message: Any, again: Again, done: Callable[[Any], str]
 ) -> web.Response:
     """Sends a form's request; then goes to ``done`` of the answer, or on refusal shows
-    the form's page ``again`` with the reason and its HTTP status."""
+    the form's page ``again`` (see ``with_reason``)."""
     try:
         response = await call(request, method, message)
     except grpc.aio.AioRpcError as exc:
         if exc.code() == grpc.StatusCode.UNAUTHENTICATED:
             raise
-        status, title, details = describe(exc)
-        return await again(request, details or title, status)
+        return await again(request, exc)
     raise web.HTTPFound(done(response))

@@ -16,7 +16,6 @@ from aiohttp import web
 
 from darb.errors import refused_field
 from darb.v1 import common_pb2, environments_pb2, jobs_pb2
-from services.web.api import describe
 from services.web.pages.common import (
     PAGE_SIZE,
     api,
@@ -28,7 +27,9 @@ from services.web.pages.common import (
     items_of,
     lines_of,
     optional,
+    refusal,
     render,
+    submit_form,
 )
 from shared.manifests import parse_manifest
 from shared.roles import PERMISSIONS, held
@@ -179,22 +180,20 @@ async def create_environment(request: web.Request) -> web.Response:
     if isinstance(lock, web.FileField) and lock.filename:
         message.lockfile = lock.file.read().decode("utf-8", errors="replace")
 
-    try:
-        response = await call(request, api(request).envs.CreateEnvironment, message)
-    except grpc.aio.AioRpcError as exc:
-        if exc.code() == grpc.StatusCode.UNAUTHENTICATED:
-            raise
-        status, title, details = describe(exc)
+    async def again(request: web.Request, exc: grpc.aio.AioRpcError) -> web.Response:
+        text, status = refusal(exc)
         return render(
             request,
             "new_environment.html",
             status=status,
             nav="environments",
-            error=details or title,
+            error=text,
             error_field=form_input(exc),
             values=values,
         )
-    raise web.HTTPFound(job_url(response.job.id))
+
+    method = api(request).envs.CreateEnvironment
+    return await submit_form(request, method, message, again, lambda done: job_url(done.job.id))
 
 
 # --- An environment's page ---------------------------------------------------------------

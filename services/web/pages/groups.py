@@ -18,6 +18,7 @@ from services.web.pages.common import (
     form,
     render,
     submit_form,
+    with_reason,
 )
 
 
@@ -42,7 +43,7 @@ async def create_group(request: web.Request) -> web.Response:
     name = data.get("name", "").strip()
     message = groups_pb2.CreateGroupRequest(name=name)
     method, done = api(request).groups.CreateGroup, f"/groups/{quote(name)}"
-    return await submit_form(request, method, message, groups_page, lambda _: done)
+    return await submit_form(request, method, message, with_reason(groups_page), lambda _: done)
 
 
 async def group_page(request: web.Request) -> web.Response:

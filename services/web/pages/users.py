@@ -6,7 +6,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from darb.v1 import common_pb2, users_pb2
-from services.web.pages.common import admin, api, call, form, render, submit_form
+from services.web.pages.common import admin, api, call, form, render, submit_form, with_reason
 
 USERS = "/admin/users"
 
@@ -40,7 +40,7 @@ async def create_user(request: web.Request) -> web.Response:
         admin=data.get("admin") == "on",
     )
     method = api(request).users.CreateUser
-    return await submit_form(request, method, message, users_page, lambda _: USERS)
+    return await submit_form(request, method, message, with_reason(users_page), lambda _: USERS)
 
 
 async def update_user(request: web.Request) -> web.Response:
@@ -53,4 +53,4 @@ async def update_user(request: web.Request) -> web.Response:
     elif action in ("make-admin", "revoke-admin"):
         message.admin = action == "make-admin"
     method = api(request).users.UpdateUser
-    return await submit_form(request, method, message, users_page, lambda _: USERS)
+    return await submit_form(request, method, message, with_reason(users_page), lambda _: USERS)
