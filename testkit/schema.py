@@ -1,9 +1,13 @@
 """A database at the current schema, and rows made the way production makes them, for
-tests that use the repository layer without a control plane."""
+tests that use the repository layer without a control plane; ``bare_user`` for tests that
+fill tables straight with SQL."""
 
 from __future__ import annotations
 
 import asyncio
+import uuid
+
+import psycopg
 
 from services.api import payloads
 from services.api.database.db import Database
@@ -26,6 +30,17 @@ async def _migrate(url: str) -> None:
         await migrate(database)
     finally:
         await database.close()
+
+
+def bare_user(conn: psycopg.Connection, admin: bool = False) -> str:
+    """The id of a new user inserted with SQL (no password: nobody signs in as it)."""
+    user_id = str(uuid.uuid4())
+    conn.execute(
+        "INSERT INTO users (id, username, password_hash, is_admin, created_at, disabled)"
+        " VALUES (%s, %s, '!', %s, now(), false)",
+        (user_id, f"u{uuid.uuid4().hex[:12]}", admin),
+    )
+    return user_id
 
 
 async def new_user(database: Database, username: str) -> User:

@@ -13,19 +13,9 @@ import uuid
 import psycopg
 
 from testkit.postgres import fresh_database, libpq_url
-from testkit.schema import migrate_url
+from testkit.schema import bare_user, migrate_url
 
 COUNT = "FROM environments AS e"
-
-
-def _user(conn: psycopg.Connection) -> str:
-    user_id = str(uuid.uuid4())
-    conn.execute(
-        "INSERT INTO users (id, username, password_hash, is_admin, created_at, disabled)"
-        " VALUES (%s, %s, '!', false, now(), false)",
-        (user_id, f"u{uuid.uuid4().hex[:12]}"),
-    )
-    return user_id
 
 
 def _create(conn: psycopg.Connection, owner: str, name: str) -> None:
@@ -65,7 +55,7 @@ def test_the_quota_count_reads_the_owners_index_after_the_tables_grew() -> None:
     with fresh_database() as url:
         migrate_url(url)
         with psycopg.connect(libpq_url(url), autocommit=True) as conn:
-            owner, other = _user(conn), _user(conn)
+            owner, other = bare_user(conn), bare_user(conn)
             for n in range(10):  # past the 5 calls after which a generic plan may be cached
                 _create(conn, owner, f"small-{n}")
             _many_environments(conn, other, 5_000)  # no ANALYZE: nothing invalidates plans

@@ -25,20 +25,10 @@ from services.api import filters
 from services.api.repo import environments, jobs
 from services.api.repo.models import User
 from testkit.postgres import fresh_database, libpq_url
-from testkit.schema import migrate_url
+from testkit.schema import bare_user, migrate_url
 
 OTHERS = 20_000
 SCAN = "Seq Scan on environment_members"
-
-
-def _user(conn: psycopg.Connection) -> str:
-    user_id = str(uuid.uuid4())
-    conn.execute(
-        "INSERT INTO users (id, username, password_hash, is_admin, created_at, disabled)"
-        " VALUES (%s, %s, '!', false, now(), false)",
-        (user_id, f"u{uuid.uuid4().hex[:12]}"),
-    )
-    return user_id
 
 
 def _environments(conn: psycopg.Connection, owner: str, count: int) -> None:
@@ -84,8 +74,7 @@ def database() -> Iterator[tuple[str, str, str]]:
     with fresh_database() as url:
         migrate_url(url)
         with psycopg.connect(libpq_url(url), autocommit=True) as conn:
-            owner, caller, admin = _user(conn), _user(conn), _user(conn)
-            conn.execute("UPDATE users SET is_admin = true WHERE id = %s", (admin,))
+            owner, caller, admin = bare_user(conn), bare_user(conn), bare_user(conn, admin=True)
             _environments(conn, owner, OTHERS)
             _share(conn, owner, caller)
             _share(conn, owner, admin)
@@ -93,9 +82,11 @@ def database() -> Iterator[tuple[str, str, str]]:
         yield url, caller, admin
 
 
-def _explained(url: str, read: Any, explain: str = "EXPLAIN") -> tuple[Any, list[str]]:
-    """What ``read(session)`` returns, and the plan of each statement it sent that reads
-    the memberships."""
+def _explained(
+    url: str, user_id: str, listing: Any, explain: str = "EXPLAIN"
+) -> tuple[Any, list[str]]:
+    """What ``listing(session, user)`` returns, and the plan of each statement it sent
+    that reads the memberships."""
     engine = create_engine(url)
     sent: list[tuple[str, Any]] = []
     event.listen(
@@ -104,61 +95,46 @@ def _explained(url: str, read: Any, explain: str = "EXPLAIN") -> tuple[Any, list
         lambda _c, _cur, statement, parameters, _ctx, _many: sent.append((statement, parameters)),
     )
     with Session(engine) as session:
-        result = read(session)
+        user = session.get(User, user_id)
+        assert user is not None
+        sent.clear()
+        result = listing(session, user)
         plans = []
         for statement, parameters in list(sent):
             if "environment_members" in statement:
                 rows = session.connection().exec_driver_sql(f"{explain} {statement}", parameters)
                 plans.append("\n".join(row[0] for row in rows))
     engine.dispose()
+    assert plans, "no statement read the memberships"
     return result, plans
 
 
 def test_listing_environments_reads_only_the_callers_memberships(
     database: tuple[str, str, str],
 ) -> None:
-    url, caller_id, _ = database
-
-    def read(session: Session) -> list[Any]:
-        caller = session.get(User, caller_id)
-        assert caller is not None
-        return environments.page(session, caller, [], ("", ""), 51)
-
-    rows, plans = _explained(url, read)
+    url, caller, _ = database
+    rows, plans = _explained(url, caller, lambda s, u: environments.page(s, u, [], ("", ""), 51))
     assert [(row.name, row.role) for row in rows] == [("env-1", 1), ("env-2", 2)]
-    assert plans, "no statement read the memberships"
-    for plan in plans:
-        assert SCAN not in plan, plan
+    assert not [plan for plan in plans if SCAN in plan], plans
 
 
 def test_listing_jobs_reads_only_the_callers_memberships(
     database: tuple[str, str, str],
 ) -> None:
-    url, caller_id, _ = database
-
-    def read(session: Session) -> list[Any]:
-        caller = session.get(User, caller_id)
-        assert caller is not None
-        return jobs.page(session, caller, None, None, 51)
-
-    found, plans = _explained(url, read)
+    url, caller, _ = database
+    found, plans = _explained(url, caller, lambda s, u: jobs.page(s, u, None, None, 51))
     assert found == []  # nobody ran a job; the plan is the point
-    assert plans, "no statement read the memberships"
-    for plan in plans:
-        assert SCAN not in plan, plan
+    assert not [plan for plan in plans if SCAN in plan], plans
 
 
 def test_an_admins_shared_listing_reads_only_the_shared_environments(
     database: tuple[str, str, str],
 ) -> None:
-    url, _, admin_id = database
-
-    def read(session: Session) -> list[Any]:
-        admin = session.get(User, admin_id)
-        assert admin is not None
-        return environments.page(session, admin, filters.parse("shared = true"), ("", ""), 51)
-
-    rows, [plan] = _explained(url, read, "EXPLAIN (ANALYZE)")
+    url, _, admin = database
+    shared = filters.parse("shared = true")
+    rows, [plan] = _explained(
+        url, admin, lambda s, u: environments.page(s, u, shared, ("", ""), 51), "EXPLAIN (ANALYZE)"
+    )
     assert [(row.name, row.role) for row in rows] == [("env-1", 3), ("env-2", 3)]
     read_rows = [
         float(rows) * int(loops)
