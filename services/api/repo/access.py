@@ -63,32 +63,32 @@ def require(role: Role | None, need: Role, environment_id: str) -> Role:
     return role
 
 
+def _names_user(user_id: Any) -> tuple[ColumnElement[bool], ...]:
+    """The ways a membership names the user: as themself, as a group of theirs, as
+    everyone (a membership is one of the three)."""
+    groups = select(GroupMember.group_id).where(GroupMember.user_id == user_id)
+    return (
+        EnvironmentMember.user_id == user_id,
+        EnvironmentMember.group_id.in_(groups.scalar_subquery()),
+        EnvironmentMember.member_key == EVERYONE_KEY,
+    )
+
+
+_MEMBER_COLUMNS = (EnvironmentMember.environment_id, EnvironmentMember.role)
+
+
 def visible_members(user_id: Any) -> Select[tuple[str, int]]:
     """(environment_id, role) of every membership that names the user, a group of
     theirs, or everyone."""
-    groups = select(GroupMember.group_id).where(GroupMember.user_id == user_id)
-    return select(EnvironmentMember.environment_id, EnvironmentMember.role).where(
-        or_(
-            EnvironmentMember.user_id == user_id,
-            EnvironmentMember.group_id.in_(groups.scalar_subquery()),
-            EnvironmentMember.member_key == EVERYONE_KEY,
-        )
-    )
+    return select(*_MEMBER_COLUMNS).where(or_(*_names_user(user_id)))
 
 
 def memberships(user_id: Any) -> CompoundSelect[tuple[str, int]]:
     """The rows of ``visible_members`` as a query that reads only them: one index scan
-    each for the user's own, their groups' and everyone's, joined by UNION ALL (a
-    membership names one of the three). The OR of ``visible_members`` suits a lookup on
-    one environment, whose key bounds it; over all of a user's, PostgreSQL can only run
-    it as a scan of every membership of every user."""
-    columns = (EnvironmentMember.environment_id, EnvironmentMember.role)
-    groups = select(GroupMember.group_id).where(GroupMember.user_id == user_id)
-    return union_all(
-        select(*columns).where(EnvironmentMember.user_id == user_id),
-        select(*columns).where(EnvironmentMember.group_id.in_(groups.scalar_subquery())),
-        select(*columns).where(EnvironmentMember.member_key == EVERYONE_KEY),
-    )
+    for each way of naming the user, joined by UNION ALL. The OR of ``visible_members``
+    suits a lookup on one environment, whose key bounds it; over all of a user's,
+    PostgreSQL can only run it as a scan of every membership of every user."""
+    return union_all(*(select(*_MEMBER_COLUMNS).where(way) for way in _names_user(user_id)))
 
 
 def visible(user_id: Any) -> Select[tuple[str, int]]:
